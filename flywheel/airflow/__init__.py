@@ -1,0 +1,1 @@
+"""Airflow integration for DAG authors (DAG factory, operators); import like a provider."""

@@ -1,0 +1,188 @@
+"""Build the Airflow DAGs of one pipeline spec: data, training and monitoring.
+
+Task bodies are one call into a ``flywheel`` stage; heavy libraries are imported
+inside them so the dag-processor parses fast. Everything is keyed on the run's
+data interval (never "now"), so reruns and backfills are idempotent.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
+
+from flywheel.spec import PipelineSpec
+
+START = datetime(2026, 1, 1)  # earliest data date; history is loaded with backfills
+
+
+def assets(spec: PipelineSpec) -> dict[str, Asset]:
+    """The hand-offs between the DAGs of a use case."""
+    return {
+        "curated": Asset(name=f"{spec.name}.curated", uri=f"s3://flywheel-curated/{spec.dataset.name}/"),
+        "model": Asset(name=f"{spec.name}.model_version"),
+        "retrain": Asset(name=f"{spec.name}.retrain_request"),
+    }
+
+
+def _defaults(spec: PipelineSpec) -> dict[str, Any]:
+    return {"owner": spec.owner, "retries": 2, "retry_delay": timedelta(seconds=20)}
+
+
+def _interval_ds() -> str:
+    """The data interval's date (``YYYY-MM-DD``) of the running task."""
+    ctx = get_current_context()
+    start = ctx.get("data_interval_start") or ctx.get("logical_date")
+    if start is None:
+        raise ValueError("this task needs a data interval: trigger it with a logical date")
+    return str(start.date().isoformat())
+
+
+def data_dag(spec: PipelineSpec) -> DAG:
+    """Daily: ingest → validate (quarantine) → features (aggregate + materialize)."""
+    name, a = spec.name, assets(spec)
+
+    @dag(
+        dag_id=f"{name}_data",
+        description=f"Ingest, validate and featurize {spec.dataset.name} daily",
+        schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
+        start_date=START,
+        catchup=False,
+        max_active_runs=4,
+        default_args=_defaults(spec),
+        tags=["flywheel", name, "data"],
+        doc_md=__doc__,
+    )
+    def pipeline() -> None:
+        @task
+        def ingest() -> dict[str, Any]:
+            from flywheel.ingest import ingest as run_ingest
+
+            ctx = get_current_context()
+            return run_ingest(spec, _interval_ds(), run_id=str(ctx["run_id"])).to_dict()
+
+        @task(outlets=[a["curated"]])
+        def validate(_: dict[str, Any]) -> dict[str, Any]:
+            from flywheel.validation import validate_partition
+
+            ctx = get_current_context()
+            return validate_partition(spec, _interval_ds(), run_id=str(ctx["run_id"]))
+
+        # Aggregates read the trailing window: wait for the previous day's run.
+        @task(depends_on_past=True)
+        def features(_: dict[str, Any]) -> dict[str, Any]:
+            from flywheel import features as feats
+
+            ds = date.fromisoformat(_interval_ds())
+            feats.apply()
+            result = feats.compute_aggregates(spec, ds).to_dict()
+            result["materialized"] = feats.materialize(ds)
+            return result
+
+        features(validate(ingest()))
+
+    return pipeline()
+
+
+def _training_end(ctx: Any) -> date:
+    """End of the training window: the ``end`` param, the retrain request, or the run date."""
+    end = (ctx.get("params") or {}).get("end")
+    if end:
+        return date.fromisoformat(str(end))
+    for events in (ctx.get("triggering_asset_events") or {}).values():
+        for event in events:
+            if event.extra.get("window_end"):
+                return date.fromisoformat(str(event.extra["window_end"]))
+    moment = ctx.get("logical_date") or ctx["dag_run"].run_after
+    return (moment - timedelta(days=1)).date()
+
+
+def training_dag(spec: PipelineSpec) -> DAG:
+    """On a retrain request (or by hand): train → gate → package the champion."""
+    name, a = spec.name, assets(spec)
+
+    @dag(
+        dag_id=f"{name}_training",
+        description=f"Train, register and gate {spec.model_name}; package the champion",
+        schedule=[a["retrain"]],
+        start_date=START,
+        catchup=False,
+        max_active_runs=1,
+        default_args=_defaults(spec),
+        tags=["flywheel", name, "training"],
+        params={"end": Param(None, type=["null", "string"], format="date",
+                             description="Last day of training data (default: from the trigger)")},
+    )
+    def pipeline() -> None:
+        @task(outlets=[a["model"]])
+        def train() -> dict[str, Any]:
+            from flywheel.training import train as run_train
+
+            ctx = get_current_context()
+            reason = "retrain_request" if ctx.get("triggering_asset_events") else "manual"
+            return run_train(spec, end=_training_end(ctx), reason=reason).to_dict()
+
+        @task
+        def package(result: dict[str, Any]) -> dict[str, Any]:
+            from flywheel.packaging import build_bento
+
+            return {"bento": build_bento(spec, version=result["version"]), **result}
+
+        package(train())
+
+    return pipeline()
+
+
+def monitoring_dag(spec: PipelineSpec) -> DAG:
+    """Daily: drift of logged serving traffic vs the champion's reference → retrain request."""
+    name, a = spec.name, assets(spec)
+
+    @dag(
+        dag_id=f"{name}_monitoring",
+        description=f"Evidently drift checks of {spec.model_name} traffic",
+        schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
+        start_date=START,
+        catchup=False,
+        max_active_runs=2,
+        default_args=_defaults(spec),
+        tags=["flywheel", name, "monitoring"],
+    )
+    def pipeline() -> None:
+        @task
+        def drift_check() -> dict[str, Any]:
+            from flywheel import monitoring, registry
+
+            champion = registry.alias_version(spec.model_name, registry.CHAMPION)
+            if champion is None:
+                raise registry.RegistryError(f"{spec.model_name} has no champion to monitor")
+            ds = date.fromisoformat(_interval_ds())
+            result = monitoring.run_drift_check(spec, ds=ds, reference_version=str(champion.version))
+            return dict(result.to_dict())
+
+        @task.short_circuit
+        def drifted(result: dict[str, Any]) -> bool:
+            return bool(result["drift_detected"])
+
+        @task(outlets=[a["retrain"]])
+        def request_retrain(result: dict[str, Any]) -> dict[str, Any]:
+            ctx = get_current_context()
+            extra = {
+                "reason": "data_drift",
+                "window_end": str(result["ds"]),
+                "drift_share": result["drift_share"],
+                "drifted_columns": result["drifted_columns"],
+                "report": result["html_uri"],
+            }
+            ctx["outlet_events"][a["retrain"]].extra = extra
+            return extra
+
+        result = drift_check()
+        drifted(result) >> request_retrain(result)
+
+    return pipeline()
+
+
+def build_all(spec: PipelineSpec) -> dict[str, DAG]:
+    dags = [data_dag(spec), training_dag(spec), monitoring_dag(spec)]
+    return {d.dag_id: d for d in dags}

@@ -1,0 +1,216 @@
+"""Seeded synthetic card-transaction fraud data, one partition per day.
+
+Fraud is driven by learnable but noisy signals: amount relative to the user's
+usual spend, a foreign country, night hours, risky categories, unknown devices
+and a few compromised merchants. Drift can be injected from a date:
+
+* ``amount_shift`` (covariate shift): amounts grow ×2.5 and foreign use rises;
+* ``new_pattern`` (concept shift): a new fraud pattern on mobile pharmacy buys.
+
+Bad records (nulls, negative amounts, unknown categories, future timestamps,
+duplicate ids) can be mixed in so that validation has something to quarantine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from flywheel.spec import GeneratorSpec
+
+CATEGORIES = [
+    "grocery", "fuel", "restaurant", "travel", "electronics", "online_retail", "gambling", "pharmacy",
+]
+CATEGORY_SCALE = {
+    "grocery": 40, "fuel": 50, "restaurant": 35, "travel": 400,
+    "electronics": 250, "online_retail": 80, "gambling": 120, "pharmacy": 30,
+}
+RISKY = {"electronics", "online_retail", "gambling"}
+COUNTRIES = ["US", "GB", "DE", "FR", "CA", "BR", "IN", "NG"]
+COUNTRY_P = [0.55, 0.1, 0.08, 0.07, 0.07, 0.05, 0.05, 0.03]
+DEVICES = ["mobile", "desktop", "pos", "unknown"]
+
+
+class DriftKind(StrEnum):
+    NONE = "none"
+    AMOUNT_SHIFT = "amount_shift"
+    NEW_PATTERN = "new_pattern"
+
+
+BAD_KINDS = ("null_user", "negative_amount", "unknown_category", "future_timestamp", "duplicate_id")
+
+
+@dataclass(frozen=True)
+class Population:
+    user_country: np.ndarray
+    user_scale: np.ndarray
+    user_weight: np.ndarray
+    user_device: np.ndarray
+    merchant_category: np.ndarray
+    merchant_weight: np.ndarray
+    merchant_compromised: np.ndarray
+
+
+def _rng(*parts: object) -> np.random.Generator:
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def population(spec: GeneratorSpec) -> Population:
+    """Users and merchants: fixed for a seed."""
+    rng = _rng(spec.seed, "population")
+    users, merchants = spec.users, spec.merchants
+    return Population(
+        user_country=rng.choice(COUNTRIES, size=users, p=COUNTRY_P),
+        user_scale=rng.lognormal(mean=0.0, sigma=0.5, size=users),
+        user_weight=rng.pareto(2.0, size=users) + 0.2,
+        user_device=rng.choice(DEVICES[:3], size=users, p=[0.6, 0.25, 0.15]),
+        merchant_category=rng.choice(CATEGORIES, size=merchants),
+        merchant_weight=rng.pareto(1.5, size=merchants) + 0.1,
+        merchant_compromised=rng.random(merchants) < 0.03,
+    )
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _calibrate(logit: np.ndarray, target: float) -> np.ndarray:
+    """Shift logits so the mean probability equals ``target`` (bisection)."""
+    lo, hi = -30.0, 30.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if _sigmoid(logit + mid).mean() > target:
+            hi = mid
+        else:
+            lo = mid
+    return _sigmoid(logit + (lo + hi) / 2)
+
+
+def generate_day(
+    day: date,
+    spec: GeneratorSpec,
+    *,
+    drift: DriftKind = DriftKind.NONE,
+    bad_records: bool = True,
+) -> pd.DataFrame:
+    """One day of transactions; the same (seed, day, drift) gives the same frame."""
+    pop = population(spec)
+    rng = _rng(spec.seed, day.isoformat(), drift.value)
+    n = int(spec.rows_per_day * rng.uniform(0.9, 1.1))
+    users = rng.choice(len(pop.user_country), size=n, p=pop.user_weight / pop.user_weight.sum())
+    merchants = rng.choice(
+        len(pop.merchant_category), size=n, p=pop.merchant_weight / pop.merchant_weight.sum()
+    )
+    category = pop.merchant_category[merchants]
+    scale = np.array([CATEGORY_SCALE[c] for c in category]) * pop.user_scale[users]
+    amount = rng.lognormal(np.log(scale), 0.6)
+    hours = rng.choice(24, size=n, p=_hour_profile())
+    seconds = hours * 3600 + rng.integers(0, 3600, size=n)
+    foreign_p = 0.07
+    if drift is DriftKind.AMOUNT_SHIFT:
+        amount = amount * 2.5
+        foreign_p = 0.2
+    foreign = rng.random(n) < foreign_p
+    country = np.where(foreign, rng.choice(COUNTRIES, size=n), pop.user_country[users])
+    device = np.where(rng.random(n) < 0.85, pop.user_device[users], rng.choice(DEVICES, size=n))
+
+    usual = np.array([CATEGORY_SCALE[c] for c in category]) * pop.user_scale[users]
+    ratio = amount / usual
+    foreign_use = country != pop.user_country[users]
+    night = (hours < 6) | (hours == 23)
+    risky = np.isin(category, list(RISKY))
+    unknown_device = device == "unknown"
+    # Interactions make the signal non-linear: trees can learn it, a linear model only in part.
+    logit = (
+        1.0 * np.log1p(ratio)
+        + 1.6 * (ratio > 3)
+        + 0.6 * foreign_use
+        + 2.6 * (foreign_use & night)
+        + 0.4 * risky
+        + 2.6 * (unknown_device & risky)
+        + 2.2 * pop.merchant_compromised[merchants]
+        + rng.normal(0, 0.6, size=n)
+    )
+    if drift is DriftKind.NEW_PATTERN:
+        logit = logit + 4.0 * ((device == "mobile") & (category == "pharmacy"))
+    prob = _calibrate(logit, spec.fraud_rate * (1.6 if drift is DriftKind.NEW_PATTERN else 1.0))
+    is_fraud = (rng.random(n) < prob).astype("int64")
+    # Fraudsters spend more than the user usually does.
+    amount = np.where(is_fraud == 1, amount * rng.uniform(1.5, 4.0, size=n), amount)
+
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    df = pd.DataFrame(
+        {
+            "transaction_id": [f"t{day:%Y%m%d}-{i:06d}" for i in range(n)],
+            "event_timestamp": pd.to_datetime(start) + pd.to_timedelta(np.sort(seconds), unit="s"),
+            "user_id": pd.array(users, dtype="Int64"),
+            "merchant_id": pd.array(merchants, dtype="Int64"),
+            "merchant_category": category.astype(object),
+            "amount": np.round(np.clip(amount, 0.01, 49_999.0), 2),
+            "country": country.astype(object),
+            "device": device.astype(object),
+            "is_fraud": is_fraud,
+        }
+    )
+    if bad_records and spec.bad_record_rate > 0:
+        df = inject_bad_records(df, rate=spec.bad_record_rate, rng=rng)
+    return df
+
+
+def _hour_profile() -> np.ndarray:
+    hours = np.arange(24)
+    weight = 0.15 + np.exp(-((hours - 13) ** 2) / 30.0)
+    return weight / weight.sum()
+
+
+def inject_bad_records(df: pd.DataFrame, *, rate: float, rng: np.random.Generator) -> pd.DataFrame:
+    """Corrupt about ``rate`` of the rows in place, one kind of defect per row."""
+    df = df.copy()
+    count = max(len(BAD_KINDS), int(len(df) * rate))
+    rows = rng.choice(len(df), size=count, replace=False)
+    for i, row in enumerate(rows):
+        kind = BAD_KINDS[i % len(BAD_KINDS)]
+        if kind == "null_user":
+            df.loc[row, "user_id"] = pd.NA
+        elif kind == "negative_amount":
+            df.loc[row, "amount"] = -abs(float(df.loc[row, "amount"]))
+        elif kind == "unknown_category":
+            df.loc[row, "merchant_category"] = "crypto_atm"
+        elif kind == "future_timestamp":
+            df.loc[row, "event_timestamp"] = df.loc[row, "event_timestamp"] + timedelta(days=3)
+        elif kind == "duplicate_id":
+            df.loc[row, "transaction_id"] = df.loc[(row + 1) % len(df), "transaction_id"]
+    return df
+
+
+def write_landing(
+    root: Path,
+    start: date,
+    days: int,
+    spec: GeneratorSpec,
+    *,
+    drift_from: date | None = None,
+    drift: DriftKind = DriftKind.AMOUNT_SHIFT,
+    dataset: str = "transactions",
+) -> list[Path]:
+    """Write ``days`` daily Parquet files under ``root/<dataset>/ds=<date>/`` (idempotent)."""
+    written = []
+    for offset in range(days):
+        day = start + timedelta(days=offset)
+        kind = drift if drift_from is not None and day >= drift_from else DriftKind.NONE
+        frame = generate_day(day, spec, drift=kind)
+        folder = root / dataset / f"ds={day.isoformat()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "part-0.parquet"
+        tmp = path.with_suffix(".tmp")
+        frame.to_parquet(tmp, index=False)
+        tmp.replace(path)
+        written.append(path)
+    return written

@@ -1,0 +1,106 @@
+"""MLflow registry: one registered model per use case, promotion by alias.
+
+Aliases: ``champion`` (served) and ``challenger`` (registered, not promoted).
+A model version carries what serving needs as tags: decision threshold and the
+ordered feature list.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from flywheel.config import Settings, get_settings
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+class RegistryError(RuntimeError):
+    """The registry has no usable model for the request; the message says which."""
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reason: str
+    challenger: float
+    baseline: float
+    champion: float | None
+
+
+def decide(
+    *, challenger: float, baseline: float, champion: float | None, min_improvement: float = 0.0
+) -> GateDecision:
+    """The promotion gate: beat the baseline, and the champion by ``min_improvement``."""
+    if challenger <= baseline:
+        reason = f"challenger {challenger:.4f} does not beat the baseline {baseline:.4f}"
+        return GateDecision(False, reason, challenger, baseline, champion)
+    if champion is not None and challenger < champion + min_improvement:
+        reason = (f"challenger {challenger:.4f} does not beat the champion {champion:.4f} "
+                  f"by {min_improvement}")
+        return GateDecision(False, reason, challenger, baseline, champion)
+    against = "no champion yet" if champion is None else f"champion {champion:.4f}"
+    reason = f"challenger {challenger:.4f} beats baseline {baseline:.4f} and {against}"
+    return GateDecision(True, reason, challenger, baseline, champion)
+
+
+def client(settings: Settings | None = None) -> Any:
+    import mlflow
+    from mlflow import MlflowClient
+
+    settings = settings or get_settings()
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    return MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+
+
+def alias_version(model_name: str, alias: str, *, settings: Settings | None = None) -> Any | None:
+    """The model version behind an alias, or None when the alias is not set."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client(settings).get_model_version_by_alias(model_name, alias)
+    except MlflowException as exc:
+        if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
+            return None
+        raise
+
+
+def set_alias(model_name: str, alias: str, version: str, *, settings: Settings | None = None) -> None:
+    client(settings).set_registered_model_alias(model_name, alias, version)
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    version: str
+    model: Any
+    threshold: float
+    features: list[str]
+
+    def predict_proba(self, matrix: Any) -> Any:
+        return self.model.predict_proba(matrix[self.features])[:, 1]
+
+
+def load_version(model_name: str, version: str, *, settings: Settings | None = None) -> LoadedModel:
+    """Load a registered version with its serving metadata (threshold, features)."""
+    import mlflow.xgboost
+
+    mv = client(settings).get_model_version(model_name, version)
+    model = mlflow.xgboost.load_model(f"models:/{model_name}/{version}")
+    return LoadedModel(
+        name=model_name,
+        version=str(mv.version),
+        model=model,
+        threshold=float(mv.tags["threshold"]),
+        features=json.loads(mv.tags["features"]),
+    )
+
+
+def load_alias(model_name: str, alias: str = CHAMPION, *, settings: Settings | None = None) -> LoadedModel:
+    """Load the version behind ``alias``; raises :class:`RegistryError` if it is not set."""
+    mv = alias_version(model_name, alias, settings=settings)
+    if mv is None:
+        raise RegistryError(f"registered model {model_name!r} has no {alias!r} alias yet: train first")
+    return load_version(model_name, str(mv.version), settings=settings)

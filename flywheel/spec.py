@@ -1,0 +1,141 @@
+"""Pipeline specs: one YAML file per use case under ``models/``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from flywheel.config import Settings, get_settings
+
+
+class SpecError(ValueError):
+    """A pipeline spec is missing or invalid; the message names the file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+ColumnType = Literal["string", "int", "float", "datetime", "bool"]
+
+
+class ColumnRule(_Strict):
+    type: ColumnType
+    nullable: bool = True
+    unique: bool = False
+    min: float | None = None
+    max: float | None = None
+    allowed: list[Any] | None = None
+
+
+class Contract(_Strict):
+    columns: dict[str, ColumnRule]
+    timestamp_in_interval: bool = True
+
+
+class DatasetSpec(_Strict):
+    name: str
+    source: str
+    format: Literal["parquet", "csv", "jsonl"] = "parquet"
+    timestamp: str
+    key: str
+    contract: Contract
+
+    @model_validator(mode="after")
+    def _key_and_timestamp_in_contract(self) -> DatasetSpec:
+        for col in (self.timestamp, self.key):
+            if col not in self.contract.columns:
+                raise ValueError(f"column {col!r} is not in the dataset contract")
+        return self
+
+
+class FeatureSpec(_Strict):
+    entities: dict[str, str]
+    service: str
+    request: list[str]
+    window_days: int = Field(7, ge=1)
+
+
+class SplitSpec(_Strict):
+    train: float = Field(gt=0)
+    validation: float = Field(gt=0)
+    holdout: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitSpec:
+        total = self.train + self.validation + self.holdout
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions sum to {total}, not 1")
+        return self
+
+
+class TrainingSpec(_Strict):
+    lookback_days: int = Field(30, ge=1)
+    split: SplitSpec
+    seed: int = 42
+    metric: Literal["pr_auc", "roc_auc"] = "pr_auc"
+    min_improvement: float = 0.0
+    xgboost: dict[str, Any] = Field(default_factory=dict)
+
+
+class MonitoringSpec(_Strict):
+    drift_share_threshold: float = Field(0.3, gt=0, le=1)
+    min_rows: int = Field(200, ge=1)
+    features: list[str]
+
+
+class GeneratorSpec(_Strict):
+    seed: int = 7
+    users: int = 2000
+    merchants: int = 300
+    rows_per_day: int = 2500
+    fraud_rate: float = 0.015
+    bad_record_rate: float = 0.004
+
+
+class PipelineSpec(_Strict):
+    name: str
+    model_name: str
+    owner: str
+    dataset: DatasetSpec
+    label: str
+    features: FeatureSpec
+    training: TrainingSpec
+    monitoring: MonitoringSpec
+    generator: GeneratorSpec = Field(default_factory=GeneratorSpec)
+
+    @model_validator(mode="after")
+    def _label_in_contract(self) -> PipelineSpec:
+        if self.label not in self.dataset.contract.columns:
+            raise ValueError(f"label {self.label!r} is not in the dataset contract")
+        return self
+
+    def source_for(self, ds: str, settings: Settings) -> str:
+        """The source location of one daily partition."""
+        return self.dataset.source.format(home=settings.home, ds=ds)
+
+
+def load_spec(name: str | None = None, *, settings: Settings | None = None) -> PipelineSpec:
+    """Load ``models/<name>.yaml``; raises :class:`SpecError` naming the file and field."""
+    settings = settings or get_settings()
+    path = Path(settings.specs_dir) / f"{name or settings.use_case}.yaml"
+    return load_spec_file(path)
+
+
+def load_spec_file(path: Path) -> PipelineSpec:
+    if not path.is_file():
+        raise SpecError(f"pipeline spec {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+        return PipelineSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SpecError(f"invalid pipeline spec {path}: {problems}") from exc
+    except yaml.YAMLError as exc:
+        raise SpecError(f"pipeline spec {path} is not valid YAML: {exc}") from exc

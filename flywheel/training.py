@@ -1,0 +1,190 @@
+"""Train a baseline and an XGBoost candidate on a temporal split, track and gate in MLflow."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from datetime import date
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from flywheel import features, registry, storage
+from flywheel.config import Settings, get_settings
+from flywheel.featurize import ENTITY_DEFAULTS, MODEL_FEATURES, model_matrix
+from flywheel.spec import PipelineSpec
+
+log = logging.getLogger(__name__)
+REFERENCE_ROWS = 20_000
+
+
+@dataclass(frozen=True)
+class Split:
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    holdout: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    model_name: str
+    version: str
+    metrics: dict[str, float]
+    threshold: float
+    promoted: bool
+    reason: str
+    reference_uri: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def temporal_split(frame: pd.DataFrame, spec: PipelineSpec) -> Split:
+    """Train / validation / holdout by time: no holdout row precedes a training row."""
+    ordered = frame.sort_values([spec.dataset.timestamp, spec.dataset.key]).reset_index(drop=True)
+    n = len(ordered)
+    a = int(n * spec.training.split.train)
+    b = int(n * (spec.training.split.train + spec.training.split.validation))
+    return Split(ordered.iloc[:a], ordered.iloc[a:b], ordered.iloc[b:])
+
+
+def features_of(frame: pd.DataFrame) -> pd.DataFrame:
+    entity_cols = [c for c in ENTITY_DEFAULTS if c in frame.columns]
+    return model_matrix(frame, frame[entity_cols])
+
+
+def fit_baseline(x: pd.DataFrame, y: pd.Series, *, seed: int) -> Any:
+    """Logistic regression on imputed, scaled features: the bar a real model must clear."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(
+        SimpleImputer(strategy="median", keep_empty_features=True),
+        StandardScaler(),
+        LogisticRegression(max_iter=2000, random_state=seed),
+    )
+    return model.fit(x, y)
+
+
+def fit_xgboost(x: pd.DataFrame, y: pd.Series, *, params: dict[str, Any], seed: int) -> Any:
+    from xgboost import XGBClassifier
+
+    model = XGBClassifier(
+        **params, random_state=seed, n_jobs=2, tree_method="hist", eval_metric="aucpr"
+    )
+    return model.fit(x, y)
+
+
+def scores(y: pd.Series, proba: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    if y.nunique() < 2:
+        return {"pr_auc": float("nan"), "roc_auc": float("nan")}
+    return {"pr_auc": float(average_precision_score(y, proba)), "roc_auc": float(roc_auc_score(y, proba))}
+
+
+def best_threshold(y: pd.Series, proba: np.ndarray) -> float:
+    """The threshold that maximises F1 on validation data."""
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, thresholds = precision_recall_curve(y, proba)
+    if len(thresholds) == 0:
+        return 0.5
+    f1 = 2 * precision[:-1] * recall[:-1] / np.clip(precision[:-1] + recall[:-1], 1e-12, None)
+    return float(thresholds[int(np.argmax(f1))])
+
+
+def champion_score(spec: PipelineSpec, x: pd.DataFrame, y: pd.Series, settings: Settings) -> float | None:
+    """The current champion's metric on the same holdout, or None without a champion."""
+    mv = registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings)
+    if mv is None:
+        return None
+    champion = registry.load_version(spec.model_name, str(mv.version), settings=settings)
+    return scores(y, champion.predict_proba(x))[spec.training.metric]
+
+
+def train(spec: PipelineSpec, *, end: date, reason: str = "scheduled",
+          settings: Settings | None = None) -> TrainResult:
+    """Train, evaluate, register and gate one candidate on data up to ``end``."""
+    import mlflow
+    import mlflow.xgboost
+
+    settings = settings or get_settings()
+    frame, identity = features.training_frame(spec, end=end, settings=settings)
+    split = temporal_split(frame, spec)
+    label, seed = spec.label, spec.training.seed
+    x = {name: features_of(part) for name, part in asdict_split(split).items()}
+    y = {name: part[label].astype("int64") for name, part in asdict_split(split).items()}
+    baseline = fit_baseline(x["train"], y["train"], seed=seed)
+    model = fit_xgboost(x["train"], y["train"], params=spec.training.xgboost, seed=seed)
+    threshold = best_threshold(y["validation"], model.predict_proba(x["validation"])[:, 1])
+    metric = spec.training.metric
+    holdout = scores(y["holdout"], model.predict_proba(x["holdout"])[:, 1])
+    base = scores(y["holdout"], baseline.predict_proba(x["holdout"])[:, 1])
+    champ = champion_score(spec, x["holdout"], y["holdout"], settings)
+
+    registry.client(settings)
+    mlflow.set_experiment(spec.model_name)
+    with mlflow.start_run(run_name=f"train-{end.isoformat()}") as run:
+        mlflow.set_tags({"trigger": reason, "data.end": end.isoformat(),
+                         "data.feature_service": spec.features.service})
+        mlflow.log_params({"family": "xgboost", "seed": seed, "rows": len(frame),
+                           "threshold": round(threshold, 6), **spec.training.xgboost})
+        metrics = {f"holdout_{k}": v for k, v in holdout.items()}
+        metrics |= {f"baseline_{k}": v for k, v in base.items()}
+        if champ is not None:
+            metrics[f"champion_{metric}"] = champ
+        mlflow.log_metrics(metrics)
+        mlflow.log_dict(identity, "data_identity.json")
+        info = mlflow.xgboost.log_model(
+            model, name="model", registered_model_name=spec.model_name,
+            input_example=x["holdout"].head(3),
+        )
+    version = str(info.registered_model_version)
+    decision = registry.decide(challenger=holdout[metric], baseline=base[metric], champion=champ,
+                               min_improvement=spec.training.min_improvement)
+    tag_version(spec, version, settings, threshold=threshold, run_id=run.info.run_id,
+                decision=decision, identity=identity)
+    reference_uri = write_reference(spec, version, frame, model, settings)
+    alias = registry.CHAMPION if decision.promote else registry.CHALLENGER
+    registry.set_alias(spec.model_name, alias, version, settings=settings)
+    log.info("model %s v%s: %s -> alias %s", spec.model_name, version, decision.reason, alias)
+    return TrainResult(run_id=run.info.run_id, model_name=spec.model_name, version=version,
+                       metrics=metrics, threshold=threshold, promoted=decision.promote,
+                       reason=decision.reason, reference_uri=reference_uri)
+
+
+def asdict_split(split: Split) -> dict[str, pd.DataFrame]:
+    return {"train": split.train, "validation": split.validation, "holdout": split.holdout}
+
+
+def tag_version(spec: PipelineSpec, version: str, settings: Settings, *, threshold: float,
+                run_id: str, decision: registry.GateDecision, identity: dict[str, Any]) -> None:
+    mlflow_client = registry.client(settings)
+    tags = {
+        "threshold": str(threshold),
+        "features": json.dumps(MODEL_FEATURES),
+        "run_id": run_id,
+        "gate.promote": str(decision.promote).lower(),
+        "gate.reason": decision.reason,
+        "data.window": f"{identity['start']}..{identity['end']}",
+        "data.partitions": json.dumps(identity["partitions"])[:5000],
+    }
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(spec.model_name, version, key, value)
+
+
+def write_reference(spec: PipelineSpec, version: str, frame: pd.DataFrame, model: Any,
+                    settings: Settings) -> str:
+    """The training reference monitoring compares serving traffic with."""
+    sample = frame.sample(n=min(REFERENCE_ROWS, len(frame)), random_state=spec.training.seed)
+    matrix = features_of(sample)
+    reference = matrix.assign(probability=model.predict_proba(matrix)[:, 1],
+                              **{spec.label: sample[spec.label].to_numpy()})
+    key = f"reference/{spec.model_name}/v{version}.parquet"
+    return storage.put_bytes("features", key, storage.df_to_parquet_bytes(reference), settings=settings)
