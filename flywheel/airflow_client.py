@@ -2,7 +2,7 @@
 
 Authentication is the SimpleAuthManager's: ``POST /auth/token`` with the admin user's
 username and password (JSON) returns a JWT that is sent as a bearer token and
-renewed once when a request answers 401.
+renewed once when a request answers 401 (expired) or 403 "Invalid JWT token".
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ class AirflowClient:
         """Send an authenticated request to ``/api/v2<path>``; return the decoded JSON body."""
         url = f"/api/v2{path}"
         response = self._send(method, url, **kwargs)
-        if response.status_code == 401:  # expired token: renew once
+        if _token_rejected(response):  # renew once
             self._token = None
             response = self._send(method, url, **kwargs)
         _raise_for(response, f"{method} {url}")
@@ -294,11 +294,15 @@ class AirflowClient:
     # ---- assets ----------------------------------------------------------------
 
     def asset_id(self, asset: str) -> int:
-        """Id of the asset whose URI or name is exactly ``asset``."""
-        for key in ("uri_pattern", "name_pattern"):
-            body = self.request("GET", "/assets", params={key: asset, "limit": 100})
+        """Id of the asset whose URI or name is exactly ``asset``.
+
+        Airflow stores URIs normalised (``s3://b/p/`` becomes ``s3://b/p``).
+        """
+        uri = asset.rstrip("/")
+        for key, value in (("uri_pattern", uri), ("name_pattern", asset)):
+            body = self.request("GET", "/assets", params={key: value, "limit": 100})
             for record in body["assets"]:
-                if asset in (record["uri"], record["name"]):
+                if record["uri"].rstrip("/") == uri or record["name"] == asset:
                     return int(record["id"])
         raise AirflowClientError(f"asset {asset!r} is not known to Airflow", status_code=404)
 
@@ -321,6 +325,13 @@ def _iso(value: datetime | date | str | None) -> str | None:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.isoformat()
+
+
+def _token_rejected(response: httpx.Response) -> bool:
+    """401 is an expired token; 403 "Invalid JWT token" one signed by another JWT secret."""
+    if response.status_code == 401:
+        return True
+    return response.status_code == 403 and "Invalid JWT token" in response.text
 
 
 def _raise_for(response: httpx.Response, what: str) -> None:

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 
 import numpy as np
 import pandas as pd
@@ -41,7 +41,7 @@ ENTITY_DEFAULTS: dict[str, float | str | None] = {
 
 def feature_timestamp(ds: date) -> datetime:
     """Aggregates over days ≤ ds become valid when ds closes (next midnight UTC)."""
-    return datetime.combine(ds + timedelta(days=1), time.min, tzinfo=timezone.utc)
+    return datetime.combine(ds + timedelta(days=1), time.min, tzinfo=UTC)
 
 
 def user_aggregates(window: pd.DataFrame, ds: date) -> pd.DataFrame:

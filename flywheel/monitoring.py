@@ -292,8 +292,7 @@ def build_drift_snapshot(
 @contextlib.contextmanager
 def _quiet_evidently() -> Iterator[None]:
     # scipy/pandas warn about degenerate columns (e.g. constant ones) on every run.
-    for name in ("evidently", "iterative_telemetry"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("evidently").setLevel(logging.WARNING)
     with warnings.catch_warnings():
         for category in (FutureWarning, DeprecationWarning, RuntimeWarning, UserWarning):
             warnings.simplefilter("ignore", category)
@@ -545,7 +544,7 @@ def sync_workspace(
 ) -> str | None:
     """Make ``snapshot`` the only run of ``ds`` in the project's workspace; returns its id.
 
-    The project is found by name (created with a dashboard on first use). Runs are
+    The project is found by name (created on first use; given our dashboard if it has none). Runs are
     tracked per ``ds`` in ``<workspace>/.flywheel/<project id>.json`` so a rerun
     replaces its earlier run; with ``snapshot=None`` the earlier run is only removed.
     A file lock serialises concurrent checks on the same machine.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import pandas as pd
@@ -80,7 +80,7 @@ def build_expectations(
     for name, rule in dataset.contract.columns.items():
         expectations.extend(_column_expectations(gxe, name, rule))
     if dataset.contract.timestamp_in_interval:
-        start = datetime.combine(ds, time.min, tzinfo=timezone.utc)
+        start = datetime.combine(ds, time.min, tzinfo=UTC)
         expectations.append(
             gxe.ExpectColumnValuesToBeBetween(
                 column=dataset.timestamp,

@@ -1,0 +1,44 @@
+# The two README commands: `make demo` and `make test`. Everything installs itself.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.flywheel-installed
+
+.PHONY: demo test test-unit test-integration test-e2e down status lint venv clean-state
+
+venv: $(STAMP)
+
+# Reinstall when the dependency pins change; constraints.txt is the lock CI installs.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(PY) -m pip check
+	@touch $@
+
+demo: venv
+	$(VENV)/bin/flywheel demo
+
+down:
+	@test -x $(VENV)/bin/flywheel && $(VENV)/bin/flywheel down || echo "nothing to stop (no venv)"
+
+status: venv
+	$(VENV)/bin/flywheel status
+
+test: venv
+	$(PY) -m pytest -q
+
+test-unit: venv
+	$(PY) -m pytest -q -m unit
+
+test-integration: venv
+	$(PY) -m pytest -q -m integration
+
+test-e2e: venv
+	$(PY) -m pytest -q -m e2e
+
+lint: venv
+	$(VENV)/bin/ruff check flywheel dags serving tests benchmarks
+
+clean-state: down
+	rm -rf .flywheel

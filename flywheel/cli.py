@@ -1,0 +1,135 @@
+"""``flywheel``: run the ML loop locally and operate the embedded stack.
+
+Configuration comes from FLYWHEEL_* environment variables (and the TOML file
+named by FLYWHEEL_CONFIG); state lives in FLYWHEEL_HOME (default ./.flywheel).
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flywheel.config import get_settings
+
+app = typer.Typer(
+    help=__doc__,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
+)
+console = Console()
+
+
+@app.command()
+def up(
+    model_server: Annotated[bool, typer.Option(help="Also start the model server (needs a built bento)")] = False,
+) -> None:
+    """Start the embedded stack: SeaweedFS (S3), MLflow, Airflow (+ the model server if a bento exists).
+
+    Idempotent: running services are left alone. Fails with a clear message if a port is taken.
+    """
+    from flywheel import stack
+
+    services = None
+    if model_server:
+        services = [s.name for s in stack.SERVICES if not s.optional] + ["model-server"]
+    settings = stack.up(get_settings(), services=services, console=console)
+    _print_status(settings)
+
+
+@app.command()
+def down() -> None:
+    """Stop every service of the embedded stack (SIGTERM, then SIGKILL after a grace period)."""
+    from flywheel import stack
+
+    stopped = stack.down(get_settings(), console=console)
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@app.command()
+def status() -> None:
+    """Show what runs where: pid, port, URL, health and log file of each service."""
+    _print_status(get_settings())
+
+
+def _print_status(settings: object) -> None:
+    from flywheel import stack
+
+    table = Table(title="Flywheel stack")
+    for column in ("service", "pid", "url", "healthy", "log"):
+        table.add_column(column)
+    for s in stack.status(settings):  # type: ignore[arg-type]
+        table.add_row(s.name, str(s.pid or "-"), s.url or "-", "yes" if s.healthy else "no", str(s.log))
+    console.print(table)
+
+
+@app.command()
+def demo(
+    history_days: Annotated[int, typer.Option(help="Days of normal history to load and train on")] = 14,
+    drift_days: Annotated[int, typer.Option(help="Drifted days appended after the history")] = 3,
+) -> None:
+    """Run the whole loop through Airflow on the embedded stack and print where to look.
+
+    Leaves the stack running; stop it with `flywheel down`.
+    """
+    from flywheel import demo as demo_mod
+
+    plan = demo_mod.DemoPlan(history_days=history_days, drift_days=drift_days)
+    demo_mod.run(get_settings(), console, plan)
+
+
+@app.command()
+def generate(
+    start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD")] = "2026-01-01",
+    days: Annotated[int, typer.Option(help="Number of daily partitions")] = 14,
+    drift_from: Annotated[str | None, typer.Option(help="Inject drift from this day on")] = None,
+    drift: Annotated[str, typer.Option(help="Drift kind: amount_shift or new_pattern")] = "amount_shift",
+) -> None:
+    """Write synthetic daily transaction partitions into the landing area (FLYWHEEL_HOME/landing)."""
+    from flywheel.datagen import DriftKind, write_landing
+    from flywheel.spec import load_spec
+
+    settings = get_settings()
+    spec = load_spec(settings=settings)
+    paths = write_landing(
+        settings.home / "landing", date.fromisoformat(start), days, spec.generator,
+        drift_from=date.fromisoformat(drift_from) if drift_from else None,
+        drift=DriftKind(drift), dataset=spec.dataset.name,
+    )
+    console.print(f"wrote {len(paths)} partitions under {settings.home / 'landing' / spec.dataset.name}")
+
+
+@app.command()
+def train(end: Annotated[str, typer.Option(help="Last day of training data, YYYY-MM-DD")]) -> None:
+    """Train, register and gate a model outside Airflow (same code as the training DAG)."""
+    from flywheel.spec import load_spec
+    from flywheel.training import train as run_train
+
+    result = run_train(load_spec(), end=date.fromisoformat(end), reason="cli")
+    console.print(result.to_dict())
+
+
+@app.command()
+def package(version: Annotated[str, typer.Option(help="Model version the bento is labelled with")]) -> None:
+    """Build the BentoML bento of the model server (`bentoml build`)."""
+    from flywheel.packaging import build_bento
+    from flywheel.spec import load_spec
+
+    console.print(build_bento(load_spec(), version=version))
+
+
+@app.command("features-apply")
+def features_apply() -> None:
+    """`feast apply` the feature repo for the current profile (and render feature_store.yaml)."""
+    from flywheel import features
+
+    console.print(f"rendered {features.render_feature_store_yaml()}")
+    console.print(f"applied {features.apply()}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,31 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from flywheel.registry import decide
+from flywheel.training import best_threshold, temporal_split
+
+pytestmark = pytest.mark.unit
+
+
+def test_gate_requires_beating_baseline_and_champion():
+    assert decide(challenger=0.4, baseline=0.3, champion=None).promote
+    assert not decide(challenger=0.25, baseline=0.3, champion=None).promote
+    assert not decide(challenger=0.4, baseline=0.3, champion=0.45).promote
+    assert not decide(challenger=0.46, baseline=0.3, champion=0.45, min_improvement=0.02).promote
+    assert "baseline" in decide(challenger=0.2, baseline=0.3, champion=None).reason
+
+
+def test_temporal_split_never_leaks_the_future(spec):
+    ts = pd.date_range("2026-01-01", periods=1000, freq="h", tz="UTC")
+    frame = pd.DataFrame({"event_timestamp": ts[::-1], "transaction_id": range(1000), "is_fraud": 0})
+    split = temporal_split(frame, spec)
+    assert split.train["event_timestamp"].max() < split.validation["event_timestamp"].min()
+    assert split.validation["event_timestamp"].max() < split.holdout["event_timestamp"].min()
+    assert len(split.train) + len(split.validation) + len(split.holdout) == 1000
+
+
+def test_threshold_maximises_f1():
+    y = pd.Series([0] * 90 + [1] * 10)
+    proba = np.r_[np.linspace(0, 0.5, 90), np.linspace(0.6, 1.0, 10)]
+    assert 0.5 < best_threshold(y, proba) <= 0.6
