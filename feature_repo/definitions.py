@@ -3,71 +3,80 @@
 Entities: user and merchant. Feature views: per-entity aggregates over a trailing
 window, computed daily from curated data by ``flywheel.features`` and stored as
 Parquet in the object store (the offline source). The feature service groups what
-the fraud model reads. Locations come from the one settings object, so the same
-definitions serve every profile.
+the fraud model reads. Locations come from the settings object, so the same
+definitions serve every profile: ``flywheel.features.apply`` calls :func:`build`
+with its settings; the module-level names let the ``feast`` CLI read this repo too
+(``flywheel features-apply`` renders its feature_store.yaml).
 """
 
 from datetime import timedelta
+from typing import Any
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.data_format import ParquetFormat
 from feast.types import Float64, Int64, String
 
-from flywheel.config import get_settings
-from flywheel.spec import load_spec
+from flywheel.config import Settings, get_settings
+from flywheel.spec import PipelineSpec, load_spec
 
-settings = get_settings()
-spec = load_spec()
-features_bucket = settings.bucket("features")
-
-user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64,
-              description="A card holder")
-merchant = Entity(name="merchant", join_keys=["merchant_id"], value_type=ValueType.INT64,
-                  description="A merchant accepting card payments")
+# Aggregates of day D are stamped D+1 00:00 and stay valid for two days.
+TTL = timedelta(days=2)
 
 
-def _source(view: str) -> FileSource:
-    return FileSource(
-        name=f"{view}_source",
-        path=f"s3://{features_bucket}/{view}/",
-        file_format=ParquetFormat(),
-        timestamp_field="event_timestamp",
-        s3_endpoint_override=settings.s3_endpoint_url,
+def build(settings: Settings, spec: PipelineSpec) -> list[Any]:
+    """The repo's objects for one profile's settings."""
+    bucket = settings.bucket("features")
+
+    def source(view: str) -> FileSource:
+        return FileSource(
+            name=f"{view}_source",
+            path=f"s3://{bucket}/{view}/",
+            file_format=ParquetFormat(),
+            timestamp_field="event_timestamp",
+            s3_endpoint_override=settings.s3_endpoint_url,
+        )
+
+    tags = {"owner": spec.owner, "window_days": str(spec.features.window_days)}
+    user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64,
+                  description="A card holder")
+    merchant = Entity(name="merchant", join_keys=["merchant_id"], value_type=ValueType.INT64,
+                      description="A merchant accepting card payments")
+    user_stats = FeatureView(
+        name="user_stats",
+        entities=[user],
+        ttl=TTL,
+        schema=[
+            Field(name="user_txn_count_7d", dtype=Int64),
+            Field(name="user_amount_mean_7d", dtype=Float64),
+            Field(name="user_amount_max_7d", dtype=Float64),
+            Field(name="user_top_country", dtype=String),
+        ],
+        source=source("user_stats"),
+        online=True,
+        tags=tags,
     )
+    merchant_stats = FeatureView(
+        name="merchant_stats",
+        entities=[merchant],
+        ttl=TTL,
+        schema=[
+            Field(name="merchant_txn_count_7d", dtype=Int64),
+            Field(name="merchant_amount_mean_7d", dtype=Float64),
+            Field(name="merchant_fraud_rate_7d", dtype=Float64),
+        ],
+        source=source("merchant_stats"),
+        online=True,
+        tags=tags,
+    )
+    service = FeatureService(
+        name=spec.features.service,
+        features=[user_stats, merchant_stats],
+        description="Entity features read by the fraud model at training and serving time",
+    )
+    return [user, merchant, user_stats, merchant_stats, service]
 
 
-user_stats = FeatureView(
-    name="user_stats",
-    entities=[user],
-    # Aggregates of day D are stamped D+1 00:00 and stay valid for two days.
-    ttl=timedelta(days=2),
-    schema=[
-        Field(name="user_txn_count_7d", dtype=Int64),
-        Field(name="user_amount_mean_7d", dtype=Float64),
-        Field(name="user_amount_max_7d", dtype=Float64),
-        Field(name="user_top_country", dtype=String),
-    ],
-    source=_source("user_stats"),
-    online=True,
-    tags={"owner": spec.owner, "window_days": str(spec.features.window_days)},
-)
-
-merchant_stats = FeatureView(
-    name="merchant_stats",
-    entities=[merchant],
-    ttl=timedelta(days=2),
-    schema=[
-        Field(name="merchant_txn_count_7d", dtype=Int64),
-        Field(name="merchant_amount_mean_7d", dtype=Float64),
-        Field(name="merchant_fraud_rate_7d", dtype=Float64),
-    ],
-    source=_source("merchant_stats"),
-    online=True,
-    tags={"owner": spec.owner, "window_days": str(spec.features.window_days)},
-)
-
-fraud_service = FeatureService(
-    name=spec.features.service,
-    features=[user_stats, merchant_stats],
-    description="Entity features read by the fraud model at training and serving time",
-)
+if __name__ != "flywheel_feature_repo":  # imported by the feast CLI: expose the objects
+    _settings = get_settings()
+    for _obj in build(_settings, load_spec(settings=_settings)):
+        globals()[_obj.name] = _obj

@@ -47,7 +47,8 @@ class DagRunFailed(AirflowClientError):
 
     def __init__(self, dag_id: str, states: dict[str, str], failed_tasks: dict[str, list[str]]) -> None:
         detail = "; ".join(
-            f"{run_id}: {', '.join(tasks) or 'no failed task recorded'}" for run_id, tasks in failed_tasks.items()
+            f"{run_id}: {', '.join(tasks) or 'no failed task recorded'}"
+            for run_id, tasks in failed_tasks.items()
         )
         super().__init__(f"DAG {dag_id}: {len(failed_tasks)} run(s) failed: {detail}")
         self.dag_id = dag_id
@@ -88,7 +89,17 @@ class AssetEvent:
 
     @classmethod
     def from_api(cls, body: Mapping[str, Any]) -> AssetEvent:
-        return cls(**{name: body.get(name) for name in cls.__dataclass_fields__})
+        return cls(
+            id=int(body["id"]),
+            asset_id=int(body["asset_id"]),
+            uri=body.get("uri"),
+            name=body.get("name"),
+            source_dag_id=body.get("source_dag_id"),
+            source_run_id=body.get("source_run_id"),
+            source_task_id=body.get("source_task_id"),
+            timestamp=str(body["timestamp"]),
+            extra=body.get("extra"),
+        )
 
 
 class AirflowClient:
@@ -104,7 +115,9 @@ class AirflowClient:
     ) -> None:
         self.settings = settings or get_settings()
         self.poll_interval = poll_interval
-        self._http = httpx.Client(base_url=str(self.settings.airflow_url), timeout=timeout, transport=transport)
+        self._http = httpx.Client(
+            base_url=str(self.settings.airflow_url), timeout=timeout, transport=transport
+        )
         self._token: str | None = None
 
     def __enter__(self) -> AirflowClient:
@@ -176,8 +189,9 @@ class AirflowClient:
                 return self.get_dag(dag_id)
             except DagNotFound:
                 if time.monotonic() > deadline:
+                    errors = self.import_errors() or "none"
                     raise AirflowTimeout(
-                        f"DAG {dag_id} not parsed after {timeout:.0f} s; import errors: {self.import_errors() or 'none'}"
+                        f"DAG {dag_id} not parsed after {timeout:.0f} s; import errors: {errors}"
                     ) from None
             time.sleep(self.poll_interval)
 
@@ -185,7 +199,8 @@ class AirflowClient:
         """File name → last line of its import error."""
         body = self.request("GET", "/importErrors", params={"limit": 100})
         return {
-            err["filename"]: (err["stack_trace"].strip().splitlines() or [""])[-1] for err in body["import_errors"]
+            err["filename"]: (err["stack_trace"].strip().splitlines() or [""])[-1]
+            for err in body["import_errors"]
         }
 
     def unpause(self, dag_id: str) -> None:
@@ -193,7 +208,9 @@ class AirflowClient:
         self.set_paused(dag_id, paused=False)
 
     def set_paused(self, dag_id: str, *, paused: bool) -> None:
-        self.request("PATCH", f"/dags/{dag_id}", params={"update_mask": "is_paused"}, json={"is_paused": paused})
+        self.request(
+            "PATCH", f"/dags/{dag_id}", params={"update_mask": "is_paused"}, json={"is_paused": paused}
+        )
 
     # ---- runs ------------------------------------------------------------------
 

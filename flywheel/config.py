@@ -144,7 +144,6 @@ class Settings(BaseSettings):
             "AWS_ENDPOINT_URL": str(self.s3_endpoint_url),
             "AWS_DEFAULT_REGION": self.s3_region,
             "AWS_REGION": self.s3_region,
-            "FSSPEC_S3_ENDPOINT_URL": str(self.s3_endpoint_url),
             "MLFLOW_S3_ENDPOINT_URL": str(self.s3_endpoint_url),
         }
         if self.s3_access_key and self.s3_secret_key:
@@ -153,8 +152,31 @@ class Settings(BaseSettings):
         return env
 
     def component_env(self) -> dict[str, str]:
-        """Environment handed to every process the stack starts."""
-        return {"FLYWHEEL_HOME": str(self.home), "FLYWHEEL_PROFILE": self.profile.value}
+        """Environment handed to every process the stack starts: the same settings, no secrets.
+
+        Secrets travel through ``<home>/secrets.json`` (or the caller's own environment).
+        """
+        env = {
+            "FLYWHEEL_HOME": str(self.home),
+            "FLYWHEEL_PROFILE": self.profile.value,
+            "FLYWHEEL_HOST": self.host,
+            "FLYWHEEL_S3_ENDPOINT_URL": str(self.s3_endpoint_url),
+            "FLYWHEEL_S3_REGION": self.s3_region,
+            "FLYWHEEL_BUCKET_PREFIX": self.bucket_prefix,
+            "FLYWHEEL_MLFLOW_TRACKING_URI": str(self.mlflow_tracking_uri),
+            "FLYWHEEL_AIRFLOW_URL": str(self.airflow_url),
+            "FLYWHEEL_MODEL_SERVER_URL": str(self.model_server_url),
+            "FLYWHEEL_USE_CASE": self.use_case,
+            "FLYWHEEL_SPECS_DIR": str(self.specs_dir),
+            "FLYWHEEL_FEATURE_REPO": str(self.feature_repo),
+            "FLYWHEEL_CHAMPION_REFRESH_S": str(self.champion_refresh_s),
+            "FLYWHEEL_PREDICTION_FLUSH_ROWS": str(self.prediction_flush_rows),
+            "FLYWHEEL_PREDICTION_FLUSH_S": str(self.prediction_flush_s),
+        }
+        env |= {f"FLYWHEEL_PORTS__{k.upper()}": str(v) for k, v in self.ports.model_dump().items()}
+        if self.online_store is not None:
+            env["FLYWHEEL_ONLINE_STORE"] = json.dumps(self.online_store)
+        return env
 
 
 class _TomlFileSource(PydanticBaseSettingsSource):

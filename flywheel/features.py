@@ -20,7 +20,7 @@ import yaml
 from flywheel import storage
 from flywheel.config import Settings, get_settings
 from flywheel.featurize import feature_timestamp, merchant_aggregates, user_aggregates
-from flywheel.spec import PipelineSpec
+from flywheel.spec import PipelineSpec, load_spec
 
 if TYPE_CHECKING:
     from feast import FeatureStore, RepoConfig
@@ -95,8 +95,9 @@ def load_definitions(settings: Settings) -> list[Any]:
         raise FeatureError(f"cannot load Feast definitions from {path}")
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
+    objects: list[Any] = module.build(settings, load_spec(settings=settings))
     kinds = (Entity, FeatureView, FeatureService)
-    return [obj for obj in vars(module).values() if isinstance(obj, kinds)]
+    return [obj for obj in objects if isinstance(obj, kinds)]
 
 
 def apply(settings: Settings | None = None) -> list[str]:

@@ -33,11 +33,11 @@ class GateDecision:
 def decide(
     *, challenger: float, baseline: float, champion: float | None, min_improvement: float = 0.0
 ) -> GateDecision:
-    """The promotion gate: beat the baseline, and the champion by ``min_improvement``."""
+    """The promotion gate: strictly beat the baseline, and the champion by more than ``min_improvement``."""
     if challenger <= baseline:
         reason = f"challenger {challenger:.4f} does not beat the baseline {baseline:.4f}"
         return GateDecision(False, reason, challenger, baseline, champion)
-    if champion is not None and challenger < champion + min_improvement:
+    if champion is not None and challenger <= champion + min_improvement:
         reason = (f"challenger {challenger:.4f} does not beat the champion {champion:.4f} "
                   f"by {min_improvement}")
         return GateDecision(False, reason, challenger, baseline, champion)

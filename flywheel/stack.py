@@ -236,26 +236,34 @@ def _seaweed_dir(settings: Settings) -> Path:
     return settings.home / "seaweedfs"
 
 
-def _weed_admin_port(settings: Settings) -> int:
-    # `weed mini` always runs its admin server (-admin.ui only hides the UI); Ports has
-    # no field for it, so it sits next to the master port.
-    return settings.ports.weed_master + 1
+def _free_admin_port(host: str) -> int:
+    """A free port whose gRPC twin (+10000) is free too: weed's worker dials admin + 10000."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+            port = int(probe.getsockname()[1])
+        if port + GRPC_PORT_OFFSET < 65536 and _port_free(host, port + GRPC_PORT_OFFSET):
+            return port
+    raise StackError("found no free port pair for the SeaweedFS admin server")
 
 
 def _weed_ports(settings: Settings) -> tuple[int, ...]:
     p = settings.ports
-    http = (p.s3, p.weed_master, p.weed_volume, p.weed_filer, _weed_admin_port(settings))
+    http = (p.s3, p.weed_master, p.weed_volume, p.weed_filer)
     return http + tuple(port + GRPC_PORT_OFFSET for port in http)
 
 
 def _weed_command(settings: Settings) -> list[str]:
     p, home = settings.ports, _seaweed_dir(settings)
+    # `weed mini` always runs an admin server (-admin.ui=false only hides its UI) that
+    # nothing here uses; Ports has no field for it, so it gets a free ephemeral port.
+    admin = _free_admin_port(settings.host)
     return [
         _bin("weed"), "mini", f"-dir={home / 'data'}",
         f"-ip={settings.host}", f"-ip.bind={settings.host}",
         f"-master.port={p.weed_master}", f"-volume.port={p.weed_volume}",
         f"-filer.port={p.weed_filer}", f"-s3.port={p.s3}",
-        f"-admin.port={_weed_admin_port(settings)}",
+        f"-admin.port={admin}",
         "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
         "-admin.ui=false", "-master.telemetry=false",
         f"-s3.config={home / 'identities.json'}",
@@ -355,7 +363,9 @@ def _prepare_airflow(settings: Settings) -> None:
             stdin=subprocess.DEVNULL, timeout=600, check=False,
         )  # fmt: skip
     if done.returncode != 0:
-        raise ServiceStartError("airflow-api-server", f"`airflow db migrate` failed ({done.returncode})", log_path)
+        raise ServiceStartError(
+            "airflow-api-server", f"`airflow db migrate` failed ({done.returncode})", log_path
+        )
 
 
 def airflow_health(settings: Settings) -> dict[str, Any] | None:
@@ -399,7 +409,15 @@ def _model_server_command(settings: Settings) -> list[str]:
     if not path.is_file():
         raise StackError("no bento to serve: pass bento=<tag> or build one first")
     tag = path.read_text().strip()
-    return [_bin("bentoml"), "serve", tag, "--host", settings.host, "--port", str(settings.ports.model_server)]
+    return [
+        _bin("bentoml"),
+        "serve",
+        tag,
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.ports.model_server),
+    ]
 
 
 def _model_server_env(settings: Settings) -> dict[str, str]:
@@ -416,7 +434,7 @@ SERVICES: tuple[Service, ...] = (
     Service(
         name="seaweedfs",
         command=_weed_command,
-        env=lambda _: _base_env(),
+        env=lambda s: {**_base_env(), **flywheel_env(s)},
         health=_s3_healthy,
         ports=_weed_ports,
         url=_url("s3_endpoint_url"),
@@ -567,7 +585,12 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def _check_ports(settings: Settings, service: Service) -> None:
-    for port in service.ports(settings):
+    ports = service.ports(settings)
+    if len(set(ports)) != len(ports) or not all(0 < port < 65536 for port in ports):
+        raise StackError(
+            f"{service.name}: invalid or overlapping ports {sorted(ports)} (SeaweedFS binds each + 10000)"
+        )
+    for port in ports:
         if not _port_free(settings.host, port):
             raise PortInUseError(service.name, port)
 
@@ -597,10 +620,14 @@ def _wait_healthy(settings: Settings, service: Service, pid: int) -> None:
             return
         if not _alive(pid):
             _pid_file(settings, service.name).unlink(missing_ok=True)
-            raise ServiceStartError(service.name, "exited before it became healthy", log_path(settings, service.name))
+            raise ServiceStartError(
+                service.name, "exited before it became healthy", log_path(settings, service.name)
+            )
         if time.monotonic() > deadline:
             raise ServiceStartError(
-                service.name, f"not healthy after {service.start_timeout_s:.0f} s", log_path(settings, service.name)
+                service.name,
+                f"not healthy after {service.start_timeout_s:.0f} s",
+                log_path(settings, service.name),
             )
         time.sleep(0.5)
 
@@ -631,7 +658,8 @@ def up(
 ) -> Settings:
     """Start the stack (or the named services and what they require); return settings with secrets.
 
-    Running healthy services are left alone; stale pid files are removed. Every port is
+    Running healthy services are left alone; stale pid files (and children a dead
+    service left behind) are cleaned up. Every port is
     checked before anything starts. Raises PortInUseError (a port is held by another
     process), ServiceStartError (a service exited or was not healthy in time) and
     UnknownServiceError. ``model-server`` starts when named or when a bento exists
@@ -646,9 +674,10 @@ def up(
     names = list(services) if services is not None else _default_services(bento)
     plan = _with_requirements(names)
     running = {s.name: _running_pid(settings, s.name) for s in plan}
+    stale = [name for name, pid in running.items() if pid is None]
+    down(settings, services=stale, console=console)  # pid files and orphaned children
     for service in plan:
         if running[service.name] is None:
-            _pid_file(settings, service.name).unlink(missing_ok=True)
             _check_ports(settings, service)
     for wave in _waves(plan):
         _start_wave(settings, wave, running, console)
@@ -688,22 +717,39 @@ def down(
 ) -> list[str]:
     """Stop the stack (or the named services): SIGTERM each process group, SIGKILL after 15 s.
 
-    Removes the pid files; idempotent when nothing runs. Returns the names it stopped.
+    Also stops children that outlived their service's main process. Removes the pid
+    files; idempotent when nothing runs. Returns the names it stopped.
     """
     names = _expand(services) if services is not None else list(SERVICE_NAMES)
-    targets: dict[str, int] = {}
-    for name in names:
-        pid = _running_pid(settings, name)
-        if pid is not None:
-            targets[name] = pid
-            _signal_group(pid, signal.SIGTERM)
-        else:
-            _pid_file(settings, name).unlink(missing_ok=True)
+    targets = {name: pgid for name in names if (pgid := _service_group(settings, name)) is not None}
+    for pgid in targets.values():
+        _signal_group(pgid, signal.SIGTERM)
     _wait_stopped(list(targets.values()), STOP_TIMEOUT_S)
-    for name in targets:
+    for name in names:
         _pid_file(settings, name).unlink(missing_ok=True)
+    for name in targets:
         _say(console, f"{name}: stopped")
     return list(targets)
+
+
+def _service_group(settings: Settings, name: str) -> int | None:
+    """Process group of the service: its live main process, or children left behind by it."""
+    pid = _running_pid(settings, name)
+    if pid is not None:
+        return pid
+    try:
+        pgid = int(_pid_file(settings, name).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    # Our processes carry FLYWHEEL_HOME; a reused pid's group does not.
+    return pgid if any(_is_ours(settings, proc) for proc in _group_members(pgid)) else None
+
+
+def _is_ours(settings: Settings, proc: psutil.Process) -> bool:
+    try:
+        return bool(proc.environ().get("FLYWHEEL_HOME") == str(settings.home))
+    except psutil.Error:
+        return False
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -713,16 +759,20 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         pass
 
 
-def _group_alive(pgid: int) -> bool:
-    if _alive(pgid):
-        return True
+def _group_members(pgid: int) -> list[psutil.Process]:
+    """Live (non-zombie) processes of a process group."""
+    members = []
     for proc in psutil.process_iter(["status"]):
         try:
-            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                return True
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) == pgid:
+                members.append(proc)
         except (ProcessLookupError, psutil.Error):
             continue
-    return False
+    return members
+
+
+def _group_alive(pgid: int) -> bool:
+    return _alive(pgid) or bool(_group_members(pgid))
 
 
 def _wait_stopped(pgids: list[int], timeout: float) -> None:

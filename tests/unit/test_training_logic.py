@@ -12,6 +12,7 @@ def test_gate_requires_beating_baseline_and_champion():
     assert decide(challenger=0.4, baseline=0.3, champion=None).promote
     assert not decide(challenger=0.25, baseline=0.3, champion=None).promote
     assert not decide(challenger=0.4, baseline=0.3, champion=0.45).promote
+    assert not decide(challenger=0.45, baseline=0.3, champion=0.45).promote  # a tie keeps the champion
     assert not decide(challenger=0.46, baseline=0.3, champion=0.45, min_improvement=0.02).promote
     assert "baseline" in decide(challenger=0.2, baseline=0.3, champion=None).reason
 

@@ -1,0 +1,48 @@
+"""A real embedded stack (SeaweedFS + MLflow) for integration tests, on its own ports and home."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date, timedelta
+
+import pytest
+
+from flywheel import stack
+from flywheel.config import Ports, Settings
+
+TEST_PORTS = Ports(s3=24333, weed_master=24334, weed_volume=24335, weed_filer=24336,
+                   airflow=24080, mlflow=24500, model_server=24600)
+FIRST_DAY = date(2026, 1, 1)
+DAYS = 9
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory) -> Iterator[Settings]:
+    home = tmp_path_factory.mktemp("flywheel-home")
+    settings = Settings(home=home, ports=TEST_PORTS, champion_refresh_s=1.0, prediction_flush_s=1.0)
+    settings = stack.up(settings, services=["seaweedfs", "mlflow"])
+    try:
+        yield settings
+    finally:
+        stack.down(settings)
+
+
+@pytest.fixture(scope="session")
+def loaded(services: Settings, spec) -> dict:
+    """DAYS days of generated data taken through ingest → validate → features, in-process."""
+    from flywheel import features
+    from flywheel.datagen import write_landing
+    from flywheel.ingest import ingest
+    from flywheel.validation import validate_partition
+
+    write_landing(services.home / "landing", FIRST_DAY, DAYS, spec.generator)
+    features.apply(services)
+    summaries = {}
+    for offset in range(DAYS):
+        day = FIRST_DAY + timedelta(days=offset)
+        ds = day.isoformat()
+        ingested = ingest(spec, ds, run_id="test", settings=services)
+        summaries[ds] = {"ingest": ingested, "validate": validate_partition(spec, ds, settings=services)}
+        features.compute_aggregates(spec, day, settings=services)
+        features.materialize(day, settings=services)
+    return summaries

@@ -1,0 +1,173 @@
+"""The embedded stack launcher against real processes (SeaweedFS, MLflow, Airflow).
+
+Runs under a temporary home on ports away from the defaults, so a demo stack
+started with ``flywheel up`` on the same machine is not disturbed.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from pydantic import SecretStr
+
+from flywheel import stack
+from flywheel.airflow_client import AirflowAuthError, AirflowClient
+from flywheel.config import Ports, Settings
+from flywheel.storage import ZONES, s3_client
+
+pytestmark = pytest.mark.integration
+
+TEST_PORTS = Ports(
+    s3=21333,
+    weed_master=22333,
+    weed_volume=21081,
+    weed_filer=21888,
+    airflow=21080,
+    mlflow=21500,
+    model_server=21300,
+)
+CORE = ("seaweedfs", "mlflow")
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    base = Settings(home=tmp_path_factory.mktemp("flywheel-home"), ports=TEST_PORTS)
+    yield base
+    stack.down(base)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _listening_ips(pid: int) -> set[str]:
+    """Addresses the process and its children listen on."""
+    parent = psutil.Process(pid)
+    ips: set[str] = set()
+    for proc in [parent, *parent.children(recursive=True)]:
+        for conn in proc.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN:
+                ips.add(conn.laddr.ip)
+    return ips
+
+
+def _by_name(settings: Settings) -> dict[str, stack.ServiceStatus]:
+    return {s.name: s for s in stack.status(settings)}
+
+
+def test_up_starts_object_store_and_tracking_server(settings: Settings) -> None:
+    ready = stack.up(settings, services=["mlflow"])
+
+    statuses = _by_name(ready)
+    for name in CORE:
+        assert statuses[name].healthy, name
+        assert _listening_ips(statuses[name].pid or 0) == {"127.0.0.1"}, name
+    assert not statuses["airflow-api-server"].running
+    assert not statuses["model-server"].running
+
+    secrets_file = ready.home / "secrets.json"
+    assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+    assert set(stack.SETTINGS_SECRETS) <= set(json.loads(secrets_file.read_text()))
+
+    buckets = {b["Name"] for b in s3_client(ready).list_buckets()["Buckets"]}
+    assert {ready.bucket(zone) for zone in ZONES} <= buckets
+
+
+def test_tracking_server_proxies_artifacts_to_the_object_store(settings: Settings) -> None:
+    ready = stack.ensure_secrets(settings)
+    url = f"{ready.mlflow_tracking_uri}/api/2.0/mlflow-artifacts/artifacts/smoke/hello.txt"
+
+    response = httpx.put(url, content=b"hello", timeout=30)  # no S3 credentials on the client
+
+    assert response.status_code == 200, response.text
+    body = s3_client(ready).get_object(Bucket=ready.bucket("mlflow"), Key="smoke/hello.txt")["Body"].read()
+    assert body == b"hello"
+
+
+def test_second_up_leaves_running_services_alone(settings: Settings) -> None:
+    before = {name: s.pid for name, s in _by_name(settings).items() if name in CORE}
+
+    stack.up(settings, services=["mlflow"])
+
+    after = {name: s.pid for name, s in _by_name(settings).items() if name in CORE}
+    assert after == before
+    assert all(after.values())
+
+
+def test_port_held_by_a_foreign_socket_is_reported(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with socket.socket() as foreign:
+        foreign.bind(("127.0.0.1", 0))
+        foreign.listen()
+        port = foreign.getsockname()[1]
+        other = Settings(
+            home=tmp_path_factory.mktemp("other-home"),
+            ports=Ports(s3=port, weed_master=23333, weed_volume=23081, weed_filer=23888),
+        )
+        stale = other.run_dir / "seaweedfs.pid"
+        stale.parent.mkdir(parents=True)
+        stale.write_text("999999999\n")  # no such process
+        try:
+            with pytest.raises(stack.PortInUseError) as caught:
+                stack.up(other, services=["seaweedfs"])
+            assert not _by_name(other)["seaweedfs"].running
+        finally:
+            stack.down(other)
+
+    assert caught.value.port == port
+    assert caught.value.service == "seaweedfs"
+    assert str(port) in str(caught.value)
+    assert not stale.exists()
+
+
+def test_down_stops_everything_and_frees_ports(settings: Settings) -> None:
+    stopped = stack.down(settings)
+
+    assert set(stopped) == set(CORE)
+    assert not any(s.running for s in stack.status(settings))
+    assert not list(settings.run_dir.glob("*.pid"))
+    weed_ports = (TEST_PORTS.s3, TEST_PORTS.weed_master, TEST_PORTS.weed_volume, TEST_PORTS.weed_filer)
+    for port in (*weed_ports, TEST_PORTS.mlflow):
+        assert _port_free(port), port
+    assert stack.down(settings) == []
+
+
+def test_airflow_components_serve_an_authenticated_api(settings: Settings) -> None:
+    ready = stack.up(settings, services=["airflow"])
+
+    statuses = _by_name(ready)
+    assert all(statuses[name].healthy for name in stack.AIRFLOW_COMPONENTS)
+    assert _listening_ips(statuses["airflow-api-server"].pid or 0) == {"127.0.0.1"}
+    with AirflowClient(ready) as client:
+        assert client.token()
+        health = client.health()
+        for component in ("metadatabase", "scheduler", "dag_processor", "triggerer"):
+            assert health[component]["status"] == "healthy", component
+        assert "dags" in client.request("GET", "/dags")
+    assert httpx.get(f"{ready.airflow_url}/api/v2/dags", timeout=10).status_code == 401
+    wrong = ready.model_copy(update={"airflow_password": SecretStr("not-the-password")})
+    with AirflowClient(wrong) as client, pytest.raises(AirflowAuthError):
+        client.token()
+
+    assert set(stack.down(ready, services=["airflow"])) == set(stack.AIRFLOW_COMPONENTS)
+    assert _port_free(TEST_PORTS.airflow)
+
+
+def test_unknown_service_is_rejected(settings: Settings) -> None:
+    with pytest.raises(stack.UnknownServiceError):
+        stack.up(settings, services=["postgres"])
+    assert not Path(settings.run_dir / "postgres.pid").exists()
