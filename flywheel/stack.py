@@ -659,11 +659,11 @@ def up(
     """Start the stack (or the named services and what they require); return settings with secrets.
 
     Running healthy services are left alone; stale pid files (and children a dead
-    service left behind) are cleaned up. Every port is
-    checked before anything starts. Raises PortInUseError (a port is held by another
-    process), ServiceStartError (a service exited or was not healthy in time) and
-    UnknownServiceError. ``model-server`` starts when named or when a bento exists
-    (``bento`` or the newest under ``<home>/bentoml``).
+    service left behind) are cleaned up. Every port is checked before anything starts.
+    Raises PortInUseError (a port is held by another process), ServiceStartError (a
+    service exited or was not healthy in time) and UnknownServiceError. ``model-server``
+    starts when named or when a bento exists (``bento`` or the newest under
+    ``<home>/bentoml``). Services already started stay up when a later one fails.
     """
     settings = ensure_secrets(settings)
     for directory in (settings.run_dir, settings.log_dir):

@@ -1,0 +1,120 @@
+"""Train → register → gate in a real MLflow; package with BentoML; serve over HTTP."""
+
+import json
+import time
+from datetime import timedelta
+
+import httpx
+import pytest
+
+from flywheel import registry, stack, storage
+from flywheel.packaging import build_bento
+from flywheel.training import train
+
+from .conftest import DAYS, FIRST_DAY
+
+pytestmark = pytest.mark.integration
+END = FIRST_DAY + timedelta(days=DAYS - 1)
+
+
+@pytest.fixture(scope="module")
+def first(services, loaded, spec):
+    return train(spec, end=END, reason="test", settings=services)
+
+
+@pytest.fixture(scope="module")
+def served(services, first, spec):
+    tag = build_bento(spec, version=first.version, settings=services)
+    settings = stack.up(services, services=["model-server"], bento=tag)
+    key = settings.api_key.get_secret_value()
+    with httpx.Client(base_url=str(settings.model_server_url), headers={"X-API-Key": key}, timeout=30) as http:
+        yield settings, http, tag
+    stack.down(settings, services=["model-server"])
+
+
+def _txn(**overrides):
+    body = {"transaction_id": "t-1", "user_id": 12, "merchant_id": 7, "amount": 42.5,
+            "event_timestamp": f"{END.isoformat()}T13:05:00Z", "merchant_category": "grocery",
+            "country": "US", "device": "pos"}
+    return body | overrides
+
+
+def test_first_model_beats_the_baseline_and_becomes_champion(services, first, spec):
+    assert first.promoted, first.reason
+    assert first.metrics["holdout_pr_auc"] > first.metrics["baseline_pr_auc"]
+    champion = registry.alias_version(spec.model_name, registry.CHAMPION, settings=services)
+    assert str(champion.version) == first.version
+    assert 0 < float(champion.tags["threshold"]) < 1
+    assert champion.tags["gate.promote"] == "true"
+    identity = json.loads(champion.tags["data.partitions"])
+    assert len(identity) == DAYS
+    assert storage.get_bytes("features", f"reference/{spec.model_name}/v{first.version}.parquet",
+                             settings=services)
+
+
+def test_a_model_that_does_not_beat_the_champion_is_not_promoted(services, first, spec):
+    again = train(spec, end=END, reason="test", settings=services)
+    assert not again.promoted and "champion" in again.reason
+    assert str(registry.alias_version(spec.model_name, registry.CHAMPION, settings=services).version) == first.version
+    assert str(registry.alias_version(spec.model_name, registry.CHALLENGER, settings=services).version) == again.version
+
+
+def test_prediction_over_http(served, first):
+    _, http, _ = served
+    resp = http.post("/predict", json=_txn())
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert 0.0 <= body["fraud_probability"] <= 1.0
+    assert body["model_version"] == first.version
+    assert body["is_fraud"] == (body["fraud_probability"] >= body["threshold"])
+    assert body["transaction_id"] == "t-1" and body["unknown_entities"] == []
+
+
+def test_risky_transaction_scores_higher_than_a_routine_one(served):
+    _, http, _ = served
+    routine = http.post("/predict", json=_txn()).json()["fraud_probability"]
+    risky = http.post("/predict", json=_txn(amount=4000.0, device="unknown", merchant_category="electronics",
+                                            country="NG", event_timestamp=f"{END}T02:10:00Z")).json()
+    assert risky["fraud_probability"] > routine
+
+
+def test_api_key_is_required(served):
+    settings, _, _ = served
+    with httpx.Client(base_url=str(settings.model_server_url), timeout=10) as anon:
+        assert anon.post("/predict", json=_txn()).status_code == 401
+        assert anon.post("/predict", json=_txn(), headers={"X-API-Key": "wrong"}).status_code == 401
+        assert anon.get("/readyz").status_code == 200
+
+
+def test_invalid_input_is_rejected_naming_the_field(served):
+    _, http, _ = served
+    resp = http.post("/predict", json=_txn(amount=-5))
+    assert 400 <= resp.status_code < 500
+    assert "amount" in resp.text
+    missing = {k: v for k, v in _txn().items() if k != "user_id"}
+    resp = http.post("/predict", json=missing)
+    assert 400 <= resp.status_code < 500 and "user_id" in resp.text
+
+
+def test_unknown_entity_gets_defaults_and_a_flag(served):
+    _, http, _ = served
+    body = http.post("/predict", json=_txn(user_id=987654321)).json()
+    assert body["unknown_entities"] == ["user"]
+    assert 0.0 <= body["fraud_probability"] <= 1.0
+
+
+def test_batch_endpoint_and_prediction_log(served, spec):
+    settings, http, _ = served
+    batch = [_txn(transaction_id=f"b-{i}", user_id=i) for i in range(25)]
+    resp = http.post("/predict_batch", json=batch)
+    assert resp.status_code == 200
+    assert [p["transaction_id"] for p in resp.json()] == [f"b-{i}" for i in range(25)]
+    prefix = f"{spec.model_name}/dt={END.isoformat()}/"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not storage.list_keys("predictions", prefix, settings=settings):
+        time.sleep(1)
+    from flywheel.monitoring import load_predictions
+
+    logged = load_predictions(spec, start=END, end=END, settings=settings)
+    assert len(logged) >= 25
+    assert logged["probability"].between(0, 1).all()
