@@ -113,7 +113,9 @@ def wait_for_prediction_logs(settings: Settings, spec: PipelineSpec, day: date, 
 
 def run_monitoring(client: AirflowClient, spec: PipelineSpec, day: date) -> dict[str, str]:
     dag_id = f"{spec.name}_monitoring"
-    run_id = client.trigger(dag_id, logical_date=day, run_id=f"demo__{day.isoformat()}__{int(time.time())}")
+    # A manual run of a daily interval timetable covers the interval ending at its logical date.
+    run_id = client.trigger(dag_id, logical_date=day + timedelta(days=1),
+                            run_id=f"demo__{day.isoformat()}__{int(time.time())}")
     client.wait_for_runs(dag_id, [run_id], timeout=300)
     return client.task_states(dag_id, run_id)
 

@@ -150,7 +150,7 @@ def train(spec: PipelineSpec, *, end: date, reason: str = "scheduled",
                                min_improvement=spec.training.min_improvement)
     tag_version(spec, version, settings, threshold=threshold, run_id=run.info.run_id,
                 decision=decision, identity=identity)
-    reference_uri = write_reference(spec, version, frame, model, settings)
+    reference_uri = write_reference(spec, version, recent_days(frame, spec), model, settings)
     alias = registry.CHAMPION if decision.promote else registry.CHALLENGER
     registry.set_alias(spec.model_name, alias, version, settings=settings)
     log.info("model %s v%s: %s -> alias %s", spec.model_name, version, decision.reason, alias)
@@ -179,9 +179,21 @@ def tag_version(spec: PipelineSpec, version: str, settings: Settings, *, thresho
         mlflow_client.set_model_version_tag(spec.model_name, version, key, value)
 
 
+def recent_days(frame: pd.DataFrame, spec: PipelineSpec, *, share: float = 0.3) -> pd.DataFrame:
+    """Rows of the last whole days of the window (about ``share`` of its days, at least one)."""
+    days = frame[spec.dataset.timestamp].dt.date
+    keep = sorted(days.unique())[-max(1, round(days.nunique() * share)):]
+    return frame[days.isin(keep)]
+
+
 def write_reference(spec: PipelineSpec, version: str, frame: pd.DataFrame, model: Any,
                     settings: Settings) -> str:
-    """The training reference monitoring compares serving traffic with."""
+    """The reference monitoring compares serving traffic with.
+
+    Built from the most recent whole days of the training window: early days have
+    half-filled aggregates (a 7-day count after 2 days) and partial days skew the
+    hour of day, either of which would make steady traffic look drifted.
+    """
     sample = frame.sample(n=min(REFERENCE_ROWS, len(frame)), random_state=spec.training.seed)
     matrix = features_of(sample)
     reference = matrix.assign(probability=model.predict_proba(matrix)[:, 1],

@@ -1,0 +1,162 @@
+"""The whole loop through Airflow (`airflow dags test`), on real SeaweedFS, MLflow, Feast and BentoML.
+
+Days 1–6 are normal, days 7–8 carry an injected amount shift. Data DAG runs for every day,
+the training DAG makes the first champion, the model server answers HTTP, the monitoring DAG
+sees the drift in the logged traffic and emits the retrain Asset event the training DAG is
+scheduled on; the retraining run registers a new version.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from datetime import date, timedelta
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from flywheel import registry, stack, storage
+from flywheel.config import Ports, Settings
+from flywheel.datagen import DriftKind, write_landing
+from flywheel.demo import valid_rows, wait_for_prediction_logs
+
+pytestmark = pytest.mark.e2e
+FIRST = date(2026, 1, 1)
+NORMAL_DAYS, DRIFT_DAYS = 6, 2
+PORTS = Ports(s3=25333, weed_master=25334, weed_volume=25335, weed_filer=25336,
+              airflow=25080, mlflow=25500, model_server=25600)
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
+
+
+def day(offset: int) -> date:
+    return FIRST + timedelta(days=offset)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, spec):
+    home = tmp_path_factory.mktemp("e2e-home")
+    settings = stack.up(Settings(home=home, ports=PORTS, prediction_flush_s=1.0),
+                        services=["seaweedfs", "mlflow"])
+    stack.get_service("airflow-api-server").prepare(settings)  # airflow db migrate
+    write_landing(home / "landing", FIRST, NORMAL_DAYS + DRIFT_DAYS, spec.generator,
+                  drift_from=day(NORMAL_DAYS), drift=DriftKind.AMOUNT_SHIFT)
+    try:
+        yield settings, stack.airflow_env(settings)
+    finally:
+        stack.down(settings)
+
+
+def dags_test(airflow_env: dict[str, str], dag_id: str, when: date | None = None, conf: dict | None = None):
+    """Run a DAG in-process; ``when`` is the day whose data interval the run covers.
+
+    A manual run of a daily interval timetable covers the interval that *ends* at its
+    logical date, so the run for day D is dated D + 1.
+    """
+    cmd = [AIRFLOW, "dags", "test", dag_id]
+    if when is not None:
+        cmd.append((when + timedelta(days=1)).isoformat())
+    if conf is not None:
+        cmd += ["--conf", json.dumps(conf)]
+    out = subprocess.run(cmd, env=airflow_env, capture_output=True, text=True, timeout=900, check=False)
+    assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out
+
+
+def task_states(airflow_env: dict[str, str], dag_id: str) -> dict[str, str]:
+    """States of the latest run's tasks, read from the Airflow metadata DB."""
+    db = Path(airflow_env["AIRFLOW_HOME"]) / "airflow.db"
+    with sqlite3.connect(db) as conn:
+        run_id = conn.execute("select run_id from dag_run where dag_id=? order by id desc limit 1",
+                              (dag_id,)).fetchone()[0]
+        rows = conn.execute("select task_id, state from task_instance where dag_id=? and run_id=?",
+                            (dag_id, run_id)).fetchall()
+    return dict(rows)
+
+
+def run_data_day(airflow_env: dict[str, str], offset: int) -> None:
+    dags_test(airflow_env, "fraud_data", day(offset))
+    assert set(task_states(airflow_env, "fraud_data").values()) == {"success"}
+
+
+def replay(settings: Settings, spec, when: date) -> int:
+    path = settings.home / "landing" / "transactions" / f"ds={when}" / "part-0.parquet"
+    rows = valid_rows(pd.read_parquet(path), spec).drop(columns=[spec.label])
+    rows = rows.assign(event_timestamp=rows.event_timestamp.map(lambda t: t.isoformat()),
+                       user_id=rows.user_id.astype("int64"), merchant_id=rows.merchant_id.astype("int64"))
+    records = rows.to_dict("records")
+    headers = {"X-API-Key": settings.api_key.get_secret_value()}
+    with httpx.Client(base_url=str(settings.model_server_url), headers=headers, timeout=60) as http:
+        for i in range(0, len(records), 250):
+            resp = http.post("/predict_batch", json=records[i : i + 250])
+            assert resp.status_code == 200, resp.text
+            assert all(0 <= p["fraud_probability"] <= 1 for p in resp.json())
+    return len(records)
+
+
+def test_the_loop_closes(env, spec):
+    settings, airflow_env = env
+
+    # 1. data DAG for the history: partitions written, bad rows quarantined with reasons
+    for offset in range(NORMAL_DAYS - 1):
+        run_data_day(airflow_env, offset)
+    curated = storage.list_partitions(zone="curated", dataset="transactions", settings=settings)
+    assert curated == [day(i).isoformat() for i in range(NORMAL_DAYS - 1)]
+    quarantined = storage.read_partition(zone="quarantine", dataset="transactions", ds=day(0).isoformat(),
+                                         settings=settings)
+    assert len(quarantined) > 0 and quarantined["_failed_rules"].str.len().gt(0).all()
+
+    # 2. training DAG: registered model with alias champion, packaged as a bento
+    train_end, last_normal = day(NORMAL_DAYS - 2), day(NORMAL_DAYS - 1)
+    dags_test(airflow_env, "fraud_training", conf={"end": train_end.isoformat()})
+    assert task_states(airflow_env, "fraud_training") == {"train": "success", "package": "success"}
+    champion = registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings)
+    assert champion is not None and str(champion.version) == "1"
+    # DAGs start paused, and a paused DAG is not queued by Asset events: unpause as an operator would.
+    subprocess.run([AIRFLOW, "dags", "unpause", "fraud_training"], env=airflow_env, check=True,
+                   capture_output=True, timeout=120)
+
+    # 3. serve the bento; the next day's traffic (features of the closed days, as in production)
+    served = stack.up(settings, services=["model-server"])
+    with httpx.Client(base_url=str(served.model_server_url), timeout=30) as http:
+        resp = http.post("/predict", headers={"X-API-Key": served.api_key.get_secret_value()},
+                         json={"user_id": 3, "merchant_id": 5, "amount": 120.0, "merchant_category": "travel",
+                               "event_timestamp": f"{last_normal}T10:00:00Z", "country": "US"})
+        assert resp.status_code == 200 and 0 <= resp.json()["fraud_probability"] <= 1
+    assert replay(served, spec, last_normal) > 2000
+    wait_for_prediction_logs(served, spec, last_normal)
+
+    # 4. monitoring on a normal day: report written, no retrain requested
+    dags_test(airflow_env, "fraud_monitoring", last_normal)
+    states = task_states(airflow_env, "fraud_monitoring")
+    normal = json.loads(storage.get_bytes(
+        "reports", f"drift/{spec.model_name}/ds={last_normal}/report.json", settings=settings))
+    assert states["drift_check"] == "success"
+    assert states["request_retrain"] == "skipped", (normal["drift_share"], normal["drifted_columns"])
+
+    # 5. drifted days arrive and are served; the drift check emits the retrain Asset event
+    for offset in range(NORMAL_DAYS - 1, NORMAL_DAYS + DRIFT_DAYS - 1):
+        run_data_day(airflow_env, offset)
+    drift_day = day(NORMAL_DAYS + DRIFT_DAYS - 1)
+    assert replay(served, spec, drift_day) > 2000
+    wait_for_prediction_logs(served, spec, drift_day)
+    dags_test(airflow_env, "fraud_monitoring", drift_day)
+    assert task_states(airflow_env, "fraud_monitoring")["request_retrain"] == "success"
+    report = json.loads(storage.get_bytes(
+        "reports", f"drift/{spec.model_name}/ds={drift_day}/report.json", settings=settings))
+    assert report["drift_detected"] is True and "amount" in report["drifted_columns"]
+    with sqlite3.connect(Path(airflow_env["AIRFLOW_HOME"]) / "airflow.db") as conn:
+        extra = conn.execute(
+            "select e.extra from asset_event e join asset a on a.id = e.asset_id where a.name = ?",
+            ("fraud.retrain_request",)).fetchall()
+        queued = conn.execute("select target_dag_id from asset_dag_run_queue").fetchall()
+    assert extra and json.loads(extra[-1][0])["window_end"] == drift_day.isoformat()
+    assert ("fraud_training",) in queued  # the scheduler would start the training DAG now
+
+    # 6. the retraining run registers a new version (promoted only through the gate)
+    dags_test(airflow_env, "fraud_training", conf={"end": drift_day.isoformat()})
+    versions = registry.client(settings).search_model_versions(f"name='{spec.model_name}'")
+    assert max(int(v.version) for v in versions) == 2
