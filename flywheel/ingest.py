@@ -36,11 +36,18 @@ class IngestResult:
         return dict(self.__dict__)
 
 
+def source_files(spec: PipelineSpec, ds: str, settings: Settings) -> list[Path]:
+    """The files of the source partition of ``ds`` (empty while it has not arrived)."""
+    location = Path(spec.source_for(ds, settings))
+    pattern, _ = _READERS[spec.dataset.format]
+    return sorted(location.glob(pattern)) if location.is_dir() else []
+
+
 def read_source(spec: PipelineSpec, ds: str, settings: Settings) -> tuple[pd.DataFrame, str]:
     """Read every file of the source partition of ``ds``; raises :class:`SourceNotFound`."""
     location = Path(spec.source_for(ds, settings))
-    pattern, reader = _READERS[spec.dataset.format]
-    files = sorted(location.glob(pattern)) if location.is_dir() else []
+    _, reader = _READERS[spec.dataset.format]
+    files = source_files(spec, ds, settings)
     if not files:
         raise SourceNotFound(
             f"dataset {spec.dataset.name!r}: no {spec.dataset.format} files for ds={ds} in {location}"

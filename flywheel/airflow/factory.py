@@ -10,7 +10,16 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
+from airflow.sdk import (
+    DAG,
+    Asset,
+    CronDataIntervalTimetable,
+    Param,
+    PokeReturnValue,
+    dag,
+    get_current_context,
+    task,
+)
 
 from flywheel.spec import PipelineSpec
 
@@ -55,8 +64,18 @@ def data_dag(spec: PipelineSpec) -> DAG:
         doc_md=__doc__,
     )
     def pipeline() -> None:
+        # The interval's data may not have landed yet: wait for it (freeing the worker
+        # slot between pokes) instead of failing; time out after a day with a clear error.
+        @task.sensor(poke_interval=120, timeout=24 * 3600, mode="reschedule")
+        def source_arrived() -> PokeReturnValue:
+            from flywheel.config import get_settings
+            from flywheel.ingest import source_files
+
+            files = source_files(spec, _interval_ds(), get_settings())
+            return PokeReturnValue(is_done=bool(files), xcom_value=[str(f) for f in files])
+
         @task
-        def ingest() -> dict[str, Any]:
+        def ingest(_: list[str]) -> dict[str, Any]:
             from flywheel.ingest import ingest as run_ingest
 
             ctx = get_current_context()
@@ -80,7 +99,7 @@ def data_dag(spec: PipelineSpec) -> DAG:
             result["materialized"] = feats.materialize(ds)
             return result
 
-        features(validate(ingest()))
+        features(validate(ingest(source_arrived())))
 
     return pipeline()
 
