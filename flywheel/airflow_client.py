@@ -8,12 +8,14 @@ renewed once when a request answers 401 (expired) or 403 "Invalid JWT token".
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 import httpx
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
 from flywheel.config import Settings, get_settings
 
@@ -148,8 +150,19 @@ class AirflowClient:
         self._token = str(response.json()["access_token"])
         return self._token
 
+    @retry(
+        retry=retry_if_exception(lambda e: isinstance(e, AirflowClientError) and _database_busy(e)),
+        wait=wait_exponential(multiplier=0.5, max=8),
+        stop=stop_after_delay(120),
+        reraise=True,
+    )
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """Send an authenticated request to ``/api/v2<path>``; return the decoded JSON body."""
+        """Send an authenticated request to ``/api/v2<path>``; return the decoded JSON body.
+
+        On SQLite (embedded profile) the api-server answers 500/503 "Database error" /
+        "Database is locked" while the scheduler writes: such a request changed nothing
+        and is retried with backoff (every write here is idempotent or names its run id).
+        """
         url = f"/api/v2{path}"
         response = self._send(method, url, **kwargs)
         if _token_rejected(response):  # renew once
@@ -222,10 +235,12 @@ class AirflowClient:
         conf: Mapping[str, Any] | None = None,
         run_id: str | None = None,
     ) -> str:
-        """Create a manual run; returns its run id (409 → AirflowClientError if it exists)."""
-        body: dict[str, Any] = {"logical_date": _iso(logical_date), "conf": dict(conf or {})}
-        if run_id is not None:
-            body["dag_run_id"] = run_id
+        """Create a manual run; returns its run id (409 → AirflowClientError if it exists).
+
+        The run id is chosen here when not given, so a retried request cannot create two runs.
+        """
+        run_id = run_id or f"manual__{datetime.now(UTC):%Y-%m-%dT%H:%M:%S}__{uuid.uuid4().hex[:8]}"
+        body: dict[str, Any] = {"logical_date": _iso(logical_date), "conf": dict(conf or {}), "dag_run_id": run_id}
         return str(self.request("POST", f"/dags/{dag_id}/dagRuns", json=body)["dag_run_id"])
 
     def backfill(
@@ -342,6 +357,10 @@ def _iso(value: datetime | date | str | None) -> str | None:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.isoformat()
+
+
+def _database_busy(error: AirflowClientError) -> bool:
+    return error.status_code in (500, 503) and "database" in str(error).lower()
 
 
 def _token_rejected(response: httpx.Response) -> bool:

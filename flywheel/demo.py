@@ -203,7 +203,7 @@ def run(settings: Settings, console: Console, plan: DemoPlan | None = None) -> D
 def summary(settings: Settings, spec: PipelineSpec, report: DemoReport, console: Console) -> None:
     table = Table(title="Flywheel demo: what to open", show_lines=False)
     table.add_column("what")
-    table.add_column("where")
+    table.add_column("where", overflow="fold")
     password = settings.airflow_password.get_secret_value() if settings.airflow_password else ""
     table.add_row("Airflow UI", f"{settings.airflow_url}  (user {settings.airflow_user}, password "
                   f"{mask(password)} in {settings.home / 'secrets.json'})")

@@ -211,7 +211,8 @@ def airflow_env(settings: Settings) -> dict[str, str]:
             ),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{settings.airflow_user}:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(_airflow_passwords_file(settings)),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            # Writers wait up to 30 s for SQLite's lock instead of failing after the default 5 s.
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}?timeout=30",
             "AIRFLOW__API__HOST": settings.host,
             "AIRFLOW__API__PORT": str(settings.ports.airflow),
             "AIRFLOW__API__SECRET_KEY": _secret(settings, "airflow_secret_key"),

@@ -35,8 +35,16 @@ def assets(spec: PipelineSpec) -> dict[str, Asset]:
     }
 
 
-def _defaults(spec: PipelineSpec) -> dict[str, Any]:
-    return {"owner": spec.owner, "retries": 2, "retry_delay": timedelta(seconds=20)}
+def _dag_args(spec: PipelineSpec, kind: str, **overrides: Any) -> dict[str, Any]:
+    """What every Flywheel DAG shares: id, owner, retries, tags, start, no catchup."""
+    return {
+        "dag_id": f"{spec.name}_{kind}",
+        "start_date": START,
+        "catchup": False,
+        "default_args": {"owner": spec.owner, "retries": 2, "retry_delay": timedelta(seconds=20)},
+        "tags": ["flywheel", spec.name, kind],
+        **overrides,
+    }
 
 
 def _interval_ds() -> str:
@@ -50,19 +58,15 @@ def _interval_ds() -> str:
 
 def data_dag(spec: PipelineSpec) -> DAG:
     """Daily: ingest → validate (quarantine) → features (aggregate + materialize)."""
-    name, a = spec.name, assets(spec)
+    a = assets(spec)
 
-    @dag(
-        dag_id=f"{name}_data",
+    @dag(**_dag_args(
+        spec, "data",
         description=f"Ingest, validate and featurize {spec.dataset.name} daily",
         schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
-        start_date=START,
-        catchup=False,
         max_active_runs=4,
-        default_args=_defaults(spec),
-        tags=["flywheel", name, "data"],
         doc_md=__doc__,
-    )
+    ))
     def pipeline() -> None:
         # The interval's data may not have landed yet: wait for it (freeing the worker
         # slot between pokes) instead of failing; time out after a day with a clear error.
@@ -119,20 +123,16 @@ def _training_end(ctx: Any) -> date:
 
 def training_dag(spec: PipelineSpec) -> DAG:
     """On a retrain request (or by hand): train → gate → package the champion."""
-    name, a = spec.name, assets(spec)
+    a = assets(spec)
 
-    @dag(
-        dag_id=f"{name}_training",
+    @dag(**_dag_args(
+        spec, "training",
         description=f"Train, register and gate {spec.model_name}; package the champion",
         schedule=[a["retrain"]],
-        start_date=START,
-        catchup=False,
         max_active_runs=1,
-        default_args=_defaults(spec),
-        tags=["flywheel", name, "training"],
         params={"end": Param(None, type=["null", "string"], format="date",
                              description="Last day of training data (default: from the trigger)")},
-    )
+    ))
     def pipeline() -> None:
         @task(outlets=[a["model"]])
         def train() -> dict[str, Any]:
@@ -155,18 +155,14 @@ def training_dag(spec: PipelineSpec) -> DAG:
 
 def monitoring_dag(spec: PipelineSpec) -> DAG:
     """Daily: drift of logged serving traffic vs the champion's reference → retrain request."""
-    name, a = spec.name, assets(spec)
+    a = assets(spec)
 
-    @dag(
-        dag_id=f"{name}_monitoring",
+    @dag(**_dag_args(
+        spec, "monitoring",
         description=f"Evidently drift checks of {spec.model_name} traffic",
         schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
-        start_date=START,
-        catchup=False,
         max_active_runs=2,
-        default_args=_defaults(spec),
-        tags=["flywheel", name, "monitoring"],
-    )
+    ))
     def pipeline() -> None:
         @task
         def drift_check() -> dict[str, Any]:

@@ -52,9 +52,13 @@ def test_first_model_beats_the_baseline_and_becomes_champion(services, first, sp
                              settings=services)
 
 
-def test_a_model_that_does_not_beat_the_champion_is_not_promoted(services, first, spec):
-    again = train(spec, end=END, reason="test", settings=services)
-    assert not again.promoted and "champion" in again.reason
+def test_a_worse_model_is_registered_but_not_promoted(services, first, spec):
+    weak = spec.model_copy(update={"training": spec.training.model_copy(
+        update={"xgboost": {"n_estimators": 2, "max_depth": 1, "learning_rate": 0.05}})})
+    again = train(weak, end=END, reason="test", settings=services)
+    assert not again.promoted
+    assert again.metrics["holdout_pr_auc"] < first.metrics["holdout_pr_auc"]
+    assert "does not beat" in again.reason
     assert str(registry.alias_version(spec.model_name, registry.CHAMPION, settings=services).version) == first.version
     assert str(registry.alias_version(spec.model_name, registry.CHALLENGER, settings=services).version) == again.version
 

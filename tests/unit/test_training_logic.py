@@ -30,3 +30,15 @@ def test_threshold_maximises_f1():
     y = pd.Series([0] * 90 + [1] * 10)
     proba = np.r_[np.linspace(0, 0.5, 90), np.linspace(0.6, 1.0, 10)]
     assert 0.5 < best_threshold(y, proba) <= 0.6
+
+
+def test_xgboost_training_is_reproducible():
+    from flywheel.training import fit_xgboost
+
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame(rng.normal(size=(3000, 6)), columns=list("abcdef"))
+    y = pd.Series((x["a"] + rng.normal(size=3000) > 1.5).astype(int))
+    params = {"n_estimators": 30, "max_depth": 3, "subsample": 0.8, "colsample_bytree": 0.8}
+    first = fit_xgboost(x, y, params=params, seed=7)
+    second = fit_xgboost(x, y, params=params, seed=7)
+    assert first.get_booster().save_raw() == second.get_booster().save_raw()
