@@ -207,20 +207,23 @@ def historical_features(store: FeatureStore, spec: PipelineSpec, rows: pd.DataFr
     """Left point-in-time join of the feature service onto ``rows`` (one row out per row in).
 
     Feast's file offline store drops entity rows for which a view has no feature
-    row in its TTL; joining one view at a time and merging back on the row key
-    keeps every row, with NaN for the features that did not exist yet.
+    row in its TTL, and it can swap passthrough columns between entity rows that
+    share a timestamp. So each view is joined on the unique (join keys, timestamp)
+    pairs alone, and the result is merged back on those natural keys: every row is
+    kept, with NaN for features that did not exist yet.
     """
-    key, ts = spec.dataset.key, spec.dataset.timestamp
+    ts = spec.dataset.timestamp
     service = store.get_feature_service(spec.features.service)
-    out = rows
+    out = rows.assign(**{ts: pd.to_datetime(rows[ts], utc=True)})
     for projection in service.feature_view_projections:
         view = store.get_feature_view(projection.name)
-        join_keys = [store.get_entity(e).join_key for e in view.entities]
+        keys = [ts, *(store.get_entity(e).join_key for e in view.entities)]
         refs = [f"{projection.name}:{f.name}" for f in projection.features]
-        entity_df = rows[[key, ts, *join_keys]]
+        entity_df = out[keys].drop_duplicates().reset_index(drop=True)
         got = store.get_historical_features(entity_df=entity_df, features=refs).to_df()
+        got[ts] = pd.to_datetime(got[ts], utc=True).astype(out[ts].dtype)
         names = [f.name for f in projection.features]
-        out = out.merge(got[[key, *names]], on=key, how="left", validate="one_to_one")
+        out = out.merge(got[[*keys, *names]], on=keys, how="left", validate="many_to_one")
     if len(out) != len(rows):
         raise FeatureError(f"historical join returned {len(out)} rows for {len(rows)}")
     return out

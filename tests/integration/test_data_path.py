@@ -75,3 +75,13 @@ def test_first_day_rows_have_no_features_but_are_kept(services, loaded, spec):
     assert len(first) == len(storage.read_partition(zone="curated", dataset="transactions",
                                                     ds="2026-01-01", settings=services))
     assert first["user_txn_count_7d"].isna().all()
+
+
+def test_training_set_is_reproducible_and_consistent_per_entity(services, loaded, spec):
+    """Same inputs → same frame; rows sharing an entity and a timestamp share its features."""
+    end = FIRST_DAY + timedelta(days=DAYS - 1)
+    first, _ = features.training_frame(spec, end=end, settings=services)
+    second, _ = features.training_frame(spec, end=end, settings=services)
+    pd.testing.assert_frame_equal(first, second)
+    per_key = first.groupby(["merchant_id", "event_timestamp"])["merchant_txn_count_7d"].nunique(dropna=False)
+    assert (per_key == 1).all()
