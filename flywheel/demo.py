@@ -111,7 +111,7 @@ def wait_for_prediction_logs(settings: Settings, spec: PipelineSpec, day: date, 
     raise TimeoutError(f"no prediction logs under predictions/{prefix} after {timeout:.0f} s")
 
 
-def run_monitoring(client: AirflowClient, spec: PipelineSpec, day: date) -> dict[str, str]:
+def run_monitoring(client: AirflowClient, spec: PipelineSpec, day: date) -> dict[str, str | None]:
     dag_id = f"{spec.name}_monitoring"
     # A manual run of a daily interval timetable covers the interval ending at its logical date.
     run_id = client.trigger(dag_id, logical_date=day + timedelta(days=1),
@@ -172,9 +172,9 @@ def run(settings: Settings, console: Console, plan: DemoPlan | None = None) -> D
             result = replay(settings, spec, plan.train_end - timedelta(days=offset), batch_size=plan.batch_size)
             console.print(f"replayed {result}")
         wait_for_prediction_logs(settings, spec, plan.train_end)
-        states = run_monitoring(client, spec, plan.train_end)
-        report.facts["normal_day_retrain"] = states.get("request_retrain")
-        console.print(f"drift check {plan.train_end}: tasks {states}")
+        tasks = run_monitoring(client, spec, plan.train_end)
+        report.facts["normal_day_retrain"] = tasks.get("request_retrain")
+        console.print(f"drift check {plan.train_end}: tasks {tasks}")
 
     with Timer(report, console, "inject drift: ingest and replay drifted days"):
         backfill = client.backfill(data_dag, plan.drift_start, plan.last_day, reprocess_behavior="completed")
@@ -185,10 +185,10 @@ def run(settings: Settings, console: Console, plan: DemoPlan | None = None) -> D
 
     with Timer(report, console, "drift detected → retrain request → training DAG"):
         known = {r.run_id for r in client.list_runs(train_dag)}
-        states = run_monitoring(client, spec, drift_day)
-        console.print(f"drift check {drift_day}: tasks {states}")
-        if states.get("request_retrain") != "success":
-            raise RuntimeError(f"drift on {drift_day} did not request a retrain: {states}")
+        tasks = run_monitoring(client, spec, drift_day)
+        console.print(f"drift check {drift_day}: tasks {tasks}")
+        if tasks.get("request_retrain") != "success":
+            raise RuntimeError(f"drift on {drift_day} did not request a retrain: {tasks}")
         retrain = wait_for_retrain(client, spec, known)
         latest = max(int(v.version) for v in registry.client(settings).search_model_versions(
             f"name='{spec.model_name}'"))

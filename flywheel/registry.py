@@ -51,7 +51,7 @@ def client(settings: Settings | None = None) -> Any:
     from mlflow import MlflowClient
 
     settings = settings or get_settings()
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_tracking_uri(str(settings.mlflow_tracking_uri))
     return MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
 
 
