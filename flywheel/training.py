@@ -141,6 +141,7 @@ def train(spec: PipelineSpec, *, end: date, reason: str = "scheduled",
             metrics[f"champion_{metric}"] = champ
         mlflow.log_metrics(metrics)
         mlflow.log_dict(identity, "data_identity.json")
+        mlflow.log_input(_dataset(frame, spec, identity, bucket=settings.bucket("curated")), context="training")
         info = mlflow.xgboost.log_model(
             model, name="model", registered_model_name=spec.model_name,
             input_example=x["holdout"].head(3),
@@ -157,6 +158,15 @@ def train(spec: PipelineSpec, *, end: date, reason: str = "scheduled",
     return TrainResult(run_id=run.info.run_id, model_name=spec.model_name, version=version,
                        metrics=metrics, threshold=threshold, promoted=decision.promote,
                        reason=decision.reason, reference_uri=reference_uri)
+
+
+def _dataset(frame: pd.DataFrame, spec: PipelineSpec, identity: dict[str, Any], *, bucket: str) -> Any:
+    """The training set as an MLflow dataset (shown in the run's Datasets), sourced from curated S3."""
+    import mlflow.data
+
+    source = f"s3://{bucket}/{spec.dataset.name}/ds={identity['start']}..{identity['end']}"
+    return mlflow.data.from_pandas(frame, source=source, name=f"{spec.dataset.name}-{identity['end']}",
+                                   targets=spec.label)
 
 
 def asdict_split(split: Split) -> dict[str, pd.DataFrame]:

@@ -122,3 +122,11 @@ def test_batch_endpoint_and_prediction_log(served, spec):
     logged = load_predictions(spec, start=END, end=END, settings=settings)
     assert len(logged) >= 25
     assert logged["probability"].between(0, 1).all()
+
+
+def test_training_run_records_its_data(services, first, spec):
+    run = registry.client(services).get_run(first.run_id)
+    assert run.inputs.dataset_inputs, "the training set is logged as an MLflow dataset input"
+    dataset = run.inputs.dataset_inputs[0].dataset
+    assert dataset.name == f"transactions-{END.isoformat()}" and "flywheel-curated" in dataset.source
+    assert run.data.tags["data.end"] == END.isoformat()
