@@ -122,6 +122,43 @@ def package(version: Annotated[str, typer.Option(help="Model version the bento i
     console.print(build_bento(load_spec(), version=version))
 
 
+@app.command()
+def promote(
+    version: Annotated[str, typer.Option(help="Registered version to make champion")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit log)")],
+) -> None:
+    """Move the `champion` alias to a version by hand; the model server follows within its refresh interval."""
+    from flywheel import promotion
+    from flywheel.spec import load_spec
+
+    record = promotion.promote(load_spec().model_name, version, reason=reason)
+    console.print(f"champion {record.from_version} → {record.to_version} by {record.actor}: {record.reason}")
+
+
+@app.command()
+def rollback(reason: Annotated[str, typer.Option(help="Why (kept in the audit log)")]) -> None:
+    """Restore the previous champion (from the audit log) in one command."""
+    from flywheel import promotion
+    from flywheel.spec import load_spec
+
+    record = promotion.rollback(load_spec().model_name, reason=reason)
+    console.print(f"champion {record.from_version} → {record.to_version} by {record.actor}: {record.reason}")
+
+
+@app.command()
+def audit() -> None:
+    """Every move of the champion alias: when, who, why, from → to."""
+    from flywheel import promotion
+    from flywheel.spec import load_spec
+
+    table = Table(title="champion alias history")
+    for column in ("at", "action", "from", "to", "actor", "reason"):
+        table.add_column(column)
+    for r in promotion.history(load_spec().model_name):
+        table.add_row(r.at, r.action, r.from_version or "-", r.to_version, r.actor, r.reason)
+    console.print(table)
+
+
 @app.command("features-apply")
 def features_apply() -> None:
     """`feast apply` the feature repo for the current profile (and render feature_store.yaml)."""

@@ -194,10 +194,18 @@ def run(settings: Settings, console: Console, plan: DemoPlan | None = None) -> D
             f"name='{spec.model_name}'"))
         report.facts.update(retrain_run=retrain, latest_version=str(latest), drift_day=drift_day.isoformat())
         console.print(f"retrain run {retrain} registered {spec.model_name} v{latest}")
-    report.facts["report_url"] = storage.presigned_url(
-        "reports", f"drift/{spec.model_name}/ds={drift_day.isoformat()}/report.html", settings=settings)
+    report.facts["report_url"] = save_report(settings, spec, drift_day)
     summary(settings, spec, report, console)
     return report
+
+
+def save_report(settings: Settings, spec: PipelineSpec, day: date) -> str:
+    """A local copy of the day's drift report to open in a browser (no credentials in a URL)."""
+    key = f"drift/{spec.model_name}/ds={day.isoformat()}/report.html"
+    target = settings.home / "reports" / f"drift-{spec.model_name}-{day.isoformat()}.html"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(storage.get_bytes("reports", key, settings=settings))
+    return f"{target.as_uri()}  (s3://{settings.bucket('reports')}/{key})"
 
 
 def summary(settings: Settings, spec: PipelineSpec, report: DemoReport, console: Console) -> None:

@@ -257,12 +257,3 @@ def delete_partition(
     client.delete_object(Bucket=settings.bucket(zone), Key=prefix + MANIFEST)
     _remove_stale(client, settings.bucket(zone), prefix, keep=set())
 
-
-def presigned_url(zone: str, key: str, *, expires_s: int = 7 * 24 * 3600, settings: Settings | None = None) -> str:
-    """A time-limited HTTP link to one object (to open a report in a browser)."""
-    settings = settings or get_settings()
-    return str(
-        s3_client(settings).generate_presigned_url(
-            "get_object", Params={"Bucket": settings.bucket(zone), "Key": key}, ExpiresIn=expires_s
-        )
-    )

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flywheel import features, registry, storage
+from flywheel import features, lineage, promotion, registry, storage
 from flywheel.config import Settings, get_settings
 from flywheel.featurize import ENTITY_DEFAULTS, MODEL_FEATURES, model_matrix
 from flywheel.spec import PipelineSpec
@@ -152,9 +152,12 @@ def train(spec: PipelineSpec, *, end: date, reason: str = "scheduled",
     tag_version(spec, version, settings, threshold=threshold, run_id=run.info.run_id,
                 decision=decision, identity=identity)
     reference_uri = write_reference(spec, version, recent_days(frame, spec), model, settings)
-    alias = registry.CHAMPION if decision.promote else registry.CHALLENGER
-    registry.set_alias(spec.model_name, alias, version, settings=settings)
-    log.info("model %s v%s: %s -> alias %s", spec.model_name, version, decision.reason, alias)
+    if decision.promote:
+        promotion.promote(spec.model_name, version, reason=decision.reason,
+                          actor=f"training-gate:{run.info.run_id}", settings=settings)
+    else:
+        registry.set_alias(spec.model_name, registry.CHALLENGER, version, settings=settings)
+    log.info("model %s v%s: %s (promoted: %s)", spec.model_name, version, decision.reason, decision.promote)
     return TrainResult(run_id=run.info.run_id, model_name=spec.model_name, version=version,
                        metrics=metrics, threshold=threshold, promoted=decision.promote,
                        reason=decision.reason, reference_uri=reference_uri)
@@ -162,10 +165,10 @@ def train(spec: PipelineSpec, *, end: date, reason: str = "scheduled",
 
 def _dataset(frame: pd.DataFrame, spec: PipelineSpec, identity: dict[str, Any], *, bucket: str) -> Any:
     """The training set as an MLflow dataset (shown in the run's Datasets), sourced from curated S3."""
-    import mlflow.data
+    from mlflow.data.pandas_dataset import from_pandas
 
     source = f"s3://{bucket}/{spec.dataset.name}/ds={identity['start']}..{identity['end']}"
-    return mlflow.data.from_pandas(frame, source=source, name=f"{spec.dataset.name}-{identity['end']}",
+    return from_pandas(frame, source=source, name=f"{spec.dataset.name}-{identity['end']}",
                                    targets=spec.label)
 
 
@@ -184,6 +187,7 @@ def tag_version(spec: PipelineSpec, version: str, settings: Settings, *, thresho
         "gate.reason": decision.reason,
         "data.window": f"{identity['start']}..{identity['end']}",
         "data.partitions": json.dumps(identity["partitions"])[:5000],
+        **lineage.lineage_tags(spec, settings, seed=spec.training.seed),
     }
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(spec.model_name, version, key, value)

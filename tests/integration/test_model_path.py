@@ -130,3 +130,31 @@ def test_training_run_records_its_data(services, first, spec):
     dataset = run.inputs.dataset_inputs[0].dataset
     assert dataset.name == f"transactions-{END.isoformat()}" and "flywheel-curated" in dataset.source
     assert run.data.tags["data.end"] == END.isoformat()
+
+
+def test_promotion_and_rollback_are_audited(services, first, spec):
+    from flywheel import promotion
+
+    other = train(spec.model_copy(update={"training": spec.training.model_copy(
+        update={"xgboost": {"n_estimators": 3, "max_depth": 1}})}), end=END, reason="test", settings=services)
+    moved = promotion.promote(spec.model_name, other.version, reason="manual test", actor="tester",
+                              settings=services)
+    assert (moved.from_version, moved.to_version) == (first.version, other.version)
+    assert str(registry.alias_version(spec.model_name, registry.CHAMPION, settings=services).version) == other.version
+    back = promotion.rollback(spec.model_name, reason="worse in production", actor="tester", settings=services)
+    assert (back.from_version, back.to_version) == (other.version, first.version)
+    assert str(registry.alias_version(spec.model_name, registry.CHAMPION, settings=services).version) == first.version
+    log = promotion.history(spec.model_name, settings=services)
+    assert [r.action for r in log][-2:] == ["promote", "rollback"]
+    assert log[0].actor.startswith("training-gate:") and log[0].to_version == first.version
+    with pytest.raises(promotion.PromotionError, match="reason"):
+        promotion.promote(spec.model_name, first.version, reason=" ", settings=services)
+
+
+def test_model_version_carries_lineage(services, first, spec):
+    mv = registry.client(services).get_model_version(spec.model_name, first.version)
+    assert len(mv.tags["lineage.code.commit"]) in (40, len("unknown"))
+    assert mv.tags["lineage.code.dirty"] in ("true", "false", "unknown")
+    assert json.loads(mv.tags["lineage.packages"])["xgboost"] == "3.2.0"
+    assert mv.tags["lineage.seed"] == str(spec.training.seed)
+    assert len(mv.tags["lineage.feast.registry.sha256"]) == 64
