@@ -31,15 +31,20 @@ class GateDecision:
 
 
 def decide(
-    *, challenger: float, baseline: float, champion: float | None, min_improvement: float = 0.0
+    *, challenger: float, baseline: float, champion: float | None, min_improvement: float = 0.0,
+    regressions: list[str] | None = None,
 ) -> GateDecision:
-    """The promotion gate: strictly beat the baseline, and the champion by more than ``min_improvement``."""
+    """The promotion gate: strictly beat the baseline, beat the champion by more than
+    ``min_improvement``, and regress no slice beyond its tolerance (``regressions``)."""
     if challenger <= baseline:
         reason = f"challenger {challenger:.4f} does not beat the baseline {baseline:.4f}"
         return GateDecision(False, reason, challenger, baseline, champion)
     if champion is not None and challenger <= champion + min_improvement:
         reason = (f"challenger {challenger:.4f} does not beat the champion {champion:.4f} "
                   f"by {min_improvement}")
+        return GateDecision(False, reason, challenger, baseline, champion)
+    if regressions:
+        reason = f"challenger {challenger:.4f} regresses slices: {'; '.join(regressions[:5])}"
         return GateDecision(False, reason, challenger, baseline, champion)
     against = "no champion yet" if champion is None else f"champion {champion:.4f}"
     reason = f"challenger {challenger:.4f} beats baseline {baseline:.4f} and {against}"

@@ -72,12 +72,22 @@ class SplitSpec(_Strict):
         return self
 
 
+class CostSpec(_Strict):
+    """Business cost of each error kind, per transaction (any consistent unit)."""
+
+    false_positive: float = Field(5.0, ge=0)
+    false_negative: float = Field(100.0, ge=0)
+
+
 class TrainingSpec(_Strict):
     lookback_days: int = Field(30, ge=1)
     split: SplitSpec
     seed: int = 42
     metric: Literal["pr_auc", "roc_auc"] = "pr_auc"
     min_improvement: float = 0.0
+    costs: CostSpec = Field(default_factory=CostSpec)
+    precision_target: float = Field(0.5, gt=0, lt=1)
+    slice_tolerance: float = Field(0.05, ge=0)
     xgboost: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flywheel import features, lineage, promotion, registry, storage
+from flywheel import evaluation, features, lineage, promotion, registry, storage
 from flywheel.config import Settings, get_settings
 from flywheel.featurize import ENTITY_DEFAULTS, MODEL_FEATURES, model_matrix
 from flywheel.spec import PipelineSpec
@@ -80,87 +80,117 @@ def fit_xgboost(x: pd.DataFrame, y: pd.Series, *, params: dict[str, Any], seed: 
     return model.fit(x, y)
 
 
-def scores(y: pd.Series, proba: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import average_precision_score, roc_auc_score
+@dataclass(frozen=True)
+class Evaluation:
+    threshold: float
+    candidate: dict[str, float]
+    baseline: dict[str, float]
+    champion: dict[str, float] | None
+    slices: pd.DataFrame
+    regressions: list[str]
+    holdout_proba: np.ndarray
+    baseline_proba: np.ndarray
 
-    if y.nunique() < 2:
-        return {"pr_auc": float("nan"), "roc_auc": float("nan")}
-    return {"pr_auc": float(average_precision_score(y, proba)), "roc_auc": float(roc_auc_score(y, proba))}
+    def logged_metrics(self) -> dict[str, float]:
+        out = {f"holdout_{k}": v for k, v in self.candidate.items()}
+        out |= {f"baseline_{k}": v for k, v in self.baseline.items()}
+        out |= {f"champion_{k}": v for k, v in (self.champion or {}).items()}
+        return out
 
 
-def best_threshold(y: pd.Series, proba: np.ndarray) -> float:
-    """The threshold that maximises F1 on validation data."""
-    from sklearn.metrics import precision_recall_curve
+def evaluate(spec: PipelineSpec, split: Split, x: dict[str, pd.DataFrame], y: dict[str, pd.Series],
+             model: Any, baseline: Any, settings: Settings) -> Evaluation:
+    """Threshold on validation (min expected cost); metrics and slices on the holdout,
+    for the candidate, the baseline and the current champion alike."""
+    t = spec.training
+    costs = evaluation.Costs(t.costs.false_positive, t.costs.false_negative)
+    yv, yh = y["validation"].to_numpy(), y["holdout"].to_numpy()
+    threshold = evaluation.cost_threshold(yv, model.predict_proba(x["validation"])[:, 1], costs)
+    proba = model.predict_proba(x["holdout"])[:, 1]
+    base = baseline.predict_proba(x["holdout"])[:, 1]
 
-    precision, recall, thresholds = precision_recall_curve(y, proba)
-    if len(thresholds) == 0:
-        return 0.5
-    f1 = 2 * precision[:-1] * recall[:-1] / np.clip(precision[:-1] + recall[:-1], 1e-12, None)
-    return float(thresholds[int(np.argmax(f1))])
+    def measure(scores: np.ndarray, at: float) -> dict[str, float]:
+        return evaluation.metrics(yh, scores, threshold=at, costs=costs, precision_target=t.precision_target)
 
-
-def champion_score(spec: PipelineSpec, x: pd.DataFrame, y: pd.Series, settings: Settings) -> float | None:
-    """The current champion's metric on the same holdout, or None without a champion."""
+    slices = evaluation.slice_columns(split.holdout, spec, split.holdout["user_txn_count_7d"].isna())
+    cand_slices = evaluation.slice_metrics(slices, yh, proba)
+    champion, regressions = None, []
     mv = registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings)
-    if mv is None:
-        return None
-    champion = registry.load_version(spec.model_name, str(mv.version), settings=settings)
-    return scores(y, champion.predict_proba(x))[spec.training.metric]
+    if mv is not None:
+        current = registry.load_version(spec.model_name, str(mv.version), settings=settings)
+        champ_proba = current.predict_proba(x["holdout"])
+        champion = measure(champ_proba, current.threshold)
+        regressions = evaluation.slice_regressions(
+            cand_slices, evaluation.slice_metrics(slices, yh, champ_proba), tolerance=t.slice_tolerance)
+    return Evaluation(threshold=threshold, candidate=measure(proba, threshold), baseline=measure(base, threshold),
+                      champion=champion, slices=cand_slices, regressions=regressions,
+                      holdout_proba=proba, baseline_proba=base)
 
 
 def train(spec: PipelineSpec, *, end: date, reason: str = "scheduled",
           settings: Settings | None = None) -> TrainResult:
     """Train, evaluate, register and gate one candidate on data up to ``end``."""
-    import mlflow
-    import mlflow.xgboost
-
     settings = settings or get_settings()
     frame, identity = features.training_frame(spec, end=end, settings=settings)
     split = temporal_split(frame, spec)
-    label, seed = spec.label, spec.training.seed
+    seed = spec.training.seed
     x = {name: features_of(part) for name, part in asdict_split(split).items()}
-    y = {name: part[label].astype("int64") for name, part in asdict_split(split).items()}
+    y = {name: part[spec.label].astype("int64") for name, part in asdict_split(split).items()}
     baseline = fit_baseline(x["train"], y["train"], seed=seed)
     model = fit_xgboost(x["train"], y["train"], params=spec.training.xgboost, seed=seed)
-    threshold = best_threshold(y["validation"], model.predict_proba(x["validation"])[:, 1])
+    ev = evaluate(spec, split, x, y, model, baseline, settings)
     metric = spec.training.metric
-    holdout = scores(y["holdout"], model.predict_proba(x["holdout"])[:, 1])
-    base = scores(y["holdout"], baseline.predict_proba(x["holdout"])[:, 1])
-    champ = champion_score(spec, x["holdout"], y["holdout"], settings)
+    decision = registry.decide(
+        challenger=ev.candidate[metric], baseline=ev.baseline[metric],
+        champion=ev.champion[metric] if ev.champion else None,
+        min_improvement=spec.training.min_improvement, regressions=ev.regressions,
+    )
+    run_id, version = log_run(spec, end=end, reason=reason, frame=frame, identity=identity, model=model,
+                              ev=ev, y_holdout=y["holdout"], example=x["holdout"].head(3), settings=settings)
+    tag_version(spec, version, settings, threshold=ev.threshold, run_id=run_id,
+                decision=decision, identity=identity)
+    reference_uri = write_reference(spec, version, recent_days(frame, spec), model, settings)
+    if decision.promote:
+        promotion.promote(spec.model_name, version, reason=decision.reason,
+                          actor=f"training-gate:{run_id}", settings=settings)
+    else:
+        registry.set_alias(spec.model_name, registry.CHALLENGER, version, settings=settings)
+    log.info("model %s v%s: %s (promoted: %s)", spec.model_name, version, decision.reason, decision.promote)
+    return TrainResult(run_id=run_id, model_name=spec.model_name, version=version,
+                       metrics=ev.logged_metrics(), threshold=ev.threshold, promoted=decision.promote,
+                       reason=decision.reason, reference_uri=reference_uri)
+
+
+def log_run(spec: PipelineSpec, *, end: date, reason: str, frame: pd.DataFrame, identity: dict[str, Any],
+            model: Any, ev: Evaluation, y_holdout: pd.Series, example: pd.DataFrame,
+            settings: Settings) -> tuple[str, str]:
+    """One MLflow run: params, metrics, data, evaluation report, registered model."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+    import mlflow.xgboost
 
     registry.client(settings)
     mlflow.set_experiment(spec.model_name)
     with mlflow.start_run(run_name=f"train-{end.isoformat()}") as run:
         mlflow.set_tags({"trigger": reason, "data.end": end.isoformat(),
                          "data.feature_service": spec.features.service})
-        mlflow.log_params({"family": "xgboost", "seed": seed, "rows": len(frame),
-                           "threshold": round(threshold, 6), **spec.training.xgboost})
-        metrics = {f"holdout_{k}": v for k, v in holdout.items()}
-        metrics |= {f"baseline_{k}": v for k, v in base.items()}
-        if champ is not None:
-            metrics[f"champion_{metric}"] = champ
-        mlflow.log_metrics(metrics)
+        mlflow.log_params({"family": "xgboost", "seed": spec.training.seed, "rows": len(frame),
+                           "threshold": round(ev.threshold, 6), **spec.training.xgboost})
+        mlflow.log_metrics(ev.logged_metrics())
         mlflow.log_dict(identity, "data_identity.json")
         mlflow.log_input(_dataset(frame, spec, identity, bucket=settings.bucket("curated")), context="training")
-        info = mlflow.xgboost.log_model(
-            model, name="model", registered_model_name=spec.model_name,
-            input_example=x["holdout"].head(3),
-        )
-    version = str(info.registered_model_version)
-    decision = registry.decide(challenger=holdout[metric], baseline=base[metric], champion=champ,
-                               min_improvement=spec.training.min_improvement)
-    tag_version(spec, version, settings, threshold=threshold, run_id=run.info.run_id,
-                decision=decision, identity=identity)
-    reference_uri = write_reference(spec, version, recent_days(frame, spec), model, settings)
-    if decision.promote:
-        promotion.promote(spec.model_name, version, reason=decision.reason,
-                          actor=f"training-gate:{run.info.run_id}", settings=settings)
-    else:
-        registry.set_alias(spec.model_name, registry.CHALLENGER, version, settings=settings)
-    log.info("model %s v%s: %s (promoted: %s)", spec.model_name, version, decision.reason, decision.promote)
-    return TrainResult(run_id=run.info.run_id, model_name=spec.model_name, version=version,
-                       metrics=metrics, threshold=threshold, promoted=decision.promote,
-                       reason=decision.reason, reference_uri=reference_uri)
+        with tempfile.TemporaryDirectory() as tmp:
+            evaluation.write_report(
+                Path(tmp), y=y_holdout.to_numpy(), proba=ev.holdout_proba, baseline=ev.baseline_proba,
+                metrics_={"candidate": ev.candidate, "baseline": ev.baseline, **(
+                    {"champion": ev.champion} if ev.champion else {})},
+                slices=ev.slices, importance=evaluation.feature_importance(model), threshold=ev.threshold)
+            mlflow.log_artifacts(tmp, "evaluation")
+        info = mlflow.xgboost.log_model(model, name="model", registered_model_name=spec.model_name,
+                                        input_example=example)
+    return run.info.run_id, str(info.registered_model_version)
 
 
 def _dataset(frame: pd.DataFrame, spec: PipelineSpec, identity: dict[str, Any], *, bucket: str) -> Any:

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from flywheel.registry import decide
-from flywheel.training import best_threshold, temporal_split
+from flywheel.training import temporal_split
 
 pytestmark = pytest.mark.unit
 
@@ -15,6 +15,8 @@ def test_gate_requires_beating_baseline_and_champion():
     assert not decide(challenger=0.45, baseline=0.3, champion=0.45).promote  # a tie keeps the champion
     assert not decide(challenger=0.46, baseline=0.3, champion=0.45, min_improvement=0.02).promote
     assert "baseline" in decide(challenger=0.2, baseline=0.3, champion=None).reason
+    sliced = decide(challenger=0.5, baseline=0.3, champion=0.4, regressions=["country=NG: 0.2 < 0.4"])
+    assert not sliced.promote and "country=NG" in sliced.reason
 
 
 def test_temporal_split_never_leaks_the_future(spec):
@@ -24,12 +26,6 @@ def test_temporal_split_never_leaks_the_future(spec):
     assert split.train["event_timestamp"].max() < split.validation["event_timestamp"].min()
     assert split.validation["event_timestamp"].max() < split.holdout["event_timestamp"].min()
     assert len(split.train) + len(split.validation) + len(split.holdout) == 1000
-
-
-def test_threshold_maximises_f1():
-    y = pd.Series([0] * 90 + [1] * 10)
-    proba = np.r_[np.linspace(0, 0.5, 90), np.linspace(0.6, 1.0, 10)]
-    assert 0.5 < best_threshold(y, proba) <= 0.6
 
 
 def test_xgboost_training_is_reproducible():
