@@ -130,6 +130,11 @@ def test_training_run_records_its_data(services, first, spec):
     dataset = run.inputs.dataset_inputs[0].dataset
     assert dataset.name == f"transactions-{END.isoformat()}" and "flywheel-curated" in dataset.source
     assert run.data.tags["data.end"] == END.isoformat()
+    for metric in ("holdout_pr_auc", "holdout_recall_at_p50", "holdout_calibration_error",
+                   "holdout_expected_cost", "baseline_expected_cost"):
+        assert metric in run.data.metrics
+    artifacts = {a.path for a in registry.client(services).list_artifacts(first.run_id, "evaluation")}
+    assert {"evaluation/evaluation.md", "evaluation/pr_curve.png", "evaluation/calibration.png"} <= artifacts
 
 
 def test_promotion_and_rollback_are_audited(services, first, spec):
