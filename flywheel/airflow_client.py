@@ -153,7 +153,7 @@ class AirflowClient:
     @retry(
         retry=retry_if_exception(lambda e: isinstance(e, AirflowClientError) and _database_busy(e)),
         wait=wait_exponential(multiplier=0.5, max=8),
-        stop=stop_after_delay(120),
+        stop=stop_after_delay(45),
         reraise=True,
     )
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -242,6 +242,22 @@ class AirflowClient:
         run_id = run_id or f"manual__{datetime.now(UTC):%Y-%m-%dT%H:%M:%S}__{uuid.uuid4().hex[:8]}"
         body: dict[str, Any] = {"logical_date": _iso(logical_date), "conf": dict(conf or {}), "dag_run_id": run_id}
         return str(self.request("POST", f"/dags/{dag_id}/dagRuns", json=body)["dag_run_id"])
+
+    def clear_run(self, dag_id: str, run_id: str) -> None:
+        """Clear every task of a run so the scheduler runs it again (Airflow's "rerun")."""
+        self.request("POST", f"/dags/{dag_id}/dagRuns/{run_id}/clear", json={"dry_run": False})
+
+    def run_for(self, dag_id: str, logical_date: datetime | date | str) -> DagRun | None:
+        """The run of a DAG at a logical date, if one exists (logical dates are unique per DAG)."""
+        # Filtered here, not with logical_date_gte/lte: on SQLite those filters fail in the
+        # api-server ("naive datetime is disallowed", Airflow 3.3).
+        if isinstance(logical_date, str):
+            logical_date = datetime.fromisoformat(logical_date)
+        when = datetime.fromisoformat(str(_iso(logical_date)))
+        for run in reversed(self.list_runs(dag_id, limit=1000)):
+            if run.logical_date and datetime.fromisoformat(run.logical_date) == when:
+                return run
+        return None
 
     def backfill(
         self,
@@ -356,7 +372,8 @@ def _iso(value: datetime | date | str | None) -> str | None:
         value = datetime(value.year, value.month, value.day)
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.isoformat()
+    # "Z", not "+00:00": a "+" in a query string reads as a space (a naive datetime to Airflow).
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _database_busy(error: AirflowClientError) -> bool:

@@ -155,6 +155,8 @@ class Settings(BaseSettings):
         """Environment handed to every process the stack starts: the same settings, no secrets.
 
         Secrets travel through ``<home>/secrets.json`` (or the caller's own environment).
+        Spec and feature-repo folders are not passed on: a built bento reads the copies
+        packaged with its own code, so an older bento never meets a newer spec.
         """
         env = {
             "FLYWHEEL_HOME": str(self.home),
@@ -167,8 +169,6 @@ class Settings(BaseSettings):
             "FLYWHEEL_AIRFLOW_URL": str(self.airflow_url),
             "FLYWHEEL_MODEL_SERVER_URL": str(self.model_server_url),
             "FLYWHEEL_USE_CASE": self.use_case,
-            "FLYWHEEL_SPECS_DIR": str(self.specs_dir),
-            "FLYWHEEL_FEATURE_REPO": str(self.feature_repo),
             "FLYWHEEL_CHAMPION_REFRESH_S": str(self.champion_refresh_s),
             "FLYWHEEL_PREDICTION_FLUSH_ROWS": str(self.prediction_flush_rows),
             "FLYWHEEL_PREDICTION_FLUSH_S": str(self.prediction_flush_s),

@@ -113,9 +113,15 @@ def wait_for_prediction_logs(settings: Settings, spec: PipelineSpec, day: date, 
 
 def run_monitoring(client: AirflowClient, spec: PipelineSpec, day: date) -> dict[str, str | None]:
     dag_id = f"{spec.name}_monitoring"
-    # A manual run of a daily interval timetable covers the interval ending at its logical date.
-    run_id = client.trigger(dag_id, logical_date=day + timedelta(days=1),
-                            run_id=f"demo__{day.isoformat()}__{int(time.time())}")
+    # A manual run of a daily interval timetable covers the interval ending at its logical date;
+    # a run for that date may exist from an earlier demo: rerun it (clear) instead.
+    logical_date = day + timedelta(days=1)
+    existing = client.run_for(dag_id, logical_date)
+    if existing is not None:
+        client.clear_run(dag_id, existing.run_id)
+        run_id = existing.run_id
+    else:
+        run_id = client.trigger(dag_id, logical_date=logical_date, run_id=f"demo__{day.isoformat()}")
     client.wait_for_runs(dag_id, [run_id], timeout=300)
     return client.task_states(dag_id, run_id)
 

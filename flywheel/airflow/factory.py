@@ -169,8 +169,10 @@ def monitoring_dag(spec: PipelineSpec) -> DAG:
             from flywheel import monitoring, registry
 
             champion = registry.alias_version(spec.model_name, registry.CHAMPION)
-            if champion is None:
-                raise registry.RegistryError(f"{spec.model_name} has no champion to monitor")
+            if champion is None:  # nothing serves yet: nothing to watch (not a failure)
+                from airflow.sdk.exceptions import AirflowSkipException
+
+                raise AirflowSkipException(f"{spec.model_name} has no champion yet: no traffic to monitor")
             ds = date.fromisoformat(_interval_ds())
             result = monitoring.run_drift_check(spec, ds=ds, reference_version=str(champion.version))
             return dict(result.to_dict())

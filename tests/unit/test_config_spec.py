@@ -49,3 +49,14 @@ def test_spec_loads_and_names_bad_fields(tmp_path, spec):
         load_spec_file(bad)
     with pytest.raises(SpecError, match="does not exist"):
         load_spec_file(tmp_path / "missing.yaml")
+
+
+def test_component_env_carries_settings_but_no_secrets(tmp_path, monkeypatch):
+    monkeypatch.delenv("FLYWHEEL_CONFIG", raising=False)
+    (tmp_path / "secrets.json").write_text(json.dumps({"s3_secret_key": "s3cr3t-value", "api_key": "k3y-value"}))
+    settings = Settings(home=tmp_path)
+    env = settings.component_env()
+    assert env["FLYWHEEL_HOME"] == str(tmp_path) and env["FLYWHEEL_PORTS__S3"] == str(settings.ports.s3)
+    assert not any("s3cr3t" in v or "k3y-value" in v for v in env.values())
+    # a built bento reads the spec packaged with its own code
+    assert "FLYWHEEL_SPECS_DIR" not in env
