@@ -281,6 +281,15 @@ class AirflowClient:
         }
         return int(self.request("POST", "/backfills", json=body)["id"])
 
+    def active_backfills(self, dag_id: str) -> list[int]:
+        """Ids of the DAG's backfills that have not completed (Airflow allows one at a time)."""
+        body = self.request("GET", "/backfills", params={"dag_id": dag_id, "limit": 100})
+        return [int(b["id"]) for b in body["backfills"] if b.get("completed_at") is None]
+
+    def cancel_backfill(self, backfill_id: int) -> None:
+        """Cancel a backfill: its queued runs are not started; running ones finish."""
+        self.request("PUT", f"/backfills/{backfill_id}/cancel")
+
     def get_backfill(self, backfill_id: int) -> dict[str, Any]:
         body: dict[str, Any] = self.request("GET", f"/backfills/{backfill_id}")
         return body

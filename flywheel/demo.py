@@ -158,6 +158,9 @@ def run(settings: Settings, console: Console, plan: DemoPlan | None = None) -> D
         client.wait_for_dag(dag_id, timeout=180)
         client.unpause(dag_id)
 
+    for stale in client.active_backfills(data_dag):  # left by an interrupted earlier demo
+        console.print(f"cancelling unfinished backfill {stale} of {data_dag}")
+        client.cancel_backfill(stale)
     with Timer(report, console, f"backfill {data_dag} {START}..{plan.train_end}"):
         backfill = client.backfill(data_dag, START, plan.train_end, reprocess_behavior="completed")
         states = client.wait_for_runs(data_dag, backfill, timeout=900)
