@@ -279,7 +279,21 @@ class AirflowClient:
             "run_backwards": False,
             "dag_run_conf": dict(conf or {}),
         }
-        return int(self.request("POST", "/backfills", json=body)["id"])
+        try:
+            return int(self.request("POST", "/backfills", json=body)["id"])
+        except AirflowClientError as exc:
+            # A retried POST whose first attempt did go through answers 409: that backfill is ours.
+            same = self._active_backfill_like(dag_id, str(body["from_date"]), str(body["to_date"]))
+            if exc.status_code == 409 and same is not None:
+                return same
+            raise
+
+    def _active_backfill_like(self, dag_id: str, from_date: str, to_date: str) -> int | None:
+        body = self.request("GET", "/backfills", params={"dag_id": dag_id, "limit": 100})
+        for b in body["backfills"]:
+            if b.get("completed_at") is None and (b["from_date"], b["to_date"]) == (from_date, to_date):
+                return int(b["id"])
+        return None
 
     def active_backfills(self, dag_id: str) -> list[int]:
         """Ids of the DAG's backfills that have not completed (Airflow allows one at a time)."""
