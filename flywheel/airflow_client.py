@@ -279,14 +279,28 @@ class AirflowClient:
             "run_backwards": False,
             "dag_run_conf": dict(conf or {}),
         }
-        try:
-            return int(self.request("POST", "/backfills", json=body)["id"])
-        except AirflowClientError as exc:
-            # A retried POST whose first attempt did go through answers 409: that backfill is ours.
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                return int(self.request("POST", "/backfills", json=body)["id"])
+            except AirflowClientError as exc:
+                if exc.status_code != 409 or time.monotonic() > deadline:
+                    raise
+            # 409 after a retried POST: on SQLite the first attempt may have gone through (the
+            # backfill is ours) or been rolled back after a lock (it vanishes): check, then retry.
             same = self._active_backfill_like(dag_id, str(body["from_date"]), str(body["to_date"]))
-            if exc.status_code == 409 and same is not None:
+            if same is not None and self._backfill_exists(same):
                 return same
+            time.sleep(self.poll_interval)
+
+    def _backfill_exists(self, backfill_id: int) -> bool:
+        try:
+            self.get_backfill(backfill_id)
+        except AirflowClientError as exc:
+            if exc.status_code == 404:
+                return False
             raise
+        return True
 
     def _active_backfill_like(self, dag_id: str, from_date: str, to_date: str) -> int | None:
         body = self.request("GET", "/backfills", params={"dag_id": dag_id, "limit": 100})
