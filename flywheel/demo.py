@@ -139,6 +139,23 @@ def wait_for_retrain(client: AirflowClient, spec: PipelineSpec, known: set[str],
     raise TimeoutError(f"no asset-triggered run of {dag_id} within {timeout:.0f} s")
 
 
+def reset_simulation(settings: Settings, spec: PipelineSpec, plan: DemoPlan, console: Console) -> None:
+    """The demo replays past days against the online store: a re-run must start from the
+    same state, so drop the online store (rebuilt by the backfill, in date order) and the
+    prediction logs of the replayed days. Data, models and reports are kept."""
+    from flywheel import features
+
+    stack.down(settings, services=["model-server"], console=console)
+    features.reset_online_store(settings)
+    client = storage.s3_client(settings)
+    for offset in range(plan.history_days + plan.drift_days):
+        day = START + timedelta(days=offset)
+        keys = storage.list_keys("predictions", f"{spec.model_name}/dt={day.isoformat()}/",
+                                 settings=settings, client=client)
+        for key in keys:
+            client.delete_object(Bucket=settings.bucket("predictions"), Key=key)
+
+
 def run(settings: Settings, console: Console, plan: DemoPlan | None = None) -> DemoReport:
     plan = plan or DemoPlan()
     report = DemoReport()
@@ -146,7 +163,8 @@ def run(settings: Settings, console: Console, plan: DemoPlan | None = None) -> D
     data_dag, train_dag = f"{spec.name}_data", f"{spec.name}_training"
 
     with Timer(report, console, "start the embedded stack"):
-        settings = stack.up(settings, console=console)
+        core = [s.name for s in stack.SERVICES if not s.optional]  # the model server comes later
+        settings = stack.up(settings, services=core, console=console)
     with Timer(report, console, "generate data"):
         days = plan.history_days + plan.drift_days
         write_landing(settings.home / "landing", START, days, spec.generator,
@@ -158,6 +176,8 @@ def run(settings: Settings, console: Console, plan: DemoPlan | None = None) -> D
         client.wait_for_dag(dag_id, timeout=180)
         client.unpause(dag_id)
 
+    with Timer(report, console, "reset the simulated traffic of an earlier demo"):
+        reset_simulation(settings, spec, plan, console)
     for stale in client.active_backfills(data_dag):  # left by an interrupted earlier demo
         console.print(f"cancelling unfinished backfill {stale} of {data_dag}")
         client.cancel_backfill(stale)

@@ -12,6 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import date, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -227,6 +228,20 @@ def historical_features(store: FeatureStore, spec: PipelineSpec, rows: pd.DataFr
     if len(out) != len(rows):
         raise FeatureError(f"historical join returned {len(out)} rows for {len(rows)}")
     return out
+
+
+def reset_online_store(settings: Settings | None = None) -> None:
+    """Empty the online store (it is rebuilt by materializing the data intervals again).
+
+    Processes holding the store open (the model server) must be restarted afterwards.
+    """
+    settings = settings or get_settings()
+    config = settings.online_store_config()
+    if config["type"] == "sqlite":
+        Path(config["path"]).unlink(missing_ok=True)
+        return
+    store = feature_store(settings)
+    store._get_provider().teardown_infra(PROJECT, store.list_feature_views(), store.list_entities())
 
 
 def online_features(store: FeatureStore, spec: PipelineSpec, rows: list[dict[str, int]]) -> pd.DataFrame:
