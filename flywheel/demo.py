@@ -20,7 +20,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from flywheel import registry, stack, storage
+from flywheel import promotion, registry, stack, storage
 from flywheel.airflow_client import AirflowClient
 from flywheel.config import Settings, mask
 from flywheel.datagen import DriftKind, write_landing
@@ -139,6 +139,11 @@ def wait_for_retrain(client: AirflowClient, spec: PipelineSpec, known: set[str],
     raise TimeoutError(f"no asset-triggered run of {dag_id} within {timeout:.0f} s")
 
 
+def latest_version(settings: Settings, spec: PipelineSpec) -> str:
+    versions = registry.client(settings).search_model_versions(f"name='{spec.model_name}'")
+    return str(max(int(v.version) for v in versions))
+
+
 def reset_simulation(settings: Settings, spec: PipelineSpec, plan: DemoPlan, console: Console) -> None:
     """The demo replays past days against the online store: a re-run must start from the
     same state, so drop the online store (rebuilt by the backfill, in date order) and the
@@ -192,6 +197,12 @@ def run(settings: Settings, console: Console, plan: DemoPlan | None = None) -> D
         champion = registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings)
         if champion is None:
             raise RuntimeError("the first model did not become champion: see the training run's log")
+        latest = latest_version(settings, spec)
+        if str(champion.version) != latest:  # a re-run: an earlier demo's model holds the alias
+            promotion.promote(spec.model_name, latest, actor="flywheel-demo",
+                              reason="demo re-run: serve the model trained on the loaded history",
+                              settings=settings)
+            champion = registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings)
         report.facts["first_champion"] = str(champion.version)
         console.print(f"{spec.model_name} v{champion.version} is champion ({champion.tags.get('gate.reason')})")
 
@@ -219,9 +230,8 @@ def run(settings: Settings, console: Console, plan: DemoPlan | None = None) -> D
         if tasks.get("request_retrain") != "success":
             raise RuntimeError(f"drift on {drift_day} did not request a retrain: {tasks}")
         retrain = wait_for_retrain(client, spec, known)
-        latest = max(int(v.version) for v in registry.client(settings).search_model_versions(
-            f"name='{spec.model_name}'"))
-        report.facts.update(retrain_run=retrain, latest_version=str(latest), drift_day=drift_day.isoformat())
+        latest = latest_version(settings, spec)
+        report.facts.update(retrain_run=retrain, latest_version=latest, drift_day=drift_day.isoformat())
         console.print(f"retrain run {retrain} registered {spec.model_name} v{latest}")
     report.facts["report_url"] = save_report(settings, spec, drift_day)
     summary(settings, spec, report, console)
