@@ -202,9 +202,9 @@ def run(settings: Settings, console: Console, plan: DemoPlan | None = None) -> D
             promotion.promote(spec.model_name, latest, actor="flywheel-demo",
                               reason="demo re-run: serve the model trained on the loaded history",
                               settings=settings)
-            champion = registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings)
-        report.facts["first_champion"] = str(champion.version)
-        console.print(f"{spec.model_name} v{champion.version} is champion ({champion.tags.get('gate.reason')})")
+        mv = registry.client(settings).get_model_version(spec.model_name, latest)
+        report.facts["first_champion"] = latest
+        console.print(f"{spec.model_name} v{latest} is champion ({mv.tags.get('gate.reason')})")
 
     with Timer(report, console, "serve the champion and replay normal traffic"):
         settings = stack.up(settings, services=["model-server"], console=console)
