@@ -282,10 +282,18 @@ class AirflowClient:
         deadline = time.monotonic() + 120
         while True:
             try:
-                return int(self.request("POST", "/backfills", json=body)["id"])
+                created = int(self.request("POST", "/backfills", json=body)["id"])
             except AirflowClientError as exc:
                 if exc.status_code != 409 or time.monotonic() > deadline:
                     raise
+            else:
+                # On SQLite the commit can still fail after the answer: trust only what persists.
+                time.sleep(1)
+                if self._backfill_exists(created):
+                    return created
+                if time.monotonic() > deadline:
+                    raise AirflowClientError(f"backfill {created} of {dag_id} was not persisted")
+                continue
             # 409 after a retried POST: on SQLite the first attempt may have gone through (the
             # backfill is ours) or been rolled back after a lock (it vanishes): check, then retry.
             same = self._active_backfill_like(dag_id, str(body["from_date"]), str(body["to_date"]))
