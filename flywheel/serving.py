@@ -186,15 +186,13 @@ class Predictor:
 
 
 def _misses(online: pd.DataFrame, keys: dict[str, str]) -> list[list[str]]:
-    """Per row, the entities whose features were all missing."""
-    groups = {
-        entity: [c for c in ENTITY_DEFAULTS if c.startswith(entity + "_") and c in online.columns]
+    """Per row, the entities whose features were all missing (vectorised: on the request path)."""
+    missing = {
+        entity: online[cols].isna().all(axis=1).to_numpy()
         for entity in keys
+        if (cols := [c for c in ENTITY_DEFAULTS if c.startswith(entity + "_") and c in online.columns])
     }
-    out = []
-    for _, row in online.iterrows():
-        out.append([e for e, cols in groups.items() if cols and all(pd.isna(row[c]) for c in cols)])
-    return out
+    return [[e for e, flags in missing.items() if flags[i]] for i in range(len(online))]
 
 
 def _log_records(frame: pd.DataFrame, matrix: pd.DataFrame, preds: list[Prediction]) -> list[dict[str, Any]]:
