@@ -15,7 +15,7 @@ import tomllib
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -39,6 +39,13 @@ class Ports(BaseModel):
     airflow: int = 18080
     mlflow: int = 15000
     model_server: int = 13000
+    # Airflow serves task logs from these (its defaults, 8793/8794, would clash between stacks).
+    airflow_worker_logs: int = 18793
+    airflow_trigger_logs: int = 18794
+
+    def shifted(self, offset: int) -> Ports:
+        """Every port moved by ``offset`` (side-by-side stacks, e.g. parallel test runs)."""
+        return Ports(**{name: port + offset for name, port in self.model_dump().items()})
 
 
 class Settings(BaseSettings):
@@ -75,6 +82,10 @@ class Settings(BaseSettings):
     # Pipeline specs live here; the default use case is "fraud".
     specs_dir: Path = PROJECT_ROOT / "models"
     use_case: str = "fraud"
+
+    # Where PyTorch models train and serve: "auto" = CUDA when present, else CPU; "cuda" fails
+    # loudly without a GPU; "cpu" forces the CPU (deterministic results).
+    torch_device: Literal["auto", "cpu", "cuda"] = "auto"
 
     # Serving: seconds between checks of the champion alias.
     champion_refresh_s: float = 30.0

@@ -215,6 +215,8 @@ def airflow_env(settings: Settings) -> dict[str, str]:
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}?timeout=30",
             "AIRFLOW__API__HOST": settings.host,
             "AIRFLOW__API__PORT": str(settings.ports.airflow),
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(settings.ports.airflow_worker_logs),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(settings.ports.airflow_trigger_logs),
             "AIRFLOW__API__SECRET_KEY": _secret(settings, "airflow_secret_key"),
             "AIRFLOW__API_AUTH__JWT_SECRET": _secret(settings, "airflow_jwt_secret"),
             # New DAG files show within ~10 s, changed ones within ~15 s.

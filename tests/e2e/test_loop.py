@@ -20,15 +20,15 @@ import pandas as pd
 import pytest
 
 from flywheel import registry, stack, storage
-from flywheel.config import Ports, Settings
+from flywheel.config import Settings
 from flywheel.datagen import DriftKind, write_landing
 from flywheel.demo import valid_rows, wait_for_prediction_logs
+from tests.ports import ports
 
 pytestmark = pytest.mark.e2e
 FIRST = date(2026, 1, 1)
 NORMAL_DAYS, DRIFT_DAYS = 6, 2
-PORTS = Ports(s3=25333, weed_master=25334, weed_volume=25335, weed_filer=25336,
-              airflow=25080, mlflow=25500, model_server=25600)
+PORTS = ports(25000)
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 
 

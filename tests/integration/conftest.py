@@ -8,10 +8,10 @@ from datetime import date, timedelta
 import pytest
 
 from flywheel import stack
-from flywheel.config import Ports, Settings
+from flywheel.config import Settings
+from tests.ports import ports
 
-TEST_PORTS = Ports(s3=24333, weed_master=24334, weed_volume=24335, weed_filer=24336,
-                   airflow=24080, mlflow=24500, model_server=24600)
+TEST_PORTS = ports(24000)
 FIRST_DAY = date(2026, 1, 1)
 DAYS = 9
 

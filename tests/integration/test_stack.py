@@ -22,18 +22,12 @@ from flywheel import stack
 from flywheel.airflow_client import AirflowAuthError, AirflowClient
 from flywheel.config import Ports, Settings
 from flywheel.storage import ZONES, s3_client
+from tests.ports import OFFSET, ports
 
 pytestmark = pytest.mark.integration
 
-TEST_PORTS = Ports(
-    s3=21333,
-    weed_master=22333,
-    weed_volume=21081,
-    weed_filer=21888,
-    airflow=21080,
-    mlflow=21500,
-    model_server=21300,
-)
+TEST_PORTS = ports(21000, weed_master=22333, weed_volume=21081, weed_filer=21888, model_server=21300,
+                   airflow_worker_logs=21791, airflow_trigger_logs=21792)
 CORE = ("seaweedfs", "mlflow")
 
 
@@ -117,7 +111,7 @@ def test_port_held_by_a_foreign_socket_is_reported(
         port = foreign.getsockname()[1]
         other = Settings(
             home=tmp_path_factory.mktemp("other-home"),
-            ports=Ports(s3=port, weed_master=23333, weed_volume=23081, weed_filer=23888),
+            ports=Ports(s3=port, weed_master=23333 + OFFSET, weed_volume=23081 + OFFSET, weed_filer=23888 + OFFSET),
         )
         stale = other.run_dir / "seaweedfs.pid"
         stale.parent.mkdir(parents=True)

@@ -1,0 +1,18 @@
+"""Test stacks' ports. ``FLYWHEEL_TEST_PORT_OFFSET`` moves them all, so two checkouts can run
+their suites side by side on one machine without fighting over ports."""
+
+from __future__ import annotations
+
+import os
+
+from flywheel.config import Ports
+
+OFFSET = int(os.environ.get("FLYWHEEL_TEST_PORT_OFFSET", "0"))
+
+
+def ports(base: int, **fields: int) -> Ports:
+    """A full port set in the ``base`` block (e.g. 24000), shifted by the offset."""
+    default = dict(s3=base + 333, weed_master=base + 334, weed_volume=base + 335, weed_filer=base + 336,
+                   airflow=base + 80, airflow_worker_logs=base + 81, airflow_trigger_logs=base + 82,
+                   mlflow=base + 500, model_server=base + 600)
+    return Ports(**(default | fields)).shifted(OFFSET)
