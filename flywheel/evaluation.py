@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -115,7 +114,7 @@ def slice_regressions(challenger: pd.DataFrame, champion: pd.DataFrame, *, toler
 
 def write_report(folder: Path, *, y: np.ndarray, proba: np.ndarray, baseline: np.ndarray,
                  metrics_: dict[str, dict[str, float]], slices: pd.DataFrame, importance: dict[str, float],
-                 threshold: float) -> Path:
+                 threshold: float, families: dict[str, dict[str, float]] | None = None) -> Path:
     """Markdown report with PR and calibration curves, slice table and feature importance."""
     import matplotlib
 
@@ -143,8 +142,13 @@ def write_report(folder: Path, *, y: np.ndarray, proba: np.ndarray, baseline: np
     lines = ["# Evaluation report", "", f"Decision threshold (min expected cost on validation): {threshold:.4f}",
              "", "## Holdout metrics", "", _table(pd.DataFrame(metrics_).T.round(4)), "",
              "![PR curve](pr_curve.png) ![Calibration](calibration.png)", "", "## Slices (PR-AUC)", "",
-             _table(slices.round(4).set_index(["slice", "value"])), "", "## Feature importance (gain)", "",
-             _table(pd.Series(importance, name="gain").sort_values(ascending=False).round(3).to_frame())]
+             _table(slices.round(4).set_index(["slice", "value"])), "",
+             "## Feature importance (permutation: PR-AUC lost on validation when shuffled)", "",
+             _table(pd.Series(importance, name="pr_auc_drop", dtype="float64").sort_values(ascending=False)
+                    .round(4).to_frame())]
+    if families:
+        lines += ["", "## Candidate families (best of each search; selected by validation score)", "",
+                  _table(pd.DataFrame(families).T.round(4))]
     path = folder / "evaluation.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -156,8 +160,3 @@ def _table(frame: pd.DataFrame) -> str:
     body = ["| " + " | ".join([str(i), *map(str, row)]) + " |" for i, row in zip(frame.index, frame.values,
                                                                                  strict=True)]
     return "\n".join([header, rule, *body])
-
-
-def feature_importance(model: Any) -> dict[str, float]:
-    booster = model.get_booster()
-    return {k: float(v) for k, v in booster.get_score(importance_type="gain").items()}

@@ -12,7 +12,8 @@ from typing import Any
 from flywheel.config import PROJECT_ROOT, Settings
 from flywheel.spec import PipelineSpec
 
-PACKAGES = ("flywheel", "xgboost", "scikit-learn", "pandas", "feast", "mlflow", "bentoml", "apache-airflow")
+PACKAGES = ("flywheel", "xgboost", "torch", "optuna", "scikit-learn", "pandas", "feast", "mlflow", "bentoml",
+            "apache-airflow")
 
 
 def code_version(root: Path = PROJECT_ROOT) -> dict[str, str]:

@@ -80,23 +80,33 @@ def set_alias(model_name: str, alias: str, version: str, *, settings: Settings |
 class LoadedModel:
     name: str
     version: str
+    family: str
     model: Any
     threshold: float
     features: list[str]
 
     def predict_proba(self, matrix: Any) -> Any:
-        return self.model.predict_proba(matrix[self.features])[:, 1]
+        """Positive-class probabilities (1-d) of a model matrix."""
+        from flywheel import families
+
+        return families.get(self.family).predict_proba(self.model, matrix[self.features])
 
 
 def load_version(model_name: str, version: str, *, settings: Settings | None = None) -> LoadedModel:
-    """Load a registered version with its serving metadata (threshold, features)."""
-    import mlflow.xgboost
+    """Load a registered version with its serving metadata (family, threshold, features).
 
+    PyTorch models load onto ``settings.torch_device`` (CUDA when configured and present).
+    """
+    from flywheel import families
+
+    settings = settings or get_settings()
     mv = client(settings).get_model_version(model_name, version)
-    model = mlflow.xgboost.load_model(f"models:/{model_name}/{version}")
+    family = mv.tags.get("family", "xgboost")  # versions before model families were XGBoost
+    model = families.get(family).load(f"models:/{model_name}/{version}", settings)
     return LoadedModel(
         name=model_name,
         version=str(mv.version),
+        family=family,
         model=model,
         threshold=float(mv.tags["threshold"]),
         features=json.loads(mv.tags["features"]),

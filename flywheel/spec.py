@@ -79,6 +79,50 @@ class CostSpec(_Strict):
     false_negative: float = Field(100.0, ge=0)
 
 
+class ParamRange(_Strict):
+    """One dimension of a hyperparameter search: a numeric range or a list of choices."""
+
+    type: Literal["int", "float", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ParamRange:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical range needs a non-empty 'choices' list")
+        elif self.low is None or self.high is None or self.low >= self.high:
+            raise ValueError(f"a {self.type} range needs low < high (got low={self.low}, high={self.high})")
+        elif self.log and self.low <= 0:
+            raise ValueError("a log-scaled range needs low > 0")
+        return self
+
+
+class CandidateSpec(_Strict):
+    """A model family competing for promotion: fixed params and an optional search space."""
+
+    params: dict[str, Any] = Field(default_factory=dict)
+    search: dict[str, ParamRange] = Field(default_factory=dict)
+
+
+class SearchSpec(_Strict):
+    """Bounded hyperparameter search (Optuna TPE, seeded): per candidate family, at most
+    ``trials`` trials and ``timeout_s`` seconds. ``trials: 0`` trains the fixed params once.
+    The timeout is a safety cap: a search cut by it is not reproducible (the run says so)."""
+
+    trials: int = Field(0, ge=0, le=200)
+    timeout_s: float = Field(600, gt=0)
+
+
+class ApprovalSpec(_Strict):
+    """Human approval (Airflow's ApprovalOperator) between the gate and the promotion."""
+
+    required: bool = False
+    timeout_hours: float = Field(72, gt=0)
+
+
 class TrainingSpec(_Strict):
     lookback_days: int = Field(30, ge=1)
     split: SplitSpec
@@ -88,7 +132,26 @@ class TrainingSpec(_Strict):
     costs: CostSpec = Field(default_factory=CostSpec)
     precision_target: float = Field(0.5, gt=0, lt=1)
     slice_tolerance: float = Field(0.05, ge=0)
-    xgboost: dict[str, Any] = Field(default_factory=dict)
+    baseline: str = "logistic_regression"
+    candidates: dict[str, CandidateSpec] = Field(
+        default_factory=lambda: {"xgboost": CandidateSpec()}, min_length=1)
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    approval: ApprovalSpec = Field(default_factory=ApprovalSpec)
+
+    @model_validator(mode="after")
+    def _known_families(self) -> TrainingSpec:
+        from flywheel.families import FAMILIES
+
+        for name in [self.baseline, *self.candidates]:
+            if name not in FAMILIES:
+                raise ValueError(f"unknown model family {name!r} (known: {', '.join(sorted(FAMILIES))})")
+        return self
+
+    def with_params(self, family: str, **params: Any) -> TrainingSpec:
+        """A copy whose ``family`` candidate uses ``params`` (merged) and no search."""
+        current = self.candidates[family]
+        changed = current.model_copy(update={"params": {**current.params, **params}, "search": {}})
+        return self.model_copy(update={"candidates": {**self.candidates, family: changed}})
 
 
 class MonitoringSpec(_Strict):

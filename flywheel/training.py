@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass
 from datetime import date
 from typing import Any
@@ -11,8 +12,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flywheel import evaluation, features, lineage, promotion, registry, storage
+from flywheel import evaluation, families, features, lineage, promotion, registry, storage, tuning
 from flywheel.config import Settings, get_settings
+from flywheel.families.base import FitData, Trained, permutation_importance
 from flywheel.featurize import ENTITY_DEFAULTS, MODEL_FEATURES, model_matrix
 from flywheel.spec import PipelineSpec
 
@@ -32,11 +34,14 @@ class TrainResult:
     run_id: str
     model_name: str
     version: str
+    family: str
     metrics: dict[str, float]
     threshold: float
     promoted: bool
+    awaiting_approval: bool
     reason: str
     reference_uri: str
+    families: dict[str, dict[str, float]]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,30 +59,6 @@ def temporal_split(frame: pd.DataFrame, spec: PipelineSpec) -> Split:
 def features_of(frame: pd.DataFrame) -> pd.DataFrame:
     entity_cols = [c for c in ENTITY_DEFAULTS if c in frame.columns]
     return model_matrix(frame, frame[entity_cols])
-
-
-def fit_baseline(x: pd.DataFrame, y: pd.Series, *, seed: int) -> Any:
-    """Logistic regression on imputed, scaled features: the bar a real model must clear."""
-    from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    model = make_pipeline(
-        SimpleImputer(strategy="median", keep_empty_features=True),
-        StandardScaler(),
-        LogisticRegression(max_iter=2000, random_state=seed),
-    )
-    return model.fit(x, y)
-
-
-def fit_xgboost(x: pd.DataFrame, y: pd.Series, *, params: dict[str, Any], seed: int) -> Any:
-    from xgboost import XGBClassifier
-
-    model = XGBClassifier(
-        **params, random_state=seed, n_jobs=2, tree_method="hist", eval_metric="aucpr"
-    )
-    return model.fit(x, y)
 
 
 @dataclass(frozen=True)
@@ -98,16 +79,30 @@ class Evaluation:
         return out
 
 
+def _costs(spec: PipelineSpec) -> evaluation.Costs:
+    return evaluation.Costs(spec.training.costs.false_positive, spec.training.costs.false_negative)
+
+
+def holdout_metrics(spec: PipelineSpec, y: dict[str, pd.Series], x: dict[str, pd.DataFrame],
+                    model: Trained) -> tuple[float, dict[str, float]]:
+    """A model's cost-minimising threshold on validation and its metrics on the holdout."""
+    costs = _costs(spec)
+    threshold = evaluation.cost_threshold(y["validation"].to_numpy(), model.predict_proba(x["validation"]), costs)
+    return threshold, evaluation.metrics(y["holdout"].to_numpy(), model.predict_proba(x["holdout"]),
+                                         threshold=threshold, costs=costs,
+                                         precision_target=spec.training.precision_target)
+
+
 def evaluate(spec: PipelineSpec, split: Split, x: dict[str, pd.DataFrame], y: dict[str, pd.Series],
-             model: Any, baseline: Any, settings: Settings) -> Evaluation:
+             model: Trained, baseline: Trained, settings: Settings) -> Evaluation:
     """Threshold on validation (min expected cost); metrics and slices on the holdout,
     for the candidate, the baseline and the current champion alike."""
     t = spec.training
-    costs = evaluation.Costs(t.costs.false_positive, t.costs.false_negative)
-    yv, yh = y["validation"].to_numpy(), y["holdout"].to_numpy()
-    threshold = evaluation.cost_threshold(yv, model.predict_proba(x["validation"])[:, 1], costs)
-    proba = model.predict_proba(x["holdout"])[:, 1]
-    base = baseline.predict_proba(x["holdout"])[:, 1]
+    costs = _costs(spec)
+    yh = y["holdout"].to_numpy()
+    threshold, candidate = holdout_metrics(spec, y, x, model)
+    proba = model.predict_proba(x["holdout"])
+    base = baseline.predict_proba(x["holdout"])
 
     def measure(scores: np.ndarray, at: float) -> dict[str, float]:
         return evaluation.metrics(yh, scores, threshold=at, costs=costs, precision_target=t.precision_target)
@@ -122,75 +117,122 @@ def evaluate(spec: PipelineSpec, split: Split, x: dict[str, pd.DataFrame], y: di
         champion = measure(champ_proba, current.threshold)
         regressions = evaluation.slice_regressions(
             cand_slices, evaluation.slice_metrics(slices, yh, champ_proba), tolerance=t.slice_tolerance)
-    return Evaluation(threshold=threshold, candidate=measure(proba, threshold), baseline=measure(base, threshold),
+    return Evaluation(threshold=threshold, candidate=candidate, baseline=measure(base, threshold),
                       champion=champion, slices=cand_slices, regressions=regressions,
                       holdout_proba=proba, baseline_proba=base)
 
 
+def train_candidates(spec: PipelineSpec, data: FitData, x: dict[str, pd.DataFrame], y: dict[str, pd.Series],
+                     settings: Settings) -> tuple[dict[str, Trained], dict[str, dict[str, float]]]:
+    """Each candidate family in its own child run (trials nested below it); returns the
+    families' best models and their holdout metrics (for comparison, not for selection)."""
+    import mlflow
+
+    trained: dict[str, Trained] = {}
+    report: dict[str, dict[str, float]] = {}
+    for name, candidate in spec.training.candidates.items():
+        family = families.get(name)
+        with mlflow.start_run(run_name=name, nested=True):
+            started = time.perf_counter()
+            best = tuning.tune(family, candidate, data, spec=spec, settings=settings)
+            search_seconds = time.perf_counter() - started
+            threshold, metrics = holdout_metrics(spec, y, x, best)
+            report[name] = {f"val_{spec.training.metric}": best.val_score, "train_seconds": best.seconds,
+                            "search_seconds": search_seconds, "trials": float(best.trials),
+                            **{f"holdout_{k}": v for k, v in metrics.items()}}
+            mlflow.set_tags({"family": name, "search.cut_by_timeout": str(best.extra.get(
+                "search_cut_by_timeout", False)).lower()})
+            mlflow.log_params({k: tuning._param(v) for k, v in best.params.items()} | {"threshold": threshold})
+            mlflow.log_metrics(report[name])
+        log.info("%s: val %s %.4f, holdout PR-AUC %.4f, %d trial(s) in %.1f s", name, spec.training.metric,
+                 best.val_score, metrics["pr_auc"], best.trials, search_seconds)
+        trained[name] = best
+    return trained, report
+
+
+def select(candidates: dict[str, Trained]) -> Trained:
+    """The family with the best validation score (spec order breaks ties): the holdout stays
+    untouched by selection, so the gate's comparison on it is fair."""
+    return max(candidates.values(), key=lambda t: t.val_score)
+
+
 def train(spec: PipelineSpec, *, end: date, reason: str = "scheduled",
           settings: Settings | None = None) -> TrainResult:
-    """Train, evaluate, register and gate one candidate on data up to ``end``."""
+    """Train the baseline and every candidate family; register the best; gate it."""
+    import mlflow
+
     settings = settings or get_settings()
     frame, identity = features.training_frame(spec, end=end, settings=settings)
     split = temporal_split(frame, spec)
     seed = spec.training.seed
     x = {name: features_of(part) for name, part in asdict_split(split).items()}
     y = {name: part[spec.label].astype("int64") for name, part in asdict_split(split).items()}
-    baseline = fit_baseline(x["train"], y["train"], seed=seed)
-    model = fit_xgboost(x["train"], y["train"], params=spec.training.xgboost, seed=seed)
-    ev = evaluate(spec, split, x, y, model, baseline, settings)
-    metric = spec.training.metric
-    decision = registry.decide(
-        challenger=ev.candidate[metric], baseline=ev.baseline[metric],
-        champion=ev.champion[metric] if ev.champion else None,
-        min_improvement=spec.training.min_improvement, regressions=ev.regressions,
-    )
-    run_id, version = log_run(spec, end=end, reason=reason, frame=frame, identity=identity, model=model,
-                              ev=ev, y_holdout=y["holdout"], example=x["holdout"].head(3), settings=settings)
-    tag_version(spec, version, settings, threshold=ev.threshold, run_id=run_id,
-                decision=decision, identity=identity)
-    reference_uri = write_reference(spec, version, recent_days(frame, spec), model, settings)
-    if decision.promote:
+    data = FitData(x["train"], y["train"], x["validation"], y["validation"])
+    registry.client(settings)
+    mlflow.set_experiment(spec.model_name)
+    with mlflow.start_run(run_name=f"train-{end.isoformat()}") as run:
+        baseline = families.get(spec.training.baseline).train(data, {}, seed=seed, settings=settings)
+        candidates, per_family = train_candidates(spec, data, x, y, settings)
+        best = select(candidates)
+        ev = evaluate(spec, split, x, y, best, baseline, settings)
+        metric = spec.training.metric
+        decision = registry.decide(
+            challenger=ev.candidate[metric], baseline=ev.baseline[metric],
+            champion=ev.champion[metric] if ev.champion else None,
+            min_improvement=spec.training.min_improvement, regressions=ev.regressions,
+        )
+        version = log_run(spec, end=end, reason=reason, frame=frame, identity=identity, model=best,
+                          ev=ev, x=x, y=y, per_family=per_family, decision=decision, settings=settings)
+    run_id = run.info.run_id
+    awaiting = decision.promote and spec.training.approval.required
+    tag_version(spec, version, settings, threshold=ev.threshold, run_id=run_id, family=best.name,
+                decision=decision, identity=identity, awaiting_approval=awaiting)
+    reference_uri = write_reference(spec, version, recent_days(frame, spec), best, settings)
+    if decision.promote and not awaiting:
         promotion.promote(spec.model_name, version, reason=decision.reason,
                           actor=f"training-gate:{run_id}", settings=settings)
     else:
         registry.set_alias(spec.model_name, registry.CHALLENGER, version, settings=settings)
-    log.info("model %s v%s: %s (promoted: %s)", spec.model_name, version, decision.reason, decision.promote)
-    return TrainResult(run_id=run_id, model_name=spec.model_name, version=version,
-                       metrics=ev.logged_metrics(), threshold=ev.threshold, promoted=decision.promote,
-                       reason=decision.reason, reference_uri=reference_uri)
+    outcome = "awaiting approval" if awaiting else ("promoted" if decision.promote else "not promoted")
+    log.info("model %s v%s (%s): %s (%s)", spec.model_name, version, best.name, decision.reason, outcome)
+    return TrainResult(run_id=run_id, model_name=spec.model_name, version=version, family=best.name,
+                       metrics=ev.logged_metrics(), threshold=ev.threshold,
+                       promoted=decision.promote and not awaiting, awaiting_approval=awaiting,
+                       reason=decision.reason, reference_uri=reference_uri, families=per_family)
 
 
 def log_run(spec: PipelineSpec, *, end: date, reason: str, frame: pd.DataFrame, identity: dict[str, Any],
-            model: Any, ev: Evaluation, y_holdout: pd.Series, example: pd.DataFrame,
-            settings: Settings) -> tuple[str, str]:
-    """One MLflow run: params, metrics, data, evaluation report, registered model."""
+            model: Trained, ev: Evaluation, x: dict[str, pd.DataFrame], y: dict[str, pd.Series],
+            per_family: dict[str, dict[str, float]], decision: registry.GateDecision,
+            settings: Settings) -> str:
+    """Into the active run: params, metrics, data, evaluation report; registers the model."""
     import tempfile
     from pathlib import Path
 
     import mlflow
-    import mlflow.xgboost
 
-    registry.client(settings)
-    mlflow.set_experiment(spec.model_name)
-    with mlflow.start_run(run_name=f"train-{end.isoformat()}") as run:
-        mlflow.set_tags({"trigger": reason, "data.end": end.isoformat(),
-                         "data.feature_service": spec.features.service})
-        mlflow.log_params({"family": "xgboost", "seed": spec.training.seed, "rows": len(frame),
-                           "threshold": round(ev.threshold, 6), **spec.training.xgboost})
-        mlflow.log_metrics(ev.logged_metrics())
-        mlflow.log_dict(identity, "data_identity.json")
-        mlflow.log_input(_dataset(frame, spec, identity, bucket=settings.bucket("curated")), context="training")
-        with tempfile.TemporaryDirectory() as tmp:
-            evaluation.write_report(
-                Path(tmp), y=y_holdout.to_numpy(), proba=ev.holdout_proba, baseline=ev.baseline_proba,
-                metrics_={"candidate": ev.candidate, "baseline": ev.baseline, **(
-                    {"champion": ev.champion} if ev.champion else {})},
-                slices=ev.slices, importance=evaluation.feature_importance(model), threshold=ev.threshold)
-            mlflow.log_artifacts(tmp, "evaluation")
-        info = mlflow.xgboost.log_model(model, name="model", registered_model_name=spec.model_name,
-                                        input_example=example)
-    return run.info.run_id, str(info.registered_model_version)
+    mlflow.set_tags({"trigger": reason, "data.end": end.isoformat(), "family": model.name,
+                     "data.feature_service": spec.features.service,
+                     "gate.promote": str(decision.promote).lower(), "gate.reason": decision.reason})
+    mlflow.log_params({"family": model.name, "seed": spec.training.seed, "rows": len(frame),
+                       "threshold": round(ev.threshold, 6), "baseline": spec.training.baseline,
+                       **{k: tuning._param(v) for k, v in model.params.items()}})
+    mlflow.log_metrics(ev.logged_metrics() | {f"{name}_{k}": v for name, metrics in per_family.items()
+                                              for k, v in metrics.items()})
+    mlflow.log_dict(identity, "data_identity.json")
+    mlflow.log_dict(per_family, "evaluation/families.json")
+    mlflow.log_input(_dataset(frame, spec, identity, bucket=settings.bucket("curated")), context="training")
+    importance = permutation_importance(model, x["validation"], y["validation"], seed=spec.training.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        evaluation.write_report(
+            Path(tmp), y=y["holdout"].to_numpy(), proba=ev.holdout_proba, baseline=ev.baseline_proba,
+            metrics_={"candidate": ev.candidate, "baseline": ev.baseline, **(
+                {"champion": ev.champion} if ev.champion else {})},
+            slices=ev.slices, importance=importance, threshold=ev.threshold, families=per_family)
+        mlflow.log_artifacts(tmp, "evaluation")
+    info = model.family.log_model(model.model, registered_model_name=spec.model_name,
+                                  example=x["holdout"].head(3))
+    return str(info.registered_model_version)
 
 
 def _dataset(frame: pd.DataFrame, spec: PipelineSpec, identity: dict[str, Any], *, bucket: str) -> Any:
@@ -206,10 +248,13 @@ def asdict_split(split: Split) -> dict[str, pd.DataFrame]:
     return {"train": split.train, "validation": split.validation, "holdout": split.holdout}
 
 
-def tag_version(spec: PipelineSpec, version: str, settings: Settings, *, threshold: float,
-                run_id: str, decision: registry.GateDecision, identity: dict[str, Any]) -> None:
+def tag_version(spec: PipelineSpec, version: str, settings: Settings, *, threshold: float, run_id: str,
+                family: str, decision: registry.GateDecision, identity: dict[str, Any],
+                awaiting_approval: bool = False) -> None:
     mlflow_client = registry.client(settings)
     tags = {
+        "family": family,
+        "gate.awaiting_approval": str(awaiting_approval).lower(),
         "threshold": str(threshold),
         "features": json.dumps(MODEL_FEATURES),
         "run_id": run_id,
@@ -230,7 +275,7 @@ def recent_days(frame: pd.DataFrame, spec: PipelineSpec, *, share: float = 0.3) 
     return frame[days.isin(keep)]
 
 
-def write_reference(spec: PipelineSpec, version: str, frame: pd.DataFrame, model: Any,
+def write_reference(spec: PipelineSpec, version: str, frame: pd.DataFrame, model: Trained,
                     settings: Settings) -> str:
     """The reference monitoring compares serving traffic with.
 
@@ -240,7 +285,7 @@ def write_reference(spec: PipelineSpec, version: str, frame: pd.DataFrame, model
     """
     sample = frame.sample(n=min(REFERENCE_ROWS, len(frame)), random_state=spec.training.seed)
     matrix = features_of(sample)
-    reference = matrix.assign(probability=model.predict_proba(matrix)[:, 1],
+    reference = matrix.assign(probability=model.predict_proba(matrix),
                               **{spec.label: sample[spec.label].to_numpy()})
     key = f"reference/{spec.model_name}/v{version}.parquet"
     return storage.put_bytes("features", key, storage.df_to_parquet_bytes(reference), settings=settings)

@@ -122,7 +122,7 @@ def _training_end(ctx: Any) -> date:
 
 
 def training_dag(spec: PipelineSpec) -> DAG:
-    """On a retrain request (or by hand): train → gate → package the champion."""
+    """On a retrain request (or by hand): train → gate [→ human approval → promote] → package."""
     a = assets(spec)
 
     @dag(**_dag_args(
@@ -148,7 +148,78 @@ def training_dag(spec: PipelineSpec) -> DAG:
 
             return {"bento": build_bento(spec, version=result["version"]), **result}
 
-        package(train())
+        trained = train()
+        package(trained)
+        if spec.training.approval.required:
+            _approval_path(spec, trained)
+
+    return pipeline()
+
+
+def _approval_path(spec: PipelineSpec, trained: Any) -> None:
+    """gate passed? → ApprovalOperator (Required Actions in the UI) → promote, audited with the
+    responder as actor. Reject, or a failed gate, skips the promotion."""
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    @task.short_circuit
+    def gate_passed(result: dict[str, Any]) -> bool:
+        return bool(result["awaiting_approval"])
+
+    approve = ApprovalOperator(
+        task_id="approve",
+        subject=f"Promote {spec.model_name} v{{{{ ti.xcom_pull(task_ids='train')['version'] }}}} to champion?",
+        body=("Gate: {{ ti.xcom_pull(task_ids='train')['reason'] }}\n\n"
+              "Family: {{ ti.xcom_pull(task_ids='train')['family'] }}; MLflow run "
+              "{{ ti.xcom_pull(task_ids='train')['run_id'] }} (evaluation report under its artifacts)."),
+        response_timeout=timedelta(hours=spec.training.approval.timeout_hours),
+    )
+
+    @task
+    def promote_approved(result: dict[str, Any]) -> dict[str, Any]:
+        from flywheel import promotion
+
+        answer = get_current_context()["ti"].xcom_pull(task_ids="approve") or {}
+        user = answer.get("responded_by_user") or {}
+        actor = f"approved-by:{user.get('name') or user.get('id') or 'unknown'}"
+        return promotion.promote(spec.model_name, result["version"], actor=actor,
+                                 reason=f"human approval; gate: {result['reason']}").to_dict()
+
+    gate_passed(trained) >> approve >> promote_approved(trained)
+
+
+def registry_dag(spec: PipelineSpec) -> DAG:
+    """By hand from the UI: promote a version or roll back, with an audit record."""
+
+    @dag(**_dag_args(
+        spec, "registry",
+        description=f"Promote a version of {spec.model_name} or roll back the champion (audited)",
+        schedule=None,
+        max_active_runs=1,
+        default_args={"owner": spec.owner, "retries": 0},
+        params={
+            "action": Param("promote", enum=["promote", "rollback"], description="What to do"),
+            "version": Param(None, type=["null", "string"], description="Version to promote"),
+            "reason": Param("", type="string", minLength=3, description="Why (kept in the audit log)"),
+        },
+    ))
+    def pipeline() -> None:
+        @task
+        def move_alias() -> dict[str, Any]:
+            from flywheel import promotion
+
+            ctx = get_current_context()
+            params, run = ctx["params"], ctx["dag_run"]
+            actor = f"airflow:{getattr(run, 'triggering_user_name', None) or 'ui'}"
+            if params["action"] == "rollback":
+                record = promotion.rollback(spec.model_name, reason=params["reason"], actor=actor)
+            else:
+                if not params.get("version"):
+                    raise ValueError("action=promote needs the 'version' param")
+                record = promotion.promote(spec.model_name, str(params["version"]),
+                                           reason=params["reason"], actor=actor)
+            return record.to_dict()
+
+        move_alias()
 
     return pipeline()
 
@@ -201,5 +272,5 @@ def monitoring_dag(spec: PipelineSpec) -> DAG:
 
 
 def build_all(spec: PipelineSpec) -> dict[str, DAG]:
-    dags = [data_dag(spec), training_dag(spec), monitoring_dag(spec)]
+    dags = [data_dag(spec), training_dag(spec), monitoring_dag(spec), registry_dag(spec)]
     return {d.dag_id: d for d in dags}
