@@ -349,6 +349,25 @@ class AirflowClient:
     def get_run(self, dag_id: str, run_id: str) -> DagRun:
         return DagRun.from_api(self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}"))
 
+    # ---- human in the loop (the Required Actions page, over REST) ----------------
+
+    def pending_approvals(self, dag_id: str) -> list[dict[str, Any]]:
+        """Human-in-the-loop requests of ``dag_id`` nobody has answered yet (subject, run, task)."""
+        body = self.request("GET", f"/dags/{dag_id}/dagRuns/~/hitlDetails",
+                            params={"response_received": "false"})
+        return [
+            {"dag_id": dag_id, "run_id": d["task_instance"]["dag_run_id"],
+             "task_id": d["task_instance"]["task_id"], "map_index": d["task_instance"]["map_index"],
+             "subject": d.get("subject"), "body": d.get("body"), "options": d.get("options")}
+            for d in body["hitl_details"]
+        ]
+
+    def respond(self, request: dict[str, Any], option: str) -> dict[str, Any]:
+        """Answer one pending request (e.g. ``Approve`` or ``Reject``) as the configured user."""
+        path = (f"/dags/{request['dag_id']}/dagRuns/{request['run_id']}/taskInstances/"
+                f"{request['task_id']}/{request['map_index']}/hitlDetails")
+        return dict(self.request("PATCH", path, json={"chosen_options": [option], "params_input": {}}))
+
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
         """Task id (``task[i]`` when mapped) → state for one run."""
         body = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100})

@@ -110,7 +110,19 @@ def train(end: Annotated[str, typer.Option(help="Last day of training data, YYYY
     from flywheel.training import train as run_train
 
     result = run_train(load_spec(), end=date.fromisoformat(end), reason="cli")
-    console.print(result.to_dict())
+    table = Table(title=f"candidates (selected: {result.family}, registered as v{result.version})")
+    columns = ["val_pr_auc", "holdout_pr_auc", "holdout_roc_auc", "holdout_expected_cost", "trials",
+               "train_seconds", "search_seconds"]
+    table.add_column("family")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for family, metrics in result.families.items():
+        table.add_row(family, *(f"{metrics.get(c, float('nan')):.4g}" for c in columns))
+    table.add_row("baseline", "", f"{result.metrics['baseline_pr_auc']:.4g}",
+                  f"{result.metrics['baseline_roc_auc']:.4g}", f"{result.metrics['baseline_expected_cost']:.4g}")
+    console.print(table)
+    state = "awaiting approval" if result.awaiting_approval else ("promoted" if result.promoted else "not promoted")
+    console.print(f"gate: {result.reason} → {state}")
 
 
 @app.command()
@@ -143,6 +155,28 @@ def rollback(reason: Annotated[str, typer.Option(help="Why (kept in the audit lo
 
     record = promotion.rollback(load_spec().model_name, reason=reason)
     console.print(f"champion {record.from_version} → {record.to_version} by {record.actor}: {record.reason}")
+
+
+@app.command()
+def approve(
+    reject: Annotated[bool, typer.Option("--reject", help="Reject instead of approving")] = False,
+) -> None:
+    """Answer the training DAG's pending promotion approval (when `training.approval.required`).
+
+    The same request shows in the Airflow UI under Browse → Required Actions.
+    """
+    from flywheel.airflow_client import AirflowClient
+    from flywheel.spec import load_spec
+
+    spec = load_spec()
+    with AirflowClient() as client:
+        pending = client.pending_approvals(f"{spec.name}_training")
+        if not pending:
+            console.print("no promotion is waiting for approval")
+            raise typer.Exit(1)
+        for request in pending:
+            client.respond(request, "Reject" if reject else "Approve")
+            console.print(f"{'rejected' if reject else 'approved'}: {request['subject']} ({request['run_id']})")
 
 
 @app.command()

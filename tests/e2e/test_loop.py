@@ -30,6 +30,7 @@ FIRST = date(2026, 1, 1)
 NORMAL_DAYS, DRIFT_DAYS = 6, 2
 PORTS = ports(25000)
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def day(offset: int) -> date:
@@ -160,3 +161,55 @@ def test_the_loop_closes(env, spec):
     dags_test(airflow_env, "fraud_training", conf={"end": drift_day.isoformat()})
     versions = registry.client(settings).search_model_versions(f"name='{spec.model_name}'")
     assert max(int(v.version) for v in versions) == 2
+
+    # 7. with approval required, a gate-passing model waits for a person (Required Actions);
+    #    an approval over the REST API promotes it, audited with the responder as actor
+    approval_promotes_after_a_human_says_yes(settings, airflow_env, spec, drift_day)
+
+
+def approval_promotes_after_a_human_says_yes(settings: Settings, airflow_env: dict[str, str], spec,
+                                             end: date) -> None:
+    import time
+
+    import yaml
+
+    from flywheel import promotion
+    from flywheel.airflow_client import AirflowClient
+
+    specs = settings.home / "specs-approval"
+    specs.mkdir()
+    raw = yaml.safe_load((ROOT / "models" / "fraud.yaml").read_text())
+    raw["training"].update({"approval": {"required": True}, "search": {"trials": 0},
+                            "min_improvement": -1.0, "slice_tolerance": 1.0,  # let the gate pass
+                            "candidates": {"xgboost": raw["training"]["candidates"]["xgboost"]}})
+    (specs / "fraud.yaml").write_text(yaml.safe_dump(raw))
+    env = airflow_env | {"FLYWHEEL_SPECS_DIR": str(specs)}
+    before = registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings).version
+    api = stack.up(settings, services=["airflow-api-server"])
+    cmd = [AIRFLOW, "dags", "test", "fraud_training", "--conf", json.dumps({"end": end.isoformat()})]
+    run = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with AirflowClient(api) as client:
+            deadline, pending = time.monotonic() + 420, []
+            while not pending and run.poll() is None and time.monotonic() < deadline:
+                time.sleep(2)
+                pending = client.pending_approvals("fraud_training")
+            assert pending, f"no approval was requested: {run.stdout.read() if run.poll() is not None else ''}"
+            # still the old champion while nobody has answered
+            assert registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings).version == before
+            assert "Promote fraud-detector v" in pending[0]["subject"]
+            client.respond(pending[0], "Approve")
+        out, _ = run.communicate(timeout=300)
+        assert run.returncode == 0, out[-3000:]
+    finally:
+        if run.poll() is None:
+            run.kill()
+        stack.down(api, services=["airflow-api-server"])
+    states = task_states(airflow_env, "fraud_training")
+    assert states["approve"] == "success" and states["promote_approved"] == "success", states
+    champion = registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings)
+    assert champion.version != before and champion.tags["gate.awaiting_approval"] == "true"
+    last = promotion.history(spec.model_name, settings=settings)[-1]
+    assert last.to_version == str(champion.version) and last.actor.startswith("approved-by:")
+    assert "human approval" in last.reason
+
