@@ -25,14 +25,37 @@ def dagbag(tmp_path_factory):
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert {"fraud_data", "fraud_training", "fraud_monitoring"} <= set(dagbag.dag_ids)
+    assert {"fraud_data", "fraud_training", "fraud_monitoring", "fraud_registry"} <= set(dagbag.dag_ids)
+
+
+def test_approval_is_a_configuration_switch(spec):
+    from flywheel.airflow.factory import training_dag
+
+    plain = training_dag(spec)
+    assert set(plain.task_dict) == {"train", "package"}
+    t = spec.training
+    gated = training_dag(spec.model_copy(update={"training": t.model_copy(update={
+        "approval": t.approval.model_copy(update={"required": True})})}))
+    assert set(gated.task_dict) == {"train", "package", "gate_passed", "approve", "promote_approved"}
+    assert gated.task_dict["approve"].upstream_task_ids == {"gate_passed"}
+    assert gated.task_dict["promote_approved"].upstream_task_ids == {"approve", "train"}
+
+
+def test_registry_dag_asks_for_action_version_and_reason(dagbag):
+    params = dagbag.dags["fraud_registry"].params
+    assert {"action", "version", "reason"} <= set(params.keys())
+    assert dagbag.dags["fraud_registry"].timetable.summary in ("None", "Never")  # manual only
+
+
+# Tasks that must not be retried blindly, and why.
+NO_RETRY = {"fraud_registry.move_alias": "a retried rollback would roll back twice"}
 
 
 def test_dags_have_tags_retries_and_owner(dagbag):
     for dag_id, dag in dagbag.dags.items():
         assert dag.tags, f"{dag_id} has no tags"
         for t in dag.tasks:
-            assert t.retries >= 1, f"{dag_id}.{t.task_id} has no retries"
+            assert t.retries >= 1 or f"{dag_id}.{t.task_id}" in NO_RETRY, f"{dag_id}.{t.task_id} has no retries"
             assert t.owner and t.owner != "airflow", f"{dag_id}.{t.task_id} has no owner"
 
 
