@@ -204,7 +204,9 @@ def run(settings: Settings, console: Console, plan: DemoPlan | None = None) -> D
                               settings=settings)
         mv = registry.client(settings).get_model_version(spec.model_name, latest)
         report.facts["first_champion"] = latest
-        console.print(f"{spec.model_name} v{latest} is champion ({mv.tags.get('gate.reason')})")
+        console.print(f"{spec.model_name} v{latest} ({mv.tags.get('family')}) is champion "
+                      f"({mv.tags.get('gate.reason')})")
+        console.print(family_table(settings, spec, mv.tags["run_id"]))
 
     with Timer(report, console, "serve the champion and replay normal traffic"):
         settings = stack.up(settings, services=["model-server"], console=console)
@@ -236,6 +238,21 @@ def run(settings: Settings, console: Console, plan: DemoPlan | None = None) -> D
     report.facts["report_url"] = save_report(settings, spec, drift_day)
     summary(settings, spec, report, console)
     return report
+
+
+def family_table(settings: Settings, spec: PipelineSpec, run_id: str) -> Table:
+    """Each candidate family's best model on the holdout, and what its search cost."""
+    metrics = registry.client(settings).get_run(run_id).data.metrics
+    columns = ("holdout_pr_auc", "holdout_roc_auc", "holdout_recall_at_p50", "holdout_expected_cost",
+               "trials", "train_seconds", "search_seconds")
+    table = Table(title="candidate families (training run of the champion)")
+    table.add_column("family")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for family in [*spec.training.candidates, "baseline"]:
+        table.add_row(family, *(f"{metrics[f'{family}_{c}']:.4g}" if f"{family}_{c}" in metrics else "-"
+                                for c in columns))
+    return table
 
 
 def save_report(settings: Settings, spec: PipelineSpec, day: date) -> str:

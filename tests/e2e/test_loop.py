@@ -98,6 +98,7 @@ def replay(settings: Settings, spec, when: date) -> int:
     return len(records)
 
 
+@pytest.mark.timeout(1800)  # ~6 min alone; generous for a shared 2-core box
 def test_the_loop_closes(env, spec):
     settings, airflow_env = env
 

@@ -44,7 +44,7 @@ def test_approval_is_a_configuration_switch(spec):
 def test_registry_dag_asks_for_action_version_and_reason(dagbag):
     params = dagbag.dags["fraud_registry"].params
     assert {"action", "version", "reason"} <= set(params.keys())
-    assert dagbag.dags["fraud_registry"].timetable.summary in ("None", "Never")  # manual only
+    assert type(dagbag.dags["fraud_registry"].timetable).__name__ == "NullTimetable"  # manual only
 
 
 # Tasks that must not be retried blindly, and why.
