@@ -180,6 +180,21 @@ def approve(
 
 
 @app.command()
+def decisions(limit: Annotated[int, typer.Option(help="How many of the latest decisions")] = 30) -> None:
+    """The retraining policy's decisions: triggered or suppressed (cooldown, duplicate, cap, labels)."""
+    from flywheel import policy
+    from flywheel.spec import load_spec
+
+    table = Table(title="retraining policy decisions")
+    for column in ("decided at", "monitored day", "action", "signals", "reason", "champion"):
+        table.add_column(column)
+    for d in policy.history(load_spec().model_name)[-limit:]:
+        table.add_row(d.decided_at, d.ds, d.action, ",".join(d.signals.get("fired", [])) or "-", d.reason,
+                      d.champion_version or "-")
+    console.print(table)
+
+
+@app.command()
 def audit() -> None:
     """Every move of the champion alias: when, who, why, from → to."""
     from flywheel import promotion

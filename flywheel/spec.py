@@ -154,10 +154,20 @@ class TrainingSpec(_Strict):
         return self.model_copy(update={"candidates": {**self.candidates, family: changed}})
 
 
+class RetrainPolicySpec(_Strict):
+    """When monitoring may request a retrain (see flywheel.policy). Days are data days."""
+
+    cooldown_days: int = Field(3, ge=0)
+    max_per_day: int = Field(2, ge=1)
+    min_new_labelled_rows: int = Field(1000, ge=0)
+    max_model_age_days: int | None = Field(30, ge=1)
+
+
 class MonitoringSpec(_Strict):
     drift_share_threshold: float = Field(0.3, gt=0, le=1)
     min_rows: int = Field(200, ge=1)
     features: list[str]
+    retrain: RetrainPolicySpec = Field(default_factory=RetrainPolicySpec)
 
 
 class GeneratorSpec(_Strict):

@@ -142,7 +142,7 @@ def train_candidates(spec: PipelineSpec, data: FitData, x: dict[str, pd.DataFram
                             **{f"holdout_{k}": v for k, v in metrics.items()}}
             mlflow.set_tags({"family": name, "search.cut_by_timeout": str(best.extra.get(
                 "search_cut_by_timeout", False)).lower()})
-            mlflow.log_params({k: tuning._param(v) for k, v in best.params.items()} | {"threshold": threshold})
+            mlflow.log_params({k: tuning.loggable(v) for k, v in best.params.items()} | {"threshold": threshold})
             mlflow.log_metrics(report[name])
         log.info("%s: val %s %.4f, holdout PR-AUC %.4f, %d trial(s) in %.1f s", name, spec.training.metric,
                  best.val_score, metrics["pr_auc"], best.trials, search_seconds)
@@ -216,7 +216,7 @@ def log_run(spec: PipelineSpec, *, end: date, reason: str, frame: pd.DataFrame, 
                      "gate.promote": str(decision.promote).lower(), "gate.reason": decision.reason})
     mlflow.log_params({"family": model.name, "seed": spec.training.seed, "rows": len(frame),
                        "threshold": round(ev.threshold, 6), "baseline": spec.training.baseline,
-                       **{k: tuning._param(v) for k, v in model.params.items()}})
+                       **{k: tuning.loggable(v) for k, v in model.params.items()}})
     mlflow.log_metrics(ev.logged_metrics() | {f"{name}_{k}": v for name, metrics in per_family.items()
                                               for k, v in metrics.items()})
     mlflow.log_dict(identity, "data_identity.json")

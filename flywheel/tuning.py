@@ -54,7 +54,7 @@ def tune(family: Family, candidate: CandidateSpec, data: FitData, *, spec: Pipel
         params = {**candidate.params, **sample(trial, candidate.search)}
         with mlflow.start_run(run_name=f"{family.name}-trial-{trial.number}", nested=True):
             mlflow.set_tags({"family": family.name, "trial": str(trial.number)})
-            mlflow.log_params({k: _param(v) for k, v in params.items()})
+            mlflow.log_params({k: loggable(v) for k, v in params.items()})
             trained = family.train(data, params, seed=seed, settings=settings)
             trained.val_score = validation_score(trained, data, metric)
             mlflow.log_metrics({f"val_{metric}": trained.val_score, "train_seconds": trained.seconds})
@@ -74,5 +74,6 @@ def tune(family: Family, candidate: CandidateSpec, data: FitData, *, spec: Pipel
     return chosen
 
 
-def _param(value: Any) -> Any:
+def loggable(value: Any) -> Any:
+    """A parameter value MLflow can log (lists become comma-separated strings)."""
     return ",".join(map(str, value)) if isinstance(value, list | tuple) else value

@@ -248,15 +248,25 @@ def monitoring_dag(spec: PipelineSpec) -> DAG:
             result = monitoring.run_drift_check(spec, ds=ds, reference_version=str(champion.version))
             return dict(result.to_dict())
 
+        # The retraining policy (cooldown, dedup, daily cap, minimum new labels) decides;
+        # every decision is recorded (flywheel decisions), suppressed ones too.
         @task.short_circuit
-        def drifted(result: dict[str, Any]) -> bool:
-            return bool(result["drift_detected"])
+        def retrain_policy(result: dict[str, Any]) -> bool:
+            from flywheel import policy
+
+            ctx = get_current_context()
+            decision = policy.evaluate(spec, result, run_id=str(ctx["run_id"]))
+            ctx["ti"].xcom_push(key="decision", value=decision.to_dict())
+            print(f"retrain policy: {decision.action}: {decision.reason}")
+            return decision.triggered
 
         @task(outlets=[a["retrain"]])
         def request_retrain(result: dict[str, Any]) -> dict[str, Any]:
             ctx = get_current_context()
+            decision = ctx["ti"].xcom_pull(task_ids="retrain_policy", key="decision") or {}
             extra = {
-                "reason": "data_drift",
+                "reason": decision.get("reason", "data_drift"),
+                "signals": decision.get("signals", {}).get("fired", []),
                 "window_end": str(result["ds"]),
                 "drift_share": result["drift_share"],
                 "drifted_columns": result["drifted_columns"],
@@ -266,7 +276,7 @@ def monitoring_dag(spec: PipelineSpec) -> DAG:
             return extra
 
         result = drift_check()
-        drifted(result) >> request_retrain(result)
+        retrain_policy(result) >> request_retrain(result)
 
     return pipeline()
 

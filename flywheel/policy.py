@@ -1,0 +1,152 @@
+"""Retraining policy: whether monitoring signals become a retrain request, with guardrails.
+
+Signals (``monitoring.retrain`` in the spec): data drift share over its threshold, and
+model staleness (days of data since the champion's training window ended). Guardrails,
+all in *data time* (the monitored day ``ds``) so backfills and reruns decide the same way:
+
+* **dedup**: one trigger per monitored day (a rerun of the same Airflow run may re-trigger);
+* **cooldown**: no trigger within ``cooldown_days`` after the last triggered day;
+* **minimum new labels**: enough labelled curated rows after the champion's window;
+* **daily cap**: at most ``max_per_day`` triggers decided per wall-clock day, so a backfill
+  of many drifted days cannot start a storm of retrains.
+
+Every decision, triggered or suppressed, is recorded as JSON under
+``s3://<prefix>-reports/policy/<model>/`` (``flywheel decisions`` lists them).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any, Literal
+
+from flywheel import registry, storage
+from flywheel.config import Settings, get_settings
+from flywheel.spec import PipelineSpec
+
+Action = Literal["triggered", "no_signal", "duplicate", "cooldown", "insufficient_labels", "daily_cap"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    model: str
+    ds: str
+    action: Action
+    reason: str
+    signals: dict[str, Any]
+    run_id: str
+    champion_version: str | None
+    decided_at: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ"))
+
+    @property
+    def triggered(self) -> bool:
+        return self.action == "triggered"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"triggered": self.triggered}
+
+
+def _prefix(model_name: str) -> str:
+    return f"policy/{model_name}/"
+
+
+def history(model_name: str, *, settings: Settings | None = None) -> list[Decision]:
+    """Every recorded decision of a model, in the order they were made."""
+    settings = settings or get_settings()
+    keys = storage.list_keys("reports", _prefix(model_name), settings=settings)
+    records = [json.loads(storage.get_bytes("reports", k, settings=settings)) for k in keys]
+    decisions = [Decision(**{k: v for k, v in r.items() if k != "triggered"}) for r in records]
+    return sorted(decisions, key=lambda d: d.decided_at)
+
+
+def record(decision: Decision, *, settings: Settings | None = None) -> str:
+    key = f"{_prefix(decision.model)}ds={decision.ds}/{decision.decided_at}-{uuid.uuid4().hex[:6]}.json"
+    return storage.put_bytes("reports", key, json.dumps(decision.to_dict(), sort_keys=True).encode(),
+                             content_type="application/json", settings=settings or get_settings())
+
+
+def signals(spec: PipelineSpec, drift: dict[str, Any], *, champion_end: date | None) -> dict[str, Any]:
+    """What the monitoring run saw, and which signals fire."""
+    ds = date.fromisoformat(str(drift["ds"]))
+    age = (ds - champion_end).days if champion_end else None
+    policy = spec.monitoring.retrain
+    out: dict[str, Any] = {
+        "drift_share": drift.get("drift_share"),
+        "drift_threshold": spec.monitoring.drift_share_threshold,
+        "drift_status": drift.get("status"),
+        "drifted_columns": drift.get("drifted_columns", []),
+        "report": drift.get("html_uri"),
+        "model_age_days": age,
+        "max_model_age_days": policy.max_model_age_days,
+    }
+    fired = []
+    if drift.get("drift_detected"):
+        fired.append("data_drift")
+    if age is not None and policy.max_model_age_days is not None and age > policy.max_model_age_days:
+        fired.append("staleness")
+    out["fired"] = fired
+    return out
+
+
+def decide(spec: PipelineSpec, drift: dict[str, Any], *, run_id: str, new_labelled_rows: int,
+           champion_version: str | None, champion_end: date | None, past: list[Decision],
+           today: date | None = None) -> Decision:
+    """The policy as a pure function of what was observed and what was decided before."""
+    policy = spec.monitoring.retrain
+    ds = date.fromisoformat(str(drift["ds"]))
+    seen = signals(spec, drift, champion_end=champion_end)
+    seen["new_labelled_rows"] = new_labelled_rows
+
+    def made(action: Action, reason: str) -> Decision:
+        return Decision(model=spec.model_name, ds=ds.isoformat(), action=action, reason=reason, signals=seen,
+                        run_id=run_id, champion_version=champion_version)
+
+    if not seen["fired"]:
+        return made("no_signal", "no retraining signal fired")
+    triggers = [d for d in past if d.triggered]
+    if any(d.ds == ds.isoformat() and d.run_id != run_id for d in triggers):
+        return made("duplicate", f"a retrain was already requested for {ds}")
+    earlier = [date.fromisoformat(d.ds) for d in triggers if date.fromisoformat(d.ds) < ds]
+    if earlier and (ds - max(earlier)).days < policy.cooldown_days:
+        return made("cooldown", f"last retrain requested for {max(earlier)}, within the "
+                                f"{policy.cooldown_days}-day cooldown")
+    if new_labelled_rows < policy.min_new_labelled_rows:
+        return made("insufficient_labels", f"{new_labelled_rows} labelled rows since the champion's window, "
+                                           f"fewer than {policy.min_new_labelled_rows}")
+    today = today or datetime.now(UTC).date()
+    stamp = today.strftime("%Y%m%d")
+    if sum(1 for d in triggers if d.decided_at.startswith(stamp) and d.run_id != run_id) >= policy.max_per_day:
+        return made("daily_cap", f"already {policy.max_per_day} retrain request(s) today")
+    return made("triggered", f"{' + '.join(seen['fired'])} on {ds}")
+
+
+def champion_window_end(model_name: str, settings: Settings) -> tuple[str | None, date | None]:
+    """The champion's version and the last day of its training data."""
+    mv = registry.alias_version(model_name, registry.CHAMPION, settings=settings)
+    if mv is None:
+        return None, None
+    window = mv.tags.get("data.window", "")
+    return str(mv.version), (date.fromisoformat(window.split("..")[1]) if ".." in window else None)
+
+
+def labelled_rows_since(spec: PipelineSpec, after: date | None, until: date, settings: Settings) -> int:
+    """Curated (labelled) rows of days in ``(after, until]``, from the partition manifests."""
+    days = [d for d in storage.list_partitions(zone="curated", dataset=spec.dataset.name, settings=settings)
+            if (after is None or date.fromisoformat(d) > after) and date.fromisoformat(d) <= until]
+    return sum(storage.read_manifest(zone="curated", dataset=spec.dataset.name, ds=d, settings=settings).rows
+               for d in days)
+
+
+def evaluate(spec: PipelineSpec, drift: dict[str, Any], *, run_id: str,
+             settings: Settings | None = None) -> Decision:
+    """Decide for one monitoring run and record the decision."""
+    settings = settings or get_settings()
+    version, end = champion_window_end(spec.model_name, settings)
+    ds = date.fromisoformat(str(drift["ds"]))
+    decision = decide(spec, drift, run_id=run_id, champion_version=version, champion_end=end,
+                      new_labelled_rows=labelled_rows_since(spec, end, ds, settings),
+                      past=history(spec.model_name, settings=settings))
+    record(decision, settings=settings)
+    return decision

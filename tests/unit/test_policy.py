@@ -1,0 +1,67 @@
+"""The retraining policy as a pure function: each guardrail can say no, and says why."""
+
+from datetime import date, timedelta
+
+import pytest
+
+from flywheel.policy import Decision, decide
+
+pytestmark = pytest.mark.unit
+DS = date(2026, 3, 10)
+
+
+def drift(ds: date = DS, detected: bool = True) -> dict:
+    return {"ds": ds.isoformat(), "drift_detected": detected, "drift_share": 0.6 if detected else 0.1,
+            "status": "ok", "drifted_columns": ["amount"] if detected else [], "html_uri": "s3://r/x.html"}
+
+
+def past(ds: date, run_id: str = "earlier", decided: str = "20260101T000000.000000Z") -> Decision:
+    return Decision(model="m", ds=ds.isoformat(), action="triggered", reason="data_drift", signals={},
+                    run_id=run_id, champion_version="1", decided_at=decided)
+
+
+def call(spec, observed=None, *, history=(), rows=5000, end=DS - timedelta(days=5), run_id="now",
+         today=date(2026, 11, 26)):
+    return decide(spec, observed or drift(), run_id=run_id, new_labelled_rows=rows, champion_version="1",
+                  champion_end=end, past=list(history), today=today)
+
+
+def test_drift_triggers(spec):
+    d = call(spec)
+    assert d.triggered and d.action == "triggered" and "data_drift" in d.reason
+    assert d.signals["fired"] == ["data_drift"] and d.signals["new_labelled_rows"] == 5000
+
+
+def test_no_signal_no_trigger(spec):
+    assert call(spec, drift(detected=False)).action == "no_signal"
+
+
+def test_staleness_alone_triggers(spec):
+    limit = spec.monitoring.retrain.max_model_age_days
+    d = call(spec, drift(detected=False), end=DS - timedelta(days=limit + 1))
+    assert d.triggered and d.signals["fired"] == ["staleness"]
+
+
+def test_same_day_twice_is_a_duplicate_but_a_rerun_of_the_same_run_is_not(spec):
+    assert call(spec, history=[past(DS)]).action == "duplicate"
+    assert call(spec, history=[past(DS, run_id="now")]).triggered
+
+
+def test_cooldown_suppresses_then_expires(spec):
+    cooldown = spec.monitoring.retrain.cooldown_days
+    inside = call(spec, history=[past(DS - timedelta(days=cooldown - 1))])
+    assert inside.action == "cooldown" and "cooldown" in inside.reason
+    assert call(spec, history=[past(DS - timedelta(days=cooldown))]).triggered
+
+
+def test_too_few_new_labels(spec):
+    d = call(spec, rows=spec.monitoring.retrain.min_new_labelled_rows - 1)
+    assert d.action == "insufficient_labels" and "labelled rows" in d.reason
+
+
+def test_daily_cap_counts_decisions_made_today(spec):
+    cap = spec.monitoring.retrain.max_per_day
+    today = [past(DS - timedelta(days=30 + i), run_id=f"r{i}", decided="20261126T010000.000000Z")
+             for i in range(cap)]
+    assert call(spec, history=today).action == "daily_cap"
+    assert call(spec, history=today, today=date(2026, 11, 27)).triggered
