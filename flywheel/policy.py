@@ -5,7 +5,7 @@ model staleness (days of data since the champion's training window ended). Guard
 all in *data time* (the monitored day ``ds``) so backfills and reruns decide the same way:
 
 * **dedup**: one trigger per monitored day (a rerun of the same Airflow run may re-trigger);
-* **cooldown**: no trigger within ``cooldown_days`` after the last triggered day;
+* **cooldown**: no trigger within ``cooldown_days`` of another triggered day;
 * **minimum new labels**: enough labelled curated rows after the champion's window;
 * **daily cap**: at most ``max_per_day`` triggers decided per wall-clock day, so a backfill
   of many drifted days cannot start a storm of retrains.
@@ -108,9 +108,10 @@ def decide(spec: PipelineSpec, drift: dict[str, Any], *, run_id: str, new_labell
     triggers = [d for d in past if d.triggered]
     if any(d.ds == ds.isoformat() and d.run_id != run_id for d in triggers):
         return made("duplicate", f"a retrain was already requested for {ds}")
-    earlier = [date.fromisoformat(d.ds) for d in triggers if date.fromisoformat(d.ds) < ds]
-    if earlier and (ds - max(earlier)).days < policy.cooldown_days:
-        return made("cooldown", f"last retrain requested for {max(earlier)}, within the "
+    near = [d.ds for d in triggers if d.ds != ds.isoformat()
+            and abs((date.fromisoformat(d.ds) - ds).days) < policy.cooldown_days]
+    if near:  # either side: a backfill over older days is held to the same spacing
+        return made("cooldown", f"a retrain was requested for {max(near)}, within the "
                                 f"{policy.cooldown_days}-day cooldown")
     if new_labelled_rows < policy.min_new_labelled_rows:
         return made("insufficient_labels", f"{new_labelled_rows} labelled rows since the champion's window, "

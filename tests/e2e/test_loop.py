@@ -157,6 +157,12 @@ def test_the_loop_closes(env, spec):
         queued = conn.execute("select target_dag_id from asset_dag_run_queue").fetchall()
     assert extra and json.loads(extra[-1][0])["window_end"] == drift_day.isoformat()
     assert ("fraud_training",) in queued  # the scheduler would start the training DAG now
+    from flywheel import policy
+
+    decisions = {d.ds: d for d in policy.history(spec.model_name, settings=settings)}
+    assert decisions[last_normal.isoformat()].action == "no_signal"
+    assert decisions[drift_day.isoformat()].triggered
+    assert decisions[drift_day.isoformat()].signals["new_labelled_rows"] > 1000
 
     # 6. the retraining run registers a new version (promoted only through the gate)
     dags_test(airflow_env, "fraud_training", conf={"end": drift_day.isoformat()})

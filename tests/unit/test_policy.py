@@ -52,6 +52,7 @@ def test_cooldown_suppresses_then_expires(spec):
     inside = call(spec, history=[past(DS - timedelta(days=cooldown - 1))])
     assert inside.action == "cooldown" and "cooldown" in inside.reason
     assert call(spec, history=[past(DS - timedelta(days=cooldown))]).triggered
+    assert call(spec, history=[past(DS + timedelta(days=1))]).action == "cooldown"  # a backfill behind it
 
 
 def test_too_few_new_labels(spec):
