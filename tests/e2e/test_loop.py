@@ -173,6 +173,18 @@ def test_the_loop_closes(env, spec):
     #    an approval over the REST API promotes it, audited with the responder as actor
     approval_promotes_after_a_human_says_yes(settings, airflow_env, spec, drift_day)
 
+    # 8. an operator rolls back from the UI: the registry DAG with params, audited
+    approved = registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings).version
+    dags_test(airflow_env, "fraud_registry", conf={"action": "rollback", "reason": "e2e: rollback from the UI"})
+    assert task_states(airflow_env, "fraud_registry") == {"move_alias": "success"}
+    restored = registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings).version
+    assert restored != approved
+    from flywheel import promotion
+
+    last = promotion.history(spec.model_name, settings=settings)[-1]
+    assert (last.action, last.from_version, last.to_version) == ("rollback", str(approved), str(restored))
+    assert last.actor.startswith("airflow:") and last.reason == "e2e: rollback from the UI"
+
 
 def approval_promotes_after_a_human_says_yes(settings: Settings, airflow_env: dict[str, str], spec,
                                              end: date) -> None:
