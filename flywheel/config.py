@@ -96,6 +96,7 @@ class Settings(BaseSettings):
     serving_workers: int = Field(1, ge=1)
     serving_cpus: int = Field(1, ge=1)
     serving_gpus: int = Field(0, ge=0)
+    serving_threads: int = Field(1, ge=1)  # native (OpenMP/BLAS) threads per worker
     serving_access_log: bool = True
 
     @classmethod
@@ -193,6 +194,7 @@ class Settings(BaseSettings):
             "FLYWHEEL_SERVING_WORKERS": str(self.serving_workers),
             "FLYWHEEL_SERVING_CPUS": str(self.serving_cpus),
             "FLYWHEEL_SERVING_GPUS": str(self.serving_gpus),
+            "FLYWHEEL_SERVING_THREADS": str(self.serving_threads),
             "FLYWHEEL_SERVING_ACCESS_LOG": str(self.serving_access_log).lower(),
         }
         env |= {f"FLYWHEEL_PORTS__{k.upper()}": str(v) for k, v in self.ports.model_dump().items()}

@@ -26,7 +26,7 @@ def champion_version(spec, settings) -> str:
     """The champion, training one first when the session has none yet (test modules run in any order)."""
     mv = registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings)
     if mv is None:
-        result = train(spec, end=END, reason="serving test", settings=settings)
+        result = train(only(spec, "xgboost"), end=END, reason="serving test", settings=settings)
         assert result.promoted, result.reason
         return result.version
     return str(mv.version)
@@ -39,3 +39,12 @@ def serve(spec, settings, version: str):
     key = served.api_key.get_secret_value()
     http = httpx.Client(base_url=str(served.model_server_url), headers={"X-API-Key": key}, timeout=30)
     return served, http, key
+
+
+def only(spec, family: str, **params):
+    """The spec with one candidate family, fixed ``params`` merged in, and no search (fast)."""
+    t = spec.training
+    candidate = t.candidates[family].model_copy(update={"search": {}, "params": {**t.candidates[family].params,
+                                                                                  **params}})
+    return spec.model_copy(update={"training": t.model_copy(update={
+        "candidates": {family: candidate}, "search": t.search.model_copy(update={"trials": 0})})})

@@ -13,7 +13,7 @@ import pytest
 from flywheel import promotion, stack
 from flywheel.training import train
 
-from .serving_support import END, champion_version, serve, txn
+from .serving_support import END, champion_version, only, serve, txn
 
 pytestmark = pytest.mark.integration
 DURATION_S = float(os.environ.get("FLYWHEEL_SERVING_LOAD_S", "40"))
@@ -24,9 +24,8 @@ CLIENTS = 4
 def versions(services, loaded, spec):
     """(champion, other): a second registered version to promote to and roll back from."""
     champion = champion_version(spec, services)
-    weak = spec.model_copy(update={"training": spec.training.model_copy(
-        update={"xgboost": {"n_estimators": 4, "max_depth": 2}})})
-    other = train(weak, end=END, reason="serving load test", settings=services)
+    other = train(only(spec, "xgboost", n_estimators=4, max_depth=2), end=END, reason="serving load test",
+                  settings=services)
     assert other.version != champion
     return champion, other.version
 
