@@ -157,6 +157,9 @@ class OnlineFeatures:
             self.views.append((_View(view.name, entity.name, entity.join_key, names), view))
         self.columns = [f for v, _ in self.views for f in v.features]
         self.redis = type(self.online).__name__ == "RedisOnlineStore"
+        # Redis hash fields (murmur3 of view:feature) are fixed per view: computed once.
+        self._fields = {view.name: self.online._generate_hset_keys_for_features(fv, list(view.features))
+                        for view, fv in self.views} if self.redis else {}
 
     def fetch(self, rows: Sequence[dict[str, int]]) -> tuple[dict[str, list[Any]], dict[str, np.ndarray]]:
         """Feature columns (``None`` where missing) and, per entity, which rows missed."""
@@ -191,8 +194,8 @@ class OnlineFeatures:
         online = self.online
         commands: list[tuple[bytes, list[Any]]] = []
         spans: list[tuple[_View, list[str], int, int]] = []
-        for view, fv in self.views:
-            names, fields = online._generate_hset_keys_for_features(fv, list(view.features))
+        for view, _ in self.views:
+            names, fields = self._fields[view.name]
             keys = online._generate_redis_keys_for_entities(self.config, self._keys(view, rows))
             spans.append((view, names, len(commands), len(keys)))
             commands.extend((key, fields) for key in keys)
