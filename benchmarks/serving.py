@@ -46,7 +46,7 @@ def prepare(home: Path, offset: int, redis_db: int) -> Settings:
     from flywheel.training import train
     from flywheel.validation import validate_partition
 
-    settings = Settings(home=home, ports=Ports().shifted(offset), prediction_flush_s=2.0,
+    settings = Settings(home=home, ports=Ports().shifted(offset),
                         online_store={"type": "redis", "connection_string": f"{HOST}:6379,db={redis_db}"})
     settings = stack.up(settings, services=["seaweedfs", "mlflow"])
     spec = load_spec(settings=settings)
