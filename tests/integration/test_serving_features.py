@@ -83,7 +83,8 @@ def test_predictions_survive_a_down_object_store_and_logs_are_retried(services, 
     predictor.logger._settings = down
     try:
         batch = [Transaction(**txn(transaction_id=f"down-{i}", user_id=i)) for i in range(30)]
-        assert len(predictor.predict(batch)) == 30  # the request path never touches the store
+        scored = predictor.predict(batch)  # the request path never touches the store
+        assert len(scored) == 30
         assert predictor.logger.flush() == 0
         assert predictor.logger.failed_flushes == 1 and predictor.logger.written == 0
         predictor.logger._settings = services  # the store is back
@@ -93,6 +94,13 @@ def test_predictions_survive_a_down_object_store_and_logs_are_retried(services, 
         predictor.close()
     keys = storage.list_keys("predictions", f"{spec.model_name}/dt={END.isoformat()}/", settings=services)
     assert keys
+    from flywheel.monitoring import load_predictions
+
+    logged = load_predictions(spec, start=END, end=END, settings=services).set_index("request_id")
+    ours = logged.loc[[p.request_id for p in scored]]
+    assert ours["probability"].tolist() == [p.fraud_probability for p in scored]
+    assert ours["user_id"].tolist() == list(range(30)) and ours["amount"].eq(42.5).all()
+    assert str(ours["event_timestamp"].iloc[0].date()) == END.isoformat()
 
 
 def test_full_queue_and_backlog_are_counted_never_silent(services, loaded, spec):
