@@ -91,6 +91,13 @@ class Settings(BaseSettings):
     champion_refresh_s: float = 30.0
     prediction_flush_rows: int = 200
     prediction_flush_s: float = 5.0
+    # Model server sizing: CPU and GPU variants are configuration, not copies of the service.
+    # serving_gpus > 0 asks BentoML for GPUs; the PyTorch family then runs where torch_device says.
+    serving_workers: int = Field(1, ge=1)
+    serving_cpus: int = Field(1, ge=1)
+    serving_gpus: int = Field(0, ge=0)
+    serving_threads: int = Field(1, ge=1)  # native (OpenMP/BLAS) threads per worker
+    serving_access_log: bool = True
 
     @classmethod
     def settings_customise_sources(
@@ -183,6 +190,12 @@ class Settings(BaseSettings):
             "FLYWHEEL_CHAMPION_REFRESH_S": str(self.champion_refresh_s),
             "FLYWHEEL_PREDICTION_FLUSH_ROWS": str(self.prediction_flush_rows),
             "FLYWHEEL_PREDICTION_FLUSH_S": str(self.prediction_flush_s),
+            "FLYWHEEL_TORCH_DEVICE": self.torch_device,
+            "FLYWHEEL_SERVING_WORKERS": str(self.serving_workers),
+            "FLYWHEEL_SERVING_CPUS": str(self.serving_cpus),
+            "FLYWHEEL_SERVING_GPUS": str(self.serving_gpus),
+            "FLYWHEEL_SERVING_THREADS": str(self.serving_threads),
+            "FLYWHEEL_SERVING_ACCESS_LOG": str(self.serving_access_log).lower(),
         }
         env |= {f"FLYWHEEL_PORTS__{k.upper()}": str(v) for k, v in self.ports.model_dump().items()}
         if self.online_store is not None:

@@ -1,0 +1,396 @@
+"""Serving benchmark: the Flywheel service against a FastAPI floor, a default BentoML
+service and ``mlflow models serve`` — same run, same machine, same model, same Redis
+online features; load on 127.0.0.1 only. Writes ``benchmarks/results/serving.json``.
+
+    .venv/bin/python -m benchmarks.serving                 # defaults: ~3-4 min on 2 cores
+    .venv/bin/python -m benchmarks.serving --duration 5 --home /tmp/fw-bench   # reuse a prepared home
+
+Latency is each request's own (closed loop, one timer per request: no averaging and no
+coordinated omission from a rate-based schedule). The servers run one at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from flywheel.config import PROJECT_ROOT, Ports, Settings
+
+RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "serving.json"
+FIRST_DAY, DAYS = date(2026, 1, 1), 9
+END = FIRST_DAY + timedelta(days=DAYS - 1)
+HOST = "127.0.0.1"
+
+
+# ---- environment: stack, data, model ------------------------------------------------------------
+
+def prepare(home: Path, offset: int, redis_db: int) -> Settings:
+    """SeaweedFS + MLflow, DAYS of data through ingest/validate/features into Redis, a champion."""
+    from flywheel import features, registry, stack
+    from flywheel.datagen import write_landing
+    from flywheel.ingest import ingest
+    from flywheel.spec import load_spec
+    from flywheel.training import train
+    from flywheel.validation import validate_partition
+
+    settings = Settings(home=home, ports=Ports().shifted(offset),
+                        online_store={"type": "redis", "connection_string": f"{HOST}:6379,db={redis_db}"})
+    settings = stack.up(settings, services=["seaweedfs", "mlflow"])
+    spec = load_spec(settings=settings)
+    if registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings) is None:
+        import redis
+
+        redis.Redis(host=HOST, db=redis_db).flushdb()
+        write_landing(settings.home / "landing", FIRST_DAY, DAYS, spec.generator)
+        features.apply(settings)
+        for i in range(DAYS):
+            day = FIRST_DAY + timedelta(days=i)
+            ingest(spec, day.isoformat(), run_id="bench", settings=settings)
+            validate_partition(spec, day.isoformat(), settings=settings)
+            features.compute_aggregates(spec, day, settings=settings)
+        features.materialize(END, settings=settings)
+        train(spec, end=END, reason="benchmark", settings=settings)
+    return settings
+
+
+def bodies(n: int = 256) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(7)
+    cats = ["grocery", "electronics", "travel", "restaurants", "fuel"]
+    return [{"transaction_id": f"b{i}", "user_id": int(rng.integers(0, 2000)),
+             "merchant_id": int(rng.integers(0, 300)), "amount": round(float(rng.lognormal(3.5, 1)), 2),
+             "event_timestamp": f"{END}T{int(rng.integers(0, 24)):02d}:{int(rng.integers(0, 60)):02d}:00Z",
+             "merchant_category": cats[i % len(cats)], "country": "US", "device": "pos"} for i in range(n)]
+
+
+# ---- servers ------------------------------------------------------------------------------------
+
+class Server:
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], port: int, ready: str, log: Path) -> None:
+        self.name, self.cmd, self.env, self.port, self.ready, self.log = name, cmd, env, port, ready, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Server:
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(self.cmd, cwd=PROJECT_ROOT, env=self.env, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"http://{HOST}:{self.port}{self.ready}", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"{self.name} not ready in 180 s: {self.log.read_text()[-2000:]}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def servers(settings: Settings, version: str, base_port: int) -> list[tuple[Server, str]]:
+    from flywheel.packaging import bentoml_env
+
+    env = bentoml_env(settings)
+    env["FLYWHEEL_ONLINE_STORE"] = json.dumps(settings.online_store)
+    env.pop("FLYWHEEL_API_KEY", None)
+    env["FLYWHEEL_API_KEY"] = "bench-key"
+    env["FLYWHEEL_CHAMPION_REFRESH_S"] = "30"
+    # Same model runtime everywhere: one native thread per worker (the Flywheel service sets this
+    # itself, serving_threads); without it every service pays OpenMP spinning on a shared machine.
+    env["OMP_NUM_THREADS"] = "1"
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"  # mlflow serve execs uvicorn
+    bin_dir = Path(sys.executable).parent
+    logs = settings.log_dir
+    logs.mkdir(parents=True, exist_ok=True)
+    p = base_port
+    return [
+        (Server("fastapi_floor", [str(bin_dir / "uvicorn"), "--factory", "benchmarks.serving_apps:create_floor",
+                                  "--host", HOST, "--port", str(p), "--no-access-log", "--log-level", "warning"],
+                env, p, "/docs", logs / "bench-floor.log"), "predict"),
+        (Server("flywheel", [str(bin_dir / "bentoml"), "serve", "serving.service:FraudDetector", "--host", HOST,
+                             "--port", str(p + 1)], env, p + 1, "/readyz", logs / "bench-flywheel.log"), "predict"),
+        (Server("bentoml_default", [str(bin_dir / "bentoml"), "serve", "benchmarks.serving_apps:DefaultBento",
+                                    "--host", HOST, "--port", str(p + 2)], env, p + 2, "/readyz",
+                logs / "bench-bento-default.log"), "predict"),
+        (Server("mlflow_serve", [str(bin_dir / "mlflow"), "models", "serve", "-m",
+                                 f"models:/fraud-detector/{version}", "--env-manager", "local", "-h", HOST,
+                                 "-p", str(p + 3), "-w", "1"], env, p + 3, "/ping", logs / "bench-mlflow.log"),
+         "invocations"),
+    ]
+
+
+# ---- load ---------------------------------------------------------------------------------------
+
+async def _load(url: str, payloads: list[Any], headers: dict[str, str], concurrency: int,
+                duration: float, warmup: float) -> dict[str, Any]:
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    limits = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    async with aiohttp.ClientSession(connector=limits, headers=headers) as session:
+        async def worker(k: int, until: float, record: bool) -> None:
+            nonlocal errors
+            i = k
+            while time.perf_counter() < until:
+                body = payloads[i % len(payloads)]
+                i += concurrency
+                start = time.perf_counter()
+                async with session.post(url, data=body, headers={"content-type": "application/json"}) as r:
+                    await r.read()
+                    ok = r.status == 200
+                if record:
+                    latencies.append(time.perf_counter() - start)
+                    errors += not ok
+
+        await asyncio.gather(*(worker(k, time.perf_counter() + warmup, False) for k in range(concurrency)))
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(k, started + duration, True) for k in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {"requests": len(ms), "errors": errors, "rps": len(ms) / elapsed,
+            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "p999_ms": float(np.percentile(ms, 99.9)), "max_ms": float(ms.max())}
+
+
+def mlflow_payloads(settings: Settings, raw: list[dict[str, Any]]) -> list[bytes]:
+    """mlflow serve cannot look features up: it gets the finished model matrix (a head start)."""
+    from benchmarks.serving_apps import Scorer
+    from flywheel.serving import Transaction, serving_matrix
+
+    scorer = Scorer()
+    out = []
+    for body in raw:
+        t = Transaction(**body)
+        online, _ = scorer.features.fetch([{"user_id": t.user_id, "merchant_id": t.merchant_id}])
+        matrix = serving_matrix([t], online)[scorer.model.features]
+        out.append(json.dumps({"dataframe_split": json.loads(matrix.to_json(orient="split", index=False))}).encode())
+    return out
+
+
+# ---- in-process measurements --------------------------------------------------------------------
+
+def _timeit(fn: Any, n: int) -> float:
+    """Median seconds per call over n calls."""
+    times = []
+    for _ in range(n):
+        s = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - s)
+    return float(np.median(times))
+
+
+def feature_fetch(settings: Settings, redis_db: int, n: int) -> dict[str, Any]:
+    import redis
+
+    from flywheel.features import feature_store, online_features
+    from flywheel.serving import OnlineFeatures
+    from flywheel.spec import load_spec
+
+    spec = load_spec(settings=settings)
+    store = feature_store(settings)
+    reader = OnlineFeatures(store, spec)
+    client = redis.Redis(host=HOST, db=redis_db)
+    client.set("fw-serving:bench", b"x" * 64)
+    row = [{"user_id": 12, "merchant_id": 7}]
+    out = {
+        "raw_redis_get_us": _timeit(lambda: client.get("fw-serving:bench"), n) * 1e6,
+        "flywheel_fetch_us": _timeit(lambda: reader.fetch(row), n) * 1e6,
+        "flywheel_fetch_frame_us": _timeit(lambda: reader.frame(row), n) * 1e6,
+        "feast_get_online_features_us": _timeit(lambda: online_features(store, spec, row), max(n // 10, 50)) * 1e6,
+    }
+    client.delete("fw-serving:bench")
+    out["ratio_fetch_vs_get"] = out["flywheel_fetch_us"] / out["raw_redis_get_us"]
+    return out
+
+
+def profile(settings: Settings, raw: list[dict[str, Any]], n: int) -> dict[str, float]:
+    """Where one /predict spends its time in the engine (median µs per stage)."""
+    import pandas as pd
+
+    from flywheel.featurize import model_matrix
+    from flywheel.serving import Predictor, Transaction, serving_matrix
+
+    predictor = Predictor.from_settings(settings, watch=False, log_predictions=False)
+    model = predictor.models.current
+    body = json.dumps(raw[0])
+    t = Transaction.model_validate_json(body)
+    rows = [{"user_id": t.user_id, "merchant_id": t.merchant_id}]
+    online, _ = predictor.features.fetch(rows)
+    matrix = serving_matrix([t], online)
+
+    def pandas_matrix() -> None:  # what the request path did before: featurize.model_matrix
+        frame = pd.DataFrame([t.model_dump()])
+        model_matrix(frame, pd.DataFrame(online))
+
+    stages = {
+        "validate_json": lambda: Transaction.model_validate_json(body),
+        "feature_fetch": lambda: predictor.features.fetch(rows),
+        "serving_matrix": lambda: serving_matrix([t], online),
+        "pandas_model_matrix (before)": pandas_matrix,
+        "model_predict": lambda: model.predict_proba(matrix),
+        "whole_predict": lambda: predictor.predict([t]),
+    }
+    out = {name: _timeit(fn, n) * 1e6 for name, fn in stages.items()}
+    predictor.close()
+    return out
+
+
+def batch_scoring(settings: Settings, raw: list[dict[str, Any]], url: str, key: str, rows: int,
+                  rounds: int) -> dict[str, Any]:
+    from flywheel.serving import Predictor, Transaction, serving_matrix
+
+    batch = [raw[i % len(raw)] | {"transaction_id": f"r{i}"} for i in range(rows)]
+    predictor = Predictor.from_settings(settings, watch=False, log_predictions=False)
+    txns = [Transaction(**b) for b in batch]
+    online, _ = predictor.features.fetch([{"user_id": t.user_id, "merchant_id": t.merchant_id} for t in txns])
+    matrix = serving_matrix(txns, online)
+    model = predictor.models.current
+    xgb_s = _timeit(lambda: model.predict_proba(matrix), rounds)
+    engine_s = _timeit(lambda: predictor.predict(txns), rounds)
+    predictor.close()
+    payload = json.dumps(batch)
+    with httpx.Client(timeout=60, headers={"X-API-Key": key, "content-type": "application/json"}) as http:
+        http.post(url, content=payload).raise_for_status()
+        http_s = _timeit(lambda: http.post(url, content=payload).raise_for_status(), rounds)
+    return {"rows": rows, "in_process_xgboost_rows_s": rows / xgb_s, "in_process_engine_rows_s": rows / engine_s,
+            "http_batch_rows_s": rows / http_s, "ratio_http_vs_xgboost": xgb_s / http_s,
+            "ratio_http_vs_engine": engine_s / http_s}
+
+
+# ---- report -------------------------------------------------------------------------------------
+
+def ratios(load: dict[str, dict[str, dict[str, Any]]]) -> dict[str, float]:
+    fw, floor, mlf = load["flywheel"], load["fastapi_floor"], load["mlflow_serve"]
+    out = {}
+    for c in fw:
+        out[f"flywheel_p50_vs_floor_c{c}"] = fw[c]["p50_ms"] / floor[c]["p50_ms"]
+        out[f"flywheel_rps_vs_mlflow_c{c}"] = fw[c]["rps"] / mlf[c]["rps"]
+        out[f"flywheel_rps_vs_bentoml_default_c{c}"] = fw[c]["rps"] / load["bentoml_default"][c]["rps"]
+    out["flywheel_p99_vs_p50_c1"] = fw["1"]["p99_ms"] / fw["1"]["p50_ms"]
+    return out
+
+
+def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    r = result["ratios"]
+    return {
+        "p50 <= 1.3x FastAPI floor (c=1)": {"value": r["flywheel_p50_vs_floor_c1"], "met": r["flywheel_p50_vs_floor_c1"] <= 1.3},
+        "p50 <= 1.3x FastAPI floor (c=32)": {"value": r["flywheel_p50_vs_floor_c32"], "met": r["flywheel_p50_vs_floor_c32"] <= 1.3},
+        "rps >= 10x mlflow serve (c=32)": {"value": r["flywheel_rps_vs_mlflow_c32"], "met": r["flywheel_rps_vs_mlflow_c32"] >= 10},
+        "p99 <= 3x p50 (c=1)": {"value": r["flywheel_p99_vs_p50_c1"], "met": r["flywheel_p99_vs_p50_c1"] <= 3},
+        "feature fetch <= 2x raw Redis GET": {"value": result["feature_fetch"]["ratio_fetch_vs_get"],
+                                              "met": result["feature_fetch"]["ratio_fetch_vs_get"] <= 2},
+        "batch rows/s >= 80% in-process XGBoost": {"value": result["batch"]["ratio_http_vs_xgboost"],
+                                                  "met": result["batch"]["ratio_http_vs_xgboost"] >= 0.8},
+    }
+
+
+def print_report(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="Serving: one run, same model, same Redis features, 127.0.0.1")
+    for col in ("service", "conc.", "requests", "errors", "RPS", "p50 ms", "p99 ms", "p99.9 ms"):
+        table.add_column(col, justify="right" if col != "service" else "left")
+    for name, levels in result["load"].items():
+        for c, m in levels.items():
+            table.add_row(name, c, str(m["requests"]), str(m["errors"]), f"{m['rps']:.0f}", f"{m['p50_ms']:.2f}",
+                          f"{m['p99_ms']:.2f}", f"{m['p999_ms']:.2f}")
+    console.print(table)
+    for title, data in (("ratios", result["ratios"]), ("feature fetch (µs, ratio)", result["feature_fetch"]),
+                        ("batch", result["batch"]), ("profile of one /predict (median µs)", result["profile"])):
+        t = Table(title=title)
+        t.add_column("metric")
+        t.add_column("value", justify="right")
+        for k, v in data.items():
+            t.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
+        console.print(t)
+    t = Table(title="targets")
+    for col in ("target", "value", "met"):
+        t.add_column(col)
+    for k, v in result["targets"].items():
+        t.add_row(k, f"{v['value']:.2f}", "yes" if v["met"] else "NO")
+    console.print(t)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--home", type=Path, default=PROJECT_ROOT / ".flywheel-bench",
+                    help="stack home (reused on a rerun: data and model are prepared once)")
+    ap.add_argument("--port-offset", type=int, help="shift of every stack port (default 500 + FLYWHEEL_TEST_PORT_OFFSET)",
+                    default=500 + int(os.environ.get("FLYWHEEL_TEST_PORT_OFFSET", "0")))
+    ap.add_argument("--redis-db", type=int, default=int(os.environ.get("FLYWHEEL_BENCH_REDIS_DB", "5")))
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds measured per service and concurrency")
+    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--micro-n", type=int, default=2000, help="calls per in-process micro-benchmark")
+    ap.add_argument("--batch-rows", type=int, default=1000)
+    ap.add_argument("--keep-stack", action="store_true")
+    args = ap.parse_args(argv)
+
+    from flywheel import registry, stack
+    from flywheel.spec import load_spec
+
+    settings = prepare(args.home.resolve(), args.port_offset, args.redis_db)
+    os.environ.update({k: v for k, v in settings.component_env().items()})
+    os.environ["FLYWHEEL_ONLINE_STORE"] = json.dumps(settings.online_store)
+    try:
+        spec = load_spec(settings=settings)
+        version = str(registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings).version)
+        raw = bodies()
+        json_bodies = [json.dumps(b).encode() for b in raw]
+        load: dict[str, dict[str, Any]] = {}
+        batch: dict[str, Any] = {}
+        base_port = settings.ports.model_server + 10
+        for server, route in servers(settings, version, base_port):
+            payloads = mlflow_payloads(settings, raw) if server.name == "mlflow_serve" else json_bodies
+            url = f"http://{HOST}:{server.port}/{route}"
+            with server:
+                load[server.name] = {
+                    str(c): asyncio.run(_load(url, payloads, {"X-API-Key": "bench-key"}, c, args.duration,
+                                              args.warmup)) for c in args.concurrency}
+                if server.name == "flywheel":
+                    batch = batch_scoring(settings, raw, f"http://{HOST}:{server.port}/predict_batch",
+                                          "bench-key", args.batch_rows, rounds=15)
+            print(f"{server.name}: {load[server.name]}", flush=True)
+        result: dict[str, Any] = {
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                        "load_avg_at_end": os.getloadavg()},
+            "settings": vars(args) | {"home": str(args.home)}, "model_version": version, "load": load,
+            "feature_fetch": feature_fetch(settings, args.redis_db, args.micro_n),
+            "profile": profile(settings, raw, max(args.micro_n // 4, 100)), "batch": batch,
+        }
+        result["ratios"] = ratios(load)
+        result["targets"] = targets(result)
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(result, indent=2, default=str))
+        print_report(result)
+        return result
+    finally:
+        if not args.keep_stack:
+            stack.down(settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Online features as served: the one-round-trip reader agrees with Feast's own
+``get_online_features`` on SQLite and on Redis (DB 5), and the prediction log survives
+an object store that is down (rows retried, losses counted, requests unaffected)."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+
+from flywheel import features, storage
+from flywheel.serving import OnlineFeatures, Predictor, Transaction
+
+from .serving_support import END, champion_version, txn
+
+pytestmark = pytest.mark.integration
+REDIS_DB = int(os.environ.get("FLYWHEEL_TEST_REDIS_DB", "5"))
+
+
+def _rows(n: int = 60) -> list[dict[str, int]]:
+    rows = [{"user_id": u, "merchant_id": u % 40} for u in range(n)]
+    return rows + [{"user_id": 10**12, "merchant_id": 3}, {"user_id": 12, "merchant_id": 2**62}]
+
+
+def _assert_same_as_feast(store, spec, rows) -> None:
+    reader = OnlineFeatures(store, spec)
+    ours, misses = reader.frame(rows)
+    theirs = features.online_features(store, spec, rows)[reader.columns]
+    pd.testing.assert_frame_equal(ours.astype(object).where(ours.notna(), None),
+                                  theirs.astype(object).where(theirs.notna(), None), check_dtype=False)
+    assert misses["user"].tolist() == theirs["user_txn_count_7d"].isna().tolist()
+    assert misses["user"][-2] and not misses["user"][-1] and misses["merchant"][-1]
+    assert ours["user_txn_count_7d"].notna().sum() > 10, "some users are known"
+
+
+def test_reader_matches_feast_on_sqlite(services, loaded, spec):
+    _assert_same_as_feast(features.feature_store(services), spec, _rows())
+
+
+@pytest.fixture(scope="module")
+def redis_settings(services, loaded):
+    redis = pytest.importorskip("redis")
+    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        pytest.fail(f"Redis on 127.0.0.1:6379 is part of the production-like profile and is not running: {exc}")
+    client.flushdb()  # DB reserved for these tests
+    settings = services.model_copy(update={
+        "online_store": {"type": "redis", "connection_string": f"127.0.0.1:6379,db={REDIS_DB}"},
+        "home": services.home / "redis-profile"})
+    features.apply(settings)
+    features.materialize(END, settings=settings)
+    yield settings
+    client.flushdb()
+
+
+def test_reader_matches_feast_on_redis_in_one_round_trip(redis_settings, spec):
+    store = features.feature_store(redis_settings)
+    _assert_same_as_feast(store, spec, _rows())
+    reader = OnlineFeatures(store, spec)
+    assert reader.redis
+    client = reader.online._get_client(reader.config.online_store)
+    before = client.info("stats")["total_commands_processed"]
+    reader.fetch(_rows(200))
+    after = client.info("stats")["total_commands_processed"]
+    # One pipeline for 400 keys over two views: 400 HMGETs + the INFO call, sent in one round trip.
+    assert after - before == 2 * 202 + 1
+
+
+def _predictor_with_store_down(services, spec):
+    """A predictor whose prediction log writes to a closed port: the object store is down."""
+    champion_version(spec, services)
+    quiet = services.model_copy(update={"prediction_flush_s": 3600})
+    predictor = Predictor(spec, quiet, watch=False)
+    down = quiet.model_copy(update={"s3_endpoint_url": "http://127.0.0.1:9"})
+    return predictor, down
+
+
+def test_predictions_survive_a_down_object_store_and_logs_are_retried(services, loaded, spec):
+    predictor, down = _predictor_with_store_down(services, spec)
+    predictor.logger._settings = down
+    try:
+        batch = [Transaction(**txn(transaction_id=f"down-{i}", user_id=i)) for i in range(30)]
+        scored = predictor.predict(batch)  # the request path never touches the store
+        assert len(scored) == 30
+        assert predictor.logger.flush() == 0
+        assert predictor.logger.failed_flushes == 1 and predictor.logger.written == 0
+        predictor.logger._settings = services  # the store is back
+        assert predictor.logger.flush() == 30
+        assert predictor.logger.dropped == predictor.logger.lost == 0
+    finally:
+        predictor.close()
+    keys = storage.list_keys("predictions", f"{spec.model_name}/dt={END.isoformat()}/", settings=services)
+    assert keys
+    from flywheel.monitoring import load_predictions
+
+    logged = load_predictions(spec, start=END, end=END, settings=services).set_index("request_id")
+    ours = logged.loc[[p.request_id for p in scored]]
+    assert ours["probability"].tolist() == [p.fraud_probability for p in scored]
+    assert ours["user_id"].tolist() == list(range(30)) and ours["amount"].eq(42.5).all()
+    assert str(ours["event_timestamp"].iloc[0].date()) == END.isoformat()
+
+
+def test_full_queue_and_backlog_are_counted_never_silent(services, loaded, spec):
+    from flywheel.serving import PredictionLogger
+
+    predictor, down = _predictor_with_store_down(services, spec)
+    predictor.logger.close()
+    predictor.logger = logger = PredictionLogger(spec.model_name, down, max_queue=2, max_backlog_rows=5)
+    try:
+        for i in range(4):
+            predictor.predict([Transaction(**txn(transaction_id=f"q-{i}", user_id=i)) for _ in range(3)])
+        assert logger.dropped == 6  # two requests of three rows found the queue full
+        logger.flush()
+        assert logger.lost == 1 and logger.failed_flushes == 1  # 6 rows queued, the backlog keeps 5
+    finally:
+        logger._stop.set()
+        predictor.models.close()
