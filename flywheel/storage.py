@@ -217,7 +217,14 @@ def commit_file(
     )
     client.put_object(Bucket=bucket, Key=prefix + MANIFEST, Body=manifest.to_json())
     _remove_stale(client, bucket, prefix, keep={key, prefix + MANIFEST})
+    _abort_uploads(client, bucket, prefix)
     return manifest
+
+
+def _abort_uploads(client: S3Client, bucket: str, prefix: str) -> None:
+    """Parts left by a killed writer of this partition are dropped by the next commit."""
+    for upload in client.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", []):
+        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
 
 
 def _plain_schema(schema: pa.Schema) -> pa.Schema:
