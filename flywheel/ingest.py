@@ -133,7 +133,7 @@ def quarantine_files(
     client = storage.s3_client(settings)
     bucket = settings.bucket("quarantine")
     prefix = storage.partition_prefix(spec.dataset.name, ds)
-    files = []
+    files: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="flywheel-quarantine-") as tmp_dir:
         for obj in objects:
             path = sources.fetch(obj, Path(tmp_dir), settings)
@@ -150,7 +150,7 @@ def quarantine_files(
         inputs=[o.to_dict() for o in objects],
     )
     client.put_object(Bucket=bucket, Key=prefix + storage.MANIFEST, Body=manifest.to_json())
-    keep = {f["key"] for f in files} | {prefix + storage.MANIFEST}
+    keep = {str(f["key"]) for f in files} | {prefix + storage.MANIFEST}
     storage._remove_stale(client, bucket, prefix, keep=keep)  # noqa: SLF001 - same package contract
     for zone in ("raw", "curated"):
         storage.delete_partition(zone=zone, dataset=spec.dataset.name, ds=ds, settings=settings, client=client)

@@ -204,7 +204,7 @@ class ContractSuite:
             suite.add_expectation(expectation)
         definition = context.validation_definitions.add(
             gx.ValidationDefinition(name=f"{dataset.name}_{ds}", data=batch_def, suite=suite))
-        actions = []
+        actions: list[Any] = []
         if docs_dir is not None:
             from great_expectations.checkpoint import UpdateDataDocsAction
 
@@ -293,7 +293,7 @@ class _Split:
         good = batch.filter(pa.array(~bad))
         self._writers["curated"].write_batch(good)
         rejected = batch.filter(pa.array(bad))
-        why = pa.array(["; ".join(local[i]) for i in np.flatnonzero(bad)], type=pa.string())
+        why = pa.array(["; ".join(local[int(i)]) for i in np.flatnonzero(bad)], type=pa.string())
         self._writers["quarantine"].write_batch(
             pa.RecordBatch.from_arrays([*rejected.columns, why], schema=self.q_schema))
         self.rows["curated"] += good.num_rows
