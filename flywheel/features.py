@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from feast import FeatureStore, RepoConfig
 
 log = logging.getLogger(__name__)
-PROJECT = "flywheel"
+PROJECT = "flywheel"  # the default project; ``Settings.feast_project`` names the one in use
 VIEWS = ("user_stats", "merchant_stats")
 
 
@@ -39,7 +39,7 @@ def repo_config(settings: Settings) -> RepoConfig:
     from feast import RepoConfig
 
     return RepoConfig(
-        project=PROJECT,
+        project=settings.feast_project,
         provider="local",
         registry={"registry_type": "file", "path": str(settings.feast_dir / "registry.db"),
                   "cache_ttl_seconds": 30},
@@ -54,7 +54,7 @@ def render_feature_store_yaml(settings: Settings | None = None) -> str:
     """Write ``feature_repo/feature_store.yaml`` for this profile so the feast CLI works too."""
     settings = settings or get_settings()
     content = {
-        "project": PROJECT,
+        "project": settings.feast_project,
         "provider": "local",
         "registry": {"registry_type": "file", "path": str(settings.feast_dir / "registry.db")},
         "offline_store": {"type": "file"},
@@ -291,7 +291,7 @@ def reset_online_store(settings: Settings | None = None) -> None:
         Path(config["path"]).unlink(missing_ok=True)
         return
     store = feature_store(settings)
-    store._get_provider().teardown_infra(PROJECT, store.list_feature_views(), store.list_entities())
+    store._get_provider().teardown_infra(settings.feast_project, store.list_feature_views(), store.list_entities())
 
 
 def online_features(store: FeatureStore, spec: PipelineSpec, rows: list[dict[str, int]]) -> pd.DataFrame:

@@ -60,6 +60,8 @@ class DatasetSpec(_Strict):
     contract: Contract
     # Rows validated per Great Expectations batch (bounded memory for large partitions).
     chunk_rows: int = Field(500_000, ge=1)
+    # Let the scheduler create the runs of every missed interval since the DAG's start.
+    catchup: bool = False
 
     @model_validator(mode="after")
     def _key_and_timestamp_in_contract(self) -> DatasetSpec:
