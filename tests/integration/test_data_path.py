@@ -35,6 +35,24 @@ def test_rerun_of_a_date_replaces_its_partition_byte_for_byte(services, loaded, 
     assert len(keys) == 2  # one data object + its manifest, no duplicates
 
 
+def test_rerun_of_every_stage_is_byte_identical(services, loaded, spec):
+    """Validate and features of a date again: same content hashes, one object per partition."""
+    from flywheel.validation import validate_partition
+
+    day = FIRST_DAY + timedelta(days=1)
+    ds = day.isoformat()
+    zones = [("curated", "transactions"), ("quarantine", "transactions"),
+             ("features", "user_stats"), ("features", "merchant_stats")]
+    before = {z: storage.read_manifest(zone=z[0], dataset=z[1], ds=ds, settings=services).content_hash
+              for z in zones}
+    validate_partition(spec, ds, settings=services)
+    features.compute_aggregates(spec, day, settings=services)
+    for zone, dataset in zones:
+        after = storage.read_manifest(zone=zone, dataset=dataset, ds=ds, settings=services)
+        assert after.content_hash == before[(zone, dataset)], (zone, dataset)
+        assert len(storage.list_keys(zone, f"{dataset}/ds={ds}/", settings=services)) == 2
+
+
 def test_missing_source_is_a_typed_error(services, spec):
     with pytest.raises(SourceNotFound, match="ds=2030-01-01"):
         ingest(spec, "2030-01-01", settings=services)
