@@ -179,8 +179,8 @@ def _unique_rule(column: str) -> str:
 class ContractSuite:
     """The GX suite of one dataset contract and interval, validated chunk by chunk.
 
-    With ``docs_dir`` every chunk's validation result is also rendered into GX Data
-    Docs (static HTML) under that directory.
+    With ``docs_dir``, :meth:`build_docs` renders every chunk's validation result
+    into GX Data Docs (static HTML) under that directory.
     """
 
     def __init__(self, dataset: DatasetSpec, ds: str, *, docs_dir: Path | None = None) -> None:
@@ -204,16 +204,17 @@ class ContractSuite:
             suite.add_expectation(expectation)
         definition = context.validation_definitions.add(
             gx.ValidationDefinition(name=f"{dataset.name}_{ds}", data=batch_def, suite=suite))
-        actions: list[Any] = []
-        if docs_dir is not None:
-            from great_expectations.checkpoint import UpdateDataDocsAction
-
-            actions.append(UpdateDataDocsAction(name="data_docs", site_names=["flywheel"]))
         self.checkpoint = context.checkpoints.add(gx.Checkpoint(
-            name=f"{dataset.name}_checkpoint", validation_definitions=[definition], actions=actions,
+            name=f"{dataset.name}_checkpoint", validation_definitions=[definition], actions=[],
             result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [ROW_ID]},
         ))
+        self.context, self.docs_dir = context, docs_dir
         self.chunks = 0
+
+    def build_docs(self) -> None:
+        """Render every chunk's stored validation result into the Data Docs site (once, at the end)."""
+        if self.docs_dir is not None:
+            self.context.build_data_docs(site_names=["flywheel"])
 
     def failures(self, frame: pd.DataFrame) -> dict[int, list[str]]:
         """Rules broken by each failing row of ``frame`` (which carries a ``_row`` id)."""
@@ -358,6 +359,7 @@ def split_file(
             offset += len(frame)
     finally:
         split.close()
+    suite.build_docs()
     return split
 
 
