@@ -103,3 +103,25 @@ def test_training_set_is_reproducible_and_consistent_per_entity(services, loaded
     pd.testing.assert_frame_equal(first, second)
     per_key = first.groupby(["merchant_id", "event_timestamp"])["merchant_txn_count_7d"].nunique(dropna=False)
     assert (per_key == 1).all()
+
+
+def test_a_feature_stamped_after_the_label_is_never_joined(services, loaded, spec):
+    """Built to leak: a sentinel aggregate exists only after every label; no training row may see it."""
+    last = FIRST_DAY + timedelta(days=DAYS - 1)
+    after = last + timedelta(days=1)
+    sentinel = 10**6
+    latest = storage.read_partition(zone="features", dataset="user_stats", ds=last.isoformat(), settings=services)
+    storage.write_partition(latest.assign(user_txn_count_7d=sentinel,
+                                          event_timestamp=pd.Timestamp(feature_timestamp(after))),
+                            zone="features", dataset="user_stats", ds=after.isoformat(), settings=services)
+    try:
+        frame, _ = features.training_frame(spec, end=last, settings=services)
+        assert len(frame) > 0 and not (frame["user_txn_count_7d"] == sentinel).any()
+        # The sentinel is reachable: a row timed after it does get it (the test can fail).
+        columns = list(spec.dataset.contract.columns)
+        probe = frame[columns].tail(3).assign(
+            event_timestamp=pd.Timestamp(feature_timestamp(after)) + pd.Timedelta(hours=1))
+        joined = features.historical_features(features.feature_store(services), spec, probe)
+        assert (joined["user_txn_count_7d"] == sentinel).all()
+    finally:
+        storage.delete_partition(zone="features", dataset="user_stats", ds=after.isoformat(), settings=services)
