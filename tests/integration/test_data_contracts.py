@@ -261,3 +261,14 @@ def test_ingest_from_s3_records_object_versions(services, spec):
     assert pa.types.is_timestamp(table.schema.field("event_timestamp").type)
     summary = validate_partition(s, DS, settings=services)
     assert summary["curated"] == len(frame)
+
+
+def test_generator_source_needs_no_files(services, spec):
+    s = _spec(spec, "generator")
+    s = s.model_copy(update={"dataset": s.dataset.model_copy(update={"source": "generator://"})})
+    result = ingest(s, DS, run_id="gen", settings=services)
+    assert result.rows == len(generate_day(DAY, spec.generator))
+    manifest = storage.read_manifest(zone="raw", dataset=s.dataset.name, ds=DS, settings=services)
+    assert manifest.inputs[0]["uri"] == f"generator://{s.dataset.name}/ds={DS}"
+    summary = validate_partition(s, DS, settings=services)
+    assert summary["curated"] + summary["quarantined"] == result.rows and summary["quarantined"] > 0
