@@ -41,20 +41,29 @@ def _settings(home: Path):  # type: ignore[no-untyped-def]
 
 
 def make_source(folder: Path, rows: int) -> None:
-    """``rows`` generated transactions of one day in files of at most 1M rows (not timed)."""
+    """``rows`` generated transactions of one day in files of at most 1M rows (not timed).
+
+    One seeded 1M-row day (with its bad records) is generated once; each file is a
+    copy with its own transaction ids, so keys stay unique across files.
+    """
+    import pandas as pd
+
     from flywheel.datagen import generate_day
     from flywheel.spec import GeneratorSpec
 
     folder.mkdir(parents=True, exist_ok=True)
+    base_path = folder.parent / "base.parquet"
+    if not base_path.exists():
+        # the generator varies a day's size by ±10 %: ask for more, keep exactly FILE_ROWS rows
+        base = generate_day(DAY, GeneratorSpec(seed=100, rows_per_day=int(FILE_ROWS * 1.15)), bad_records=True)
+        base.head(FILE_ROWS).to_parquet(base_path, index=False)
+    base = pd.read_parquet(base_path)
     for i in range(-(-rows // FILE_ROWS)):
-        n = min(FILE_ROWS, rows - i * FILE_ROWS)
         path = folder / f"part-{i:03d}.parquet"
-        if path.exists():
-            continue
-        # the generator varies a day's size by ±10 %: ask for more, keep exactly n rows
-        frame = generate_day(DAY, GeneratorSpec(seed=100 + i, rows_per_day=int(n * 1.15) + 10), bad_records=True)
-        frame = frame.head(n).assign(transaction_id=lambda d, i=i: f"f{i:03d}-" + d.transaction_id)
-        frame.to_parquet(path, index=False)
+        if not path.exists():
+            n = min(FILE_ROWS, rows - i * FILE_ROWS)
+            base.head(n).assign(transaction_id=f"f{i:03d}-" + base.transaction_id.head(n)).to_parquet(
+                path, index=False)
 
 
 def run_flywheel(home: Path, source: Path, rows: int) -> dict:
