@@ -1,7 +1,8 @@
 """Feast definitions of the Flywheel feature repository (declarative, versioned like code).
 
-Entities: user and merchant. Feature views: per-entity aggregates over a trailing
-window, computed daily from curated data by ``flywheel.features`` and stored as
+Entities: user and merchant. Feature views: per-entity aggregates over 1 h / 24 h /
+7 d windows (counts, amount statistics, time since the last transaction, the
+merchant's fraud rate over labels older than the label lag), computed daily from curated data by ``flywheel.features`` and stored as
 Parquet in the object store (the offline source). The feature service groups what
 the fraud model reads. Locations come from the settings object, so the same
 definitions serve every profile: ``flywheel.features.apply`` calls :func:`build`
@@ -17,10 +18,17 @@ from feast.data_format import ParquetFormat
 from feast.types import Float64, Int64, String
 
 from flywheel.config import Settings, get_settings
+from flywheel.featurize import MERCHANT_FEATURES, USER_FEATURES
 from flywheel.spec import PipelineSpec, load_spec
 
 # Aggregates of day D are stamped D+1 00:00 and stay valid for two days.
 TTL = timedelta(days=2)
+
+
+def _field(name: str) -> Field:
+    """Counts are integers, the top country is text, every other aggregate a float."""
+    dtype = Int64 if "_txn_count_" in name else String if name.endswith("_country") else Float64
+    return Field(name=name, dtype=dtype)
 
 
 def build(settings: Settings, spec: PipelineSpec) -> list[Any]:
@@ -45,12 +53,7 @@ def build(settings: Settings, spec: PipelineSpec) -> list[Any]:
         name="user_stats",
         entities=[user],
         ttl=TTL,
-        schema=[
-            Field(name="user_txn_count_7d", dtype=Int64),
-            Field(name="user_amount_mean_7d", dtype=Float64),
-            Field(name="user_amount_max_7d", dtype=Float64),
-            Field(name="user_top_country", dtype=String),
-        ],
+        schema=[_field(name) for name in USER_FEATURES],
         source=source("user_stats"),
         online=True,
         tags=tags,
@@ -59,11 +62,7 @@ def build(settings: Settings, spec: PipelineSpec) -> list[Any]:
         name="merchant_stats",
         entities=[merchant],
         ttl=TTL,
-        schema=[
-            Field(name="merchant_txn_count_7d", dtype=Int64),
-            Field(name="merchant_amount_mean_7d", dtype=Float64),
-            Field(name="merchant_fraud_rate_7d", dtype=Float64),
-        ],
+        schema=[_field(name) for name in MERCHANT_FEATURES],
         source=source("merchant_stats"),
         online=True,
         tags=tags,

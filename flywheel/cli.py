@@ -217,5 +217,48 @@ def features_apply() -> None:
     console.print(f"applied {features.apply()}")
 
 
+@app.command()
+def replay(
+    dataset: Annotated[str, typer.Argument(help="Dataset name (as in the spec's dataset.name)")],
+    ds: Annotated[str, typer.Option("--ds", help="Data interval date, YYYY-MM-DD")],
+    features: Annotated[bool, typer.Option(help="Also recompute and materialize the day's features")] = True,
+) -> None:
+    """Re-process a quarantined batch after its contract or data was fixed (ingest → validate → features)."""
+    from flywheel.contracts import replay as run_replay
+    from flywheel.spec import load_spec
+
+    spec = load_spec()
+    if spec.dataset.name != dataset:
+        raise typer.BadParameter(f"the spec's dataset is {spec.dataset.name!r}, not {dataset!r}")
+    date.fromisoformat(ds)
+    console.print(run_replay(spec, ds, run_id=f"replay__{ds}", features=features))
+
+
+@app.command("init-dataset")
+def init_dataset(
+    sample: Annotated[str, typer.Argument(help="A sample CSV, Parquet or JSON Lines file")],
+    name: Annotated[str, typer.Option(help="Dataset name")],
+    source: Annotated[str, typer.Option(help="Source template, e.g. s3://bucket/orders/ds={ds}/")],
+    timestamp: Annotated[str | None, typer.Option(help="Event-time column (default: first datetime)")] = None,
+    key: Annotated[str | None, typer.Option(help="Unique key column (default: first unique column)")] = None,
+    out: Annotated[str | None, typer.Option(help="Write the YAML here (default: print it)")] = None,
+) -> None:
+    """Draft a dataset spec with its contract from a sample file (review it, then add it under models/)."""
+    from pathlib import Path
+
+    import yaml
+
+    from flywheel.contracts import draft_spec
+
+    drafted = {"dataset": draft_spec(Path(sample), name=name, source=source, timestamp=timestamp, key=key)}
+    text = "# Drafted by `flywheel init-dataset` from " + Path(sample).name + ": review the contract.\n"
+    text += yaml.safe_dump(drafted, sort_keys=False)
+    if out:
+        Path(out).write_text(text)
+        console.print(f"wrote {out}")
+    else:
+        console.print(text, markup=False, highlight=False)
+
+
 if __name__ == "__main__":
     app()

@@ -77,6 +77,8 @@ class Settings(BaseSettings):
 
     # Feast
     online_store: dict[str, Any] | None = None
+    # Feast project: names the registry entries and prefixes the online-store keys.
+    feast_project: str = "flywheel"
     feature_repo: Path = PROJECT_ROOT / "feature_repo"
 
     # Pipeline specs live here; the default use case is "fraud".
@@ -200,6 +202,8 @@ class Settings(BaseSettings):
         env |= {f"FLYWHEEL_PORTS__{k.upper()}": str(v) for k, v in self.ports.model_dump().items()}
         if self.online_store is not None:
             env["FLYWHEEL_ONLINE_STORE"] = json.dumps(self.online_store)
+        if self.feast_project != "flywheel":
+            env["FLYWHEEL_FEAST_PROJECT"] = self.feast_project
         return env
 
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from feast import FeatureStore, RepoConfig
 
 log = logging.getLogger(__name__)
-PROJECT = "flywheel"
+PROJECT = "flywheel"  # the default project; ``Settings.feast_project`` names the one in use
 VIEWS = ("user_stats", "merchant_stats")
 
 
@@ -39,7 +39,7 @@ def repo_config(settings: Settings) -> RepoConfig:
     from feast import RepoConfig
 
     return RepoConfig(
-        project=PROJECT,
+        project=settings.feast_project,
         provider="local",
         registry={"registry_type": "file", "path": str(settings.feast_dir / "registry.db"),
                   "cache_ttl_seconds": 30},
@@ -54,7 +54,7 @@ def render_feature_store_yaml(settings: Settings | None = None) -> str:
     """Write ``feature_repo/feature_store.yaml`` for this profile so the feast CLI works too."""
     settings = settings or get_settings()
     content = {
-        "project": PROJECT,
+        "project": settings.feast_project,
         "provider": "local",
         "registry": {"registry_type": "file", "path": str(settings.feast_dir / "registry.db")},
         "offline_store": {"type": "file"},
@@ -139,35 +139,85 @@ def read_curated_window(
 
 
 def compute_aggregates(spec: PipelineSpec, ds: date, *, settings: Settings | None = None) -> FeatureRun:
-    """Aggregates over the curated window ending at ``ds``, written to the features zone."""
+    """Aggregates over the curated window ending at ``ds``, written to the features zone.
+
+    The curated partitions are streamed to local files and scanned by duckdb, so
+    memory stays bounded by the aggregates, not by the rows of the window.
+    """
+    import tempfile
+
     settings = settings or get_settings()
-    start = ds - timedelta(days=spec.features.window_days - 1)
-    window, read, missing = read_curated_window(spec, start=start, end=ds, settings=settings)
+    span = spec.features.window_days - 1 + spec.features.label_lag_days
+    start = ds - timedelta(days=span)
+    client = storage.s3_client(settings)
+    name = spec.dataset.name
+    available = set(storage.list_partitions(zone="curated", dataset=name, settings=settings, client=client))
+    days = [(start + timedelta(days=i)).isoformat() for i in range(span + 1)]
+    read = [d for d in days if d in available]
+    missing = [d for d in days if d not in available]
     if ds.isoformat() not in read:
-        raise FeatureError(f"no curated partition {spec.dataset.name} ds={ds}: validate it first")
+        raise FeatureError(f"no curated partition {name} ds={ds}: validate it first")
     if missing:
         log.warning("feature window %s..%s lacks curated days %s", start, ds, missing)
-    tables = {
-        "user_stats": user_aggregates(window, ds),
-        "merchant_stats": merchant_aggregates(window, ds, label=spec.label),
-    }
+    with tempfile.TemporaryDirectory(prefix="flywheel-features-") as tmp:
+        files = [str(p) for d in read for p in storage.download_partition(
+            zone="curated", dataset=name, ds=d, dest=Path(tmp), settings=settings, client=client)[1]]
+        tables = {
+            "user_stats": user_aggregates(files, ds),
+            "merchant_stats": merchant_aggregates(files, ds, label=spec.label,
+                                                  label_lag_days=spec.features.label_lag_days),
+        }
+        newest = _newest_event(files, spec.dataset.timestamp)
     manifests = {}
+    stamp = feature_timestamp(ds)
+    freshness = {"feature_timestamp": stamp.isoformat(), "newest_event": newest,
+                 "window": [read[0], read[-1]], "missing_days": missing}
     for view, table in tables.items():
         manifest = storage.write_partition(table, zone="features", dataset=view, ds=ds.isoformat(),
-                                           source=f"curated/{spec.dataset.name}", settings=settings)
+                                           source=f"curated/{name}", extra={"freshness": freshness},
+                                           settings=settings, client=client)
         manifests[view] = manifest.content_hash
     return FeatureRun(ds=ds.isoformat(), window=read, missing_days=missing,
                       rows={v: len(t) for v, t in tables.items()}, manifests=manifests)
 
 
-def materialize(ds: date, *, settings: Settings | None = None) -> dict[str, str]:
-    """Load the aggregates stamped for ``ds`` into the online store (keyed on the interval)."""
+def _newest_event(files: list[str], column: str) -> str | None:
+    import duckdb
+
+    from flywheel.featurize import parquet_source
+
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        row = con.execute(f'SELECT max("{column}") FROM {parquet_source(files)}').fetchone()
+    return row[0].isoformat() if row and row[0] is not None else None
+
+
+def materialize(ds: date, *, settings: Settings | None = None) -> dict[str, Any]:
+    """Load the aggregates stamped for ``ds`` into the online store (keyed on the interval).
+
+    Records the run's feature freshness (the aggregates' timestamp and the newest
+    source event they include) in the reports zone: ``feature-freshness/ds=<ds>.json``.
+    """
+    import json
+
     settings = settings or get_settings()
     store = feature_store(settings)  # a fresh store: no stale S3 listings
     stamp = feature_timestamp(ds)
     start, end = stamp - timedelta(hours=12), stamp + timedelta(hours=12)
     store.materialize(start_date=start, end_date=end, feature_views=list(VIEWS))
-    return {"start": start.isoformat(), "end": end.isoformat()}
+    client = storage.s3_client(settings)
+    views = {}
+    for view in VIEWS:
+        manifest = storage.read_manifest(zone="features", dataset=view, ds=ds.isoformat(),
+                                         settings=settings, client=client)
+        views[view] = {"rows": manifest.rows, "content_hash": manifest.content_hash,
+                       **manifest.extra.get("freshness", {})}
+    record = {"ds": ds.isoformat(), "online_store": settings.online_store_config()["type"],
+              "start": start.isoformat(), "end": end.isoformat(), "views": views}
+    storage.put_bytes("reports", f"feature-freshness/ds={ds.isoformat()}.json",
+                      json.dumps(record, indent=2, sort_keys=True).encode(),
+                      content_type="application/json", settings=settings, client=client)
+    return record
 
 
 def training_frame(
@@ -241,7 +291,7 @@ def reset_online_store(settings: Settings | None = None) -> None:
         Path(config["path"]).unlink(missing_ok=True)
         return
     store = feature_store(settings)
-    store._get_provider().teardown_infra(PROJECT, store.list_feature_views(), store.list_entities())
+    store._get_provider().teardown_infra(settings.feast_project, store.list_feature_views(), store.list_entities())
 
 
 def online_features(store: FeatureStore, spec: PipelineSpec, rows: list[dict[str, int]]) -> pd.DataFrame:

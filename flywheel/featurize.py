@@ -15,8 +15,17 @@ import pandas as pd
 
 from flywheel.datagen import CATEGORIES, DEVICES
 
-USER_FEATURES = ["user_txn_count_7d", "user_amount_mean_7d", "user_amount_max_7d", "user_top_country"]
-MERCHANT_FEATURES = ["merchant_txn_count_7d", "merchant_amount_mean_7d", "merchant_fraud_rate_7d"]
+# Windows of the entity aggregates, as of the end of each data interval.
+WINDOWS = {"1h": "1 hour", "24h": "24 hours", "7d": "7 days"}
+USER_FEATURES = [
+    "user_txn_count_1h", "user_txn_count_24h", "user_txn_count_7d",
+    "user_amount_sum_24h", "user_amount_mean_7d", "user_amount_max_7d", "user_amount_std_7d",
+    "user_seconds_since_last_txn", "user_top_country",
+]
+MERCHANT_FEATURES = [
+    "merchant_txn_count_1h", "merchant_txn_count_24h", "merchant_txn_count_7d",
+    "merchant_amount_mean_7d", "merchant_fraud_rate_7d",
+]
 REQUEST_FEATURES = [
     "amount", "log_amount", "hour", "is_night", "merchant_category_code", "device_code",
 ]
@@ -29,13 +38,8 @@ MODEL_FEATURES = (
 )
 # Values used when an entity has no online features (new user or merchant).
 ENTITY_DEFAULTS: dict[str, float | str | None] = {
-    "user_txn_count_7d": 0,
-    "user_amount_mean_7d": None,
-    "user_amount_max_7d": None,
-    "user_top_country": None,
-    "merchant_txn_count_7d": 0,
-    "merchant_amount_mean_7d": None,
-    "merchant_fraud_rate_7d": None,
+    name: (0 if "_txn_count_" in name or name.endswith("_sum_24h") else None)
+    for name in USER_FEATURES + MERCHANT_FEATURES
 }
 
 
@@ -44,35 +48,81 @@ def feature_timestamp(ds: date) -> datetime:
     return datetime.combine(ds + timedelta(days=1), time.min, tzinfo=UTC)
 
 
-def user_aggregates(window: pd.DataFrame, ds: date) -> pd.DataFrame:
-    """Per-user aggregates over the curated rows of the trailing window ending at ``ds``."""
-    grouped = window.groupby("user_id")
-    out = pd.DataFrame(
-        {
-            "user_txn_count_7d": grouped.size().astype("int64"),
-            "user_amount_mean_7d": grouped["amount"].mean(),
-            "user_amount_max_7d": grouped["amount"].max(),
-            "user_top_country": grouped["country"].agg(lambda s: s.value_counts().index[0]),
-        }
-    ).reset_index()
-    out["user_id"] = out["user_id"].astype("int64")
-    out["event_timestamp"] = pd.Timestamp(feature_timestamp(ds))
+def _counts(entity: str, column: str = "ts") -> str:
+    return ", ".join(
+        f"count(*) FILTER (WHERE {column} >= $stamp - INTERVAL '{span}') AS {entity}_txn_count_{name}"
+        for name, span in WINDOWS.items()
+    )
+
+
+def _user_sql(source: str) -> str:
+    return f"""
+    WITH w AS (SELECT user_id, amount, country, event_timestamp AS ts FROM {source}
+               WHERE event_timestamp >= $stamp - INTERVAL '7 days' AND event_timestamp < $stamp),
+    top AS (SELECT user_id, first(country ORDER BY n DESC, country) AS user_top_country
+            FROM (SELECT user_id, country, count(*) AS n FROM w GROUP BY ALL) GROUP BY user_id)
+    SELECT CAST(w.user_id AS BIGINT) AS user_id, {_counts("user")},
+           coalesce(sum(amount) FILTER (WHERE ts >= $stamp - INTERVAL '24 hours'), 0.0) AS user_amount_sum_24h,
+           avg(amount) AS user_amount_mean_7d, max(amount) AS user_amount_max_7d,
+           stddev_samp(amount) AS user_amount_std_7d,
+           CAST(epoch($stamp) - epoch(max(ts)) AS DOUBLE) AS user_seconds_since_last_txn,
+           any_value(top.user_top_country) AS user_top_country,
+           $stamp AS event_timestamp
+    FROM w JOIN top USING (user_id) GROUP BY w.user_id ORDER BY user_id"""
+
+
+def _merchant_sql(source: str, label: str, lag_days: int) -> str:
+    return f"""
+    WITH w AS (SELECT merchant_id, amount, "{label}" AS label, event_timestamp AS ts FROM {source}
+               WHERE event_timestamp >= $stamp - INTERVAL '{7 + lag_days} days' AND event_timestamp < $stamp)
+    SELECT CAST(merchant_id AS BIGINT) AS merchant_id, {_counts("merchant")},
+           avg(amount) FILTER (WHERE ts >= $stamp - INTERVAL '7 days') AS merchant_amount_mean_7d,
+           -- labels arrive late: only transactions older than the lag count towards the rate
+           avg(CAST(label AS DOUBLE)) FILTER (
+               WHERE ts < $stamp - INTERVAL '{lag_days} days') AS merchant_fraud_rate_7d,
+           $stamp AS event_timestamp
+    FROM w GROUP BY merchant_id
+    HAVING count(*) FILTER (WHERE ts >= $stamp - INTERVAL '7 days') > 0 ORDER BY merchant_id"""
+
+
+def _run(sql: str, ds: date, frame: pd.DataFrame | None = None) -> pd.DataFrame:
+    import duckdb
+
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET threads = 2")
+        if frame is not None:
+            con.register("window_frame", frame)
+        out = con.execute(sql, {"stamp": feature_timestamp(ds)}).df()
+    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True)
+    for column in out.columns:
+        if "_txn_count_" in column:
+            out[column] = out[column].astype("int64")
     return out
 
 
-def merchant_aggregates(window: pd.DataFrame, ds: date, *, label: str) -> pd.DataFrame:
-    """Per-merchant aggregates; the fraud rate uses labels of closed days only."""
-    grouped = window.groupby("merchant_id")
-    out = pd.DataFrame(
-        {
-            "merchant_txn_count_7d": grouped.size().astype("int64"),
-            "merchant_amount_mean_7d": grouped["amount"].mean(),
-            "merchant_fraud_rate_7d": grouped[label].mean(),
-        }
-    ).reset_index()
-    out["merchant_id"] = out["merchant_id"].astype("int64")
-    out["event_timestamp"] = pd.Timestamp(feature_timestamp(ds))
-    return out
+def parquet_source(paths: list[str]) -> str:
+    """A duckdb relation over Parquet files (scanned, never loaded whole)."""
+    return "read_parquet([" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "])"
+
+
+def user_aggregates(window: pd.DataFrame | list[str], ds: date) -> pd.DataFrame:
+    """Per-user aggregates (1 h / 24 h / 7 d windows) as of the end of ``ds``.
+
+    ``window`` is a frame of curated rows or a list of curated Parquet files.
+    """
+    if isinstance(window, list):
+        return _run(_user_sql(parquet_source(window)), ds)
+    return _run(_user_sql("window_frame"), ds, window)
+
+
+def merchant_aggregates(
+    window: pd.DataFrame | list[str], ds: date, *, label: str, label_lag_days: int = 1
+) -> pd.DataFrame:
+    """Per-merchant aggregates; the fraud rate uses labels older than ``label_lag_days`` only."""
+    if isinstance(window, list):
+        return _run(_merchant_sql(parquet_source(window), label, label_lag_days), ds)
+    return _run(_merchant_sql("window_frame", label, label_lag_days), ds, window)
 
 
 def request_features(df: pd.DataFrame) -> pd.DataFrame:

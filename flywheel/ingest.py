@@ -1,26 +1,32 @@
-"""Ingest: copy one daily source partition into the raw zone of the object store."""
+"""Ingest: copy one daily source partition into the raw zone of the object store.
+
+Any source of :mod:`flywheel.sources` (local or S3 CSV / Parquet / JSON Lines, or the
+generator) is streamed batch by batch into one Parquet file, so memory stays bounded
+whatever the input size, and committed atomically with a manifest that records the
+rows, schema, content hash, each input's URI and version, and the producing run.
+A file that cannot be read is quarantined as it is and raises
+:class:`~flywheel.validation.ContractViolation`.
+"""
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import pyarrow as pa
 
-from flywheel import storage
+from flywheel import sources, storage
 from flywheel.config import Settings, get_settings
+from flywheel.sources import SourceNotFound, SourceObject
 from flywheel.spec import PipelineSpec
+from flywheel.validation import ContractViolation
 
-_READERS = {
-    "parquet": ("*.parquet", pd.read_parquet),
-    "csv": ("*.csv", pd.read_csv),
-    "jsonl": ("*.jsonl", lambda p: pd.read_json(p, lines=True)),
-}
-
-
-class SourceNotFound(FileNotFoundError):
-    """The source partition for a data interval does not exist."""
+__all__ = ["IngestResult", "SourceNotFound", "ingest", "source_files", "source_objects"]
+BATCH_ROWS = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -36,38 +42,115 @@ class IngestResult:
         return dict(self.__dict__)
 
 
-def source_files(spec: PipelineSpec, ds: str, settings: Settings) -> list[Path]:
-    """The files of the source partition of ``ds`` (empty while it has not arrived)."""
-    location = Path(spec.source_for(ds, settings))
-    pattern, _ = _READERS[spec.dataset.format]
-    return sorted(location.glob(pattern)) if location.is_dir() else []
+def source_objects(spec: PipelineSpec, ds: str, settings: Settings) -> list[SourceObject]:
+    """The input objects of the partition of ``ds`` (empty while it has not arrived)."""
+    where = sources.location(spec, ds, settings)
+    if where.startswith("generator://"):
+        gen = spec.generator
+        return [SourceObject(uri=f"generator://{spec.dataset.name}/ds={ds}", size=0,
+                             version=f"seed={gen.seed},rows_per_day={gen.rows_per_day}")]
+    return sources.list_objects(spec.dataset, where, settings)
 
 
-def read_source(spec: PipelineSpec, ds: str, settings: Settings) -> tuple[pd.DataFrame, str]:
-    """Read every file of the source partition of ``ds``; raises :class:`SourceNotFound`."""
-    location = Path(spec.source_for(ds, settings))
-    _, reader = _READERS[spec.dataset.format]
-    files = source_files(spec, ds, settings)
-    if not files:
-        raise SourceNotFound(
-            f"dataset {spec.dataset.name!r}: no {spec.dataset.format} files for ds={ds} in {location}"
-        )
-    frame = pd.concat([reader(f) for f in files], ignore_index=True)
-    return frame, str(location)
+def source_files(spec: PipelineSpec, ds: str, settings: Settings) -> list[str]:
+    """URIs of the source partition of ``ds`` (what the arrival sensor waits for)."""
+    return [obj.uri for obj in source_objects(spec, ds, settings)]
+
+
+def _batches(
+    spec: PipelineSpec, ds: str, obj: SourceObject, tmp: Path, settings: Settings
+) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    if obj.uri.startswith("generator://"):
+        from flywheel.datagen import generate_day
+
+        table = pa.Table.from_pandas(generate_day(date.fromisoformat(ds), spec.generator), preserve_index=False)
+        return table.schema, iter(table.to_batches(max_chunksize=BATCH_ROWS))
+    path = sources.fetch(obj, tmp, settings)
+    return sources.open_batches(path, spec.dataset, ds=ds, uri=obj.uri, batch_rows=BATCH_ROWS)
+
+
+def _unified(
+    spec: PipelineSpec, ds: str, opened: list[tuple[SourceObject, pa.Schema, Iterator[pa.RecordBatch]]]
+) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """One stream over every file; files of one partition must share a schema."""
+    schema = opened[0][1]
+    for obj, other, _ in opened[1:]:
+        if not other.remove_metadata().equals(schema.remove_metadata()):
+            raise ContractViolation(spec.dataset.name, ds, "schema_drift",
+                                    f"{obj.uri} has schema {other} but {opened[0][0].uri} has {schema}")
+
+    def stream() -> Iterator[pa.RecordBatch]:
+        for _, _, batches in opened:
+            yield from batches
+
+    return schema, stream()
 
 
 def ingest(spec: PipelineSpec, ds: str, *, run_id: str = "", settings: Settings | None = None) -> IngestResult:
-    """Replace the raw partition of ``ds`` with the source's rows (idempotent)."""
+    """Replace the raw partition of ``ds`` with the source's rows (idempotent, bounded memory).
+
+    Raises :class:`SourceNotFound` when nothing has arrived, and
+    :class:`~flywheel.validation.ContractViolation` (after quarantining the files as
+    they are) when a file cannot be read.
+    """
     settings = settings or get_settings()
-    frame, source = read_source(spec, ds, settings)
-    manifest = storage.write_partition(
-        frame, zone="raw", dataset=spec.dataset.name, ds=ds, source=source, run_id=run_id, settings=settings
-    )
+    name = spec.dataset.name
+    objects = source_objects(spec, ds, settings)
+    where = sources.location(spec, ds, settings)
+    if not objects:
+        raise SourceNotFound(f"dataset {name!r}: no {spec.dataset.format} files for ds={ds} in {where}")
+    with tempfile.TemporaryDirectory(prefix="flywheel-ingest-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        try:
+            opened = [(obj, *_batches(spec, ds, obj, tmp, settings)) for obj in objects]
+            schema, stream = _unified(spec, ds, opened)
+            out = tmp / "raw.parquet"
+            rows = storage.write_batches(stream, schema, out)
+        except ContractViolation as exc:
+            quarantine_files(spec, ds, objects, exc, run_id=run_id, settings=settings)
+            raise
+        manifest = storage.commit_file(
+            out, zone="raw", dataset=name, ds=ds, rows=rows, schema=schema, source=where, run_id=run_id,
+            inputs=[o.to_dict() for o in objects], settings=settings,
+        )
     return IngestResult(
-        dataset=spec.dataset.name,
+        dataset=name,
         ds=ds,
         rows=manifest.rows,
         uri=f"s3://{settings.bucket('raw')}/{manifest.files[0]['key']}",
         content_hash=manifest.content_hash,
-        source=source,
+        source=where,
     )
+
+
+def quarantine_files(
+    spec: PipelineSpec, ds: str, objects: list[SourceObject], exc: ContractViolation, *,
+    run_id: str, settings: Settings,
+) -> None:
+    """Unreadable input: copy the files as they are to quarantine and withdraw raw and curated."""
+    import hashlib
+
+    client = storage.s3_client(settings)
+    bucket = settings.bucket("quarantine")
+    prefix = storage.partition_prefix(spec.dataset.name, ds)
+    files: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="flywheel-quarantine-") as tmp_dir:
+        for obj in objects:
+            path = sources.fetch(obj, Path(tmp_dir), settings)
+            digest = storage.file_sha256(path)
+            key = f"{prefix}source-{digest[:16]}-{Path(obj.uri).name}"
+            client.upload_file(str(path), bucket, key)
+            files.append({"key": key, "rows": -1, "bytes": path.stat().st_size, "sha256": digest,
+                          "source_uri": obj.uri})
+    content_hash = hashlib.sha256("".join(f["sha256"] for f in files).encode()).hexdigest()
+    manifest = storage.Manifest(
+        dataset=spec.dataset.name, zone="quarantine", ds=ds, rows=-1, content_hash=content_hash,
+        schema="unreadable", files=files, source=sources.location(spec, ds, settings), run_id=run_id,
+        extra={"batch_failure": exc.rule, "detail": exc.detail, "unreadable": True},
+        inputs=[o.to_dict() for o in objects],
+    )
+    client.put_object(Bucket=bucket, Key=prefix + storage.MANIFEST, Body=manifest.to_json())
+    keep = {str(f["key"]) for f in files} | {prefix + storage.MANIFEST}
+    storage._remove_stale(client, bucket, prefix, keep=keep)  # noqa: SLF001 - same package contract
+    for zone in ("raw", "curated"):
+        storage.delete_partition(zone=zone, dataset=spec.dataset.name, ds=ds, settings=settings, client=client)

@@ -31,18 +31,37 @@ class ColumnRule(_Strict):
     allowed: list[Any] | None = None
 
 
+class VolumeRule(_Strict):
+    """Row-count bounds relative to the median of the last ``history`` committed batches."""
+
+    history: int = Field(7, ge=1)
+    min_history: int = Field(3, ge=1)
+    min_ratio: float = Field(0.5, ge=0)
+    max_ratio: float = Field(2.0, gt=0)
+
+
 class Contract(_Strict):
     columns: dict[str, ColumnRule]
     timestamp_in_interval: bool = True
+    # Columns that must not arrive in this dataset (e.g. the label in a scoring feed).
+    forbidden_columns: list[str] = Field(default_factory=list)
+    # The newest row must be at most this many hours older than the interval's end.
+    freshness_hours: float | None = Field(None, gt=0)
+    volume: VolumeRule | None = None
 
 
 class DatasetSpec(_Strict):
     name: str
     source: str
     format: Literal["parquet", "csv", "jsonl"] = "parquet"
+    encoding: str = "utf8"
     timestamp: str
     key: str
     contract: Contract
+    # Rows validated per Great Expectations batch (bounded memory for large partitions).
+    chunk_rows: int = Field(500_000, ge=1)
+    # Let the scheduler create the runs of every missed interval since the DAG's start.
+    catchup: bool = False
 
     @model_validator(mode="after")
     def _key_and_timestamp_in_contract(self) -> DatasetSpec:
@@ -57,6 +76,8 @@ class FeatureSpec(_Strict):
     service: str
     request: list[str]
     window_days: int = Field(7, ge=1)
+    # Labels become known this many days after the transaction (fraud rates lag by it).
+    label_lag_days: int = Field(1, ge=0)
 
 
 class SplitSpec(_Strict):

@@ -12,8 +12,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import tempfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -51,6 +54,8 @@ class Manifest:
     source: str = ""
     run_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # Each input object: uri, size and the version that was read (S3 VersionId/ETag, or mtime).
+    inputs: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
@@ -102,8 +107,35 @@ def df_to_parquet_bytes(df: pd.DataFrame) -> bytes:
     """Deterministic Parquet bytes for a frame (same frame → same bytes)."""
     table = pa.Table.from_pandas(df, preserve_index=False)
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", write_statistics=True)
+    pq.write_table(table, buf, **PARQUET_OPTIONS)
     return buf.getvalue()
+
+
+# One writer configuration everywhere: the same rows give the same bytes.
+PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "write_statistics": True}
+ROW_GROUP_ROWS = 256 * 1024
+# Objects above this size are uploaded in parts (bounded memory, resumable by a rerun).
+_TRANSFER_CHUNK = 16 * 1024 * 1024
+
+
+def write_batches(batches: Iterable[pa.RecordBatch], schema: pa.Schema, path: Path) -> int:
+    """Stream record batches into one Parquet file; returns the number of rows written."""
+    rows = 0
+    with pq.ParquetWriter(path, schema, **PARQUET_OPTIONS) as writer:
+        for batch in batches:
+            if batch.num_rows:
+                writer.write_batch(batch.cast(schema) if batch.schema != schema else batch,
+                                   row_group_size=ROW_GROUP_ROWS)
+                rows += batch.num_rows
+    return rows
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_partition(
@@ -115,45 +147,89 @@ def write_partition(
     source: str = "",
     run_id: str = "",
     extra: dict[str, Any] | None = None,
+    inputs: list[dict[str, Any]] | None = None,
     settings: Settings | None = None,
     client: S3Client | None = None,
 ) -> Manifest:
-    """Atomically replace one daily partition with ``df``.
+    """Atomically replace one daily partition with ``df`` (see :func:`commit_file`)."""
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    with tempfile.TemporaryDirectory(prefix="flywheel-part-") as tmp:
+        path = Path(tmp) / "part.parquet"
+        pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS, **PARQUET_OPTIONS)
+        return commit_file(path, zone=zone, dataset=dataset, ds=ds, rows=len(df), schema=table.schema,
+                           source=source, run_id=run_id, extra=extra, inputs=inputs,
+                           settings=settings, client=client)
 
-    The data object is written under a content-addressed key first; the manifest
-    put is the commit; objects of earlier attempts are removed afterwards.
+
+def commit_file(
+    path: Path,
+    *,
+    zone: str,
+    dataset: str,
+    ds: str,
+    rows: int,
+    schema: pa.Schema,
+    source: str = "",
+    run_id: str = "",
+    extra: dict[str, Any] | None = None,
+    inputs: list[dict[str, Any]] | None = None,
+    settings: Settings | None = None,
+    client: S3Client | None = None,
+) -> Manifest:
+    """Atomically replace one daily partition with the Parquet file at ``path``.
+
+    The data object is uploaded (in parts when large) under a content-addressed
+    key first; the manifest put is the commit; objects of earlier attempts are
+    removed afterwards. A writer killed at any point leaves the previous manifest,
+    so readers see the old partition or the new one, never a mix.
     """
+    from boto3.s3.transfer import TransferConfig
+
     settings = settings or get_settings()
     client = client or s3_client(settings)
     bucket = settings.bucket(zone)
     prefix = partition_prefix(dataset, ds)
-    body = df_to_parquet_bytes(df)
-    digest = hashlib.sha256(body).hexdigest()
+    digest = file_sha256(path)
     key = f"{prefix}part-{digest[:16]}.parquet"
-    put = client.put_object(Bucket=bucket, Key=key, Body=body)
+    client.upload_file(str(path), bucket, key, Config=TransferConfig(
+        multipart_threshold=_TRANSFER_CHUNK, multipart_chunksize=_TRANSFER_CHUNK, max_concurrency=2))
+    head = client.head_object(Bucket=bucket, Key=key)
     file_entry = {
         "key": key,
-        "rows": len(df),
-        "bytes": len(body),
+        "rows": rows,
+        "bytes": path.stat().st_size,
         "sha256": digest,
-        "etag": put.get("ETag", "").strip('"'),
-        "version_id": put.get("VersionId"),
+        "etag": head.get("ETag", "").strip('"'),
+        "version_id": head.get("VersionId"),
     }
     manifest = Manifest(
         dataset=dataset,
         zone=zone,
         ds=ds,
-        rows=len(df),
+        rows=rows,
         content_hash=digest,
-        schema=str(pa.Schema.from_pandas(df, preserve_index=False)),
+        schema=str(_plain_schema(schema)),
         files=[file_entry],
         source=source,
         run_id=run_id,
         extra=extra or {},
+        inputs=inputs or [],
     )
     client.put_object(Bucket=bucket, Key=prefix + MANIFEST, Body=manifest.to_json())
     _remove_stale(client, bucket, prefix, keep={key, prefix + MANIFEST})
+    _abort_uploads(client, bucket, prefix)
     return manifest
+
+
+def _abort_uploads(client: S3Client, bucket: str, prefix: str) -> None:
+    """Parts left by a killed writer of this partition are dropped by the next commit."""
+    for upload in client.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", []):
+        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+
+
+def _plain_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema without pandas metadata (which varies with the writer, not the data)."""
+    return schema.remove_metadata()
 
 
 def _remove_stale(client: S3Client, bucket: str, prefix: str, *, keep: set[str]) -> None:
@@ -177,7 +253,8 @@ def read_manifest(
         body = client.get_object(Bucket=settings.bucket(zone), Key=key)["Body"].read()
     except client.exceptions.NoSuchKey as exc:
         raise PartitionNotFound(f"no committed partition {zone}/{dataset}/ds={ds}") from exc
-    return Manifest(**json.loads(body))
+    known = set(Manifest.__dataclass_fields__)
+    return Manifest(**{k: v for k, v in json.loads(body).items() if k in known})
 
 
 def read_partition(
@@ -194,6 +271,30 @@ def read_partition(
             raise StorageError(f"content hash mismatch for {zone}/{entry['key']}")
         frames.append(pq.read_table(io.BytesIO(body)).to_pandas())
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def download_partition(
+    *, zone: str, dataset: str, ds: str, dest: Path,
+    settings: Settings | None = None, client: S3Client | None = None,
+) -> tuple[Manifest, list[Path]]:
+    """Stream the committed files of one partition to ``dest`` (hash-checked, bounded memory).
+
+    For readers that scan instead of loading (duckdb, ``iter_batches``). Raises
+    :class:`PartitionNotFound` or :class:`StorageError` on a content-hash mismatch.
+    """
+    settings = settings or get_settings()
+    client = client or s3_client(settings)
+    manifest = read_manifest(zone=zone, dataset=dataset, ds=ds, settings=settings, client=client)
+    dest.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for entry in manifest.files:
+        target = dest / f"{dataset}-{ds}-{entry['sha256'][:16]}.parquet"
+        if not (target.is_file() and file_sha256(target) == entry["sha256"]):
+            client.download_file(settings.bucket(zone), entry["key"], str(target))
+            if file_sha256(target) != entry["sha256"]:
+                raise StorageError(f"content hash mismatch for {zone}/{entry['key']}")
+        paths.append(target)
+    return manifest, paths
 
 
 def list_partitions(

@@ -7,6 +7,8 @@ data interval (never "now"), so reruns and backfills are idempotent.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -65,6 +67,9 @@ def data_dag(spec: PipelineSpec) -> DAG:
         description=f"Ingest, validate and featurize {spec.dataset.name} daily",
         schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
         max_active_runs=4,
+        # Every task is keyed on its data interval, so catchup and backfills are safe;
+        # the spec decides whether the scheduler catches up by itself.
+        catchup=spec.dataset.catchup,
         doc_md=__doc__,
     ))
     def pipeline() -> None:
@@ -83,14 +88,18 @@ def data_dag(spec: PipelineSpec) -> DAG:
             from flywheel.ingest import ingest as run_ingest
 
             ctx = get_current_context()
-            return run_ingest(spec, _interval_ds(), run_id=str(ctx["run_id"])).to_dict()
+            with _contract_failures_do_not_retry():
+                return run_ingest(spec, _interval_ds(), run_id=str(ctx["run_id"])).to_dict()
 
         @task(outlets=[a["curated"]])
         def validate(_: dict[str, Any]) -> dict[str, Any]:
             from flywheel.validation import validate_partition
 
             ctx = get_current_context()
-            return validate_partition(spec, _interval_ds(), run_id=str(ctx["run_id"]))
+            with _contract_failures_do_not_retry():
+                summary = validate_partition(spec, _interval_ds(), run_id=str(ctx["run_id"]))
+            print(f"GX Data Docs: {summary.get('data_docs', {}).get('url')}")  # shown in the task log
+            return summary
 
         # Aggregates read the trailing window: wait for the previous day's run.
         @task(depends_on_past=True)
@@ -106,6 +115,20 @@ def data_dag(spec: PipelineSpec) -> DAG:
         features(validate(ingest(source_arrived())))
 
     return pipeline()
+
+
+@contextmanager
+def _contract_failures_do_not_retry() -> Iterator[None]:
+    """A broken contract fails the task at once (a retry reads the same batch); the typed
+    error, naming dataset, partition and rule, is the cause shown in the log."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from flywheel.validation import ContractViolation
+
+    try:
+        yield
+    except ContractViolation as exc:
+        raise AirflowFailException(f"{type(exc).__name__}: {exc} (batch quarantined)") from exc
 
 
 def _training_end(ctx: Any) -> date:

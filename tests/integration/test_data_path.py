@@ -35,6 +35,24 @@ def test_rerun_of_a_date_replaces_its_partition_byte_for_byte(services, loaded, 
     assert len(keys) == 2  # one data object + its manifest, no duplicates
 
 
+def test_rerun_of_every_stage_is_byte_identical(services, loaded, spec):
+    """Validate and features of a date again: same content hashes, one object per partition."""
+    from flywheel.validation import validate_partition
+
+    day = FIRST_DAY + timedelta(days=1)
+    ds = day.isoformat()
+    zones = [("curated", "transactions"), ("quarantine", "transactions"),
+             ("features", "user_stats"), ("features", "merchant_stats")]
+    before = {z: storage.read_manifest(zone=z[0], dataset=z[1], ds=ds, settings=services).content_hash
+              for z in zones}
+    validate_partition(spec, ds, settings=services)
+    features.compute_aggregates(spec, day, settings=services)
+    for zone, dataset in zones:
+        after = storage.read_manifest(zone=zone, dataset=dataset, ds=ds, settings=services)
+        assert after.content_hash == before[(zone, dataset)], (zone, dataset)
+        assert len(storage.list_keys(zone, f"{dataset}/ds={ds}/", settings=services)) == 2
+
+
 def test_missing_source_is_a_typed_error(services, spec):
     with pytest.raises(SourceNotFound, match="ds=2030-01-01"):
         ingest(spec, "2030-01-01", settings=services)
@@ -85,3 +103,25 @@ def test_training_set_is_reproducible_and_consistent_per_entity(services, loaded
     pd.testing.assert_frame_equal(first, second)
     per_key = first.groupby(["merchant_id", "event_timestamp"])["merchant_txn_count_7d"].nunique(dropna=False)
     assert (per_key == 1).all()
+
+
+def test_a_feature_stamped_after_the_label_is_never_joined(services, loaded, spec):
+    """Built to leak: a sentinel aggregate exists only after every label; no training row may see it."""
+    last = FIRST_DAY + timedelta(days=DAYS - 1)
+    after = last + timedelta(days=1)
+    sentinel = 10**6
+    latest = storage.read_partition(zone="features", dataset="user_stats", ds=last.isoformat(), settings=services)
+    storage.write_partition(latest.assign(user_txn_count_7d=sentinel,
+                                          event_timestamp=pd.Timestamp(feature_timestamp(after))),
+                            zone="features", dataset="user_stats", ds=after.isoformat(), settings=services)
+    try:
+        frame, _ = features.training_frame(spec, end=last, settings=services)
+        assert len(frame) > 0 and not (frame["user_txn_count_7d"] == sentinel).any()
+        # The sentinel is reachable: a row timed after it does get it (the test can fail).
+        columns = list(spec.dataset.contract.columns)
+        probe = frame[columns].tail(3).assign(
+            event_timestamp=pd.Timestamp(feature_timestamp(after)) + pd.Timedelta(hours=1))
+        joined = features.historical_features(features.feature_store(services), spec, probe)
+        assert (joined["user_txn_count_7d"] == sentinel).all()
+    finally:
+        storage.delete_partition(zone="features", dataset="user_stats", ds=after.isoformat(), settings=services)

@@ -48,6 +48,7 @@ def test_aggregates_are_stamped_when_the_day_closes(spec):
     agg = user_aggregates(df, DAY)
     assert (agg["event_timestamp"] == pd.Timestamp(feature_timestamp(DAY))).all()
     assert agg["user_txn_count_7d"].sum() == len(df)
+    assert (agg["user_txn_count_1h"] <= agg["user_txn_count_24h"]).all()
 
 
 def test_model_matrix_handles_unknown_entities(spec):
