@@ -128,3 +128,17 @@ def provision(settings: Settings) -> ProvisionReport:
     check_redis(settings)
     check_broker(settings)
     return report
+
+
+def main() -> None:
+    """``python -m flywheel.provision``: the compose/Helm init step (no secrets printed)."""
+    from flywheel.config import get_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    report = provision(get_settings())
+    print(f"databases created: {report.created_databases or '-'}; existing: {report.existing_databases or '-'}; "
+          f"roles created: {report.created_roles or '-'}")
+
+
+if __name__ == "__main__":
+    main()
