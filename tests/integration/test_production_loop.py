@@ -5,7 +5,7 @@ Airflow runs with the CeleryExecutor (broker: Redis DB 3, results in PostgreSQL)
 cluster policy routes ``fraud_training.train`` by configuration. Metadata of Airflow,
 MLflow and the Feast registry live in PostgreSQL databases ``flywheel_prod_test_<id>_*``
 that ``flywheel.provision`` creates (and this test drops); the Feast online store is Redis
-DB 2. The loop, as the README demo runs it but shorter (3 normal days, 1 drifted day):
+DB 2. The loop, as the README demo runs it but shorter (5 normal days, 1 drifted day):
 backfill the data DAG, train (next to the drifted day's data run), serve the champion,
 replay the drifted day, drift check → retrain request → asset-triggered retraining.
 
@@ -37,9 +37,11 @@ from flywheel.profiles import admin_dsn, database_name
 from flywheel.provision import drop_databases
 from tests.ports import ports
 
-pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+# ~7–9 min on the shared 2-core box: e2e only (`pytest -m e2e`), like tests/e2e/test_loop.py.
+pytestmark = pytest.mark.e2e
 
-HISTORY_DAYS, DRIFT_DAYS = 3, 1
+# Five days: fewer and the first XGBoost candidate does not beat the baseline at the gate.
+HISTORY_DAYS, DRIFT_DAYS = 5, 1
 TRAIN_END = START + timedelta(days=HISTORY_DAYS - 1)
 DRIFT_DAY = START + timedelta(days=HISTORY_DAYS + DRIFT_DAYS - 1)
 REDIS_ONLINE, REDIS_BROKER = "redis://127.0.0.1:6379/2", "redis://127.0.0.1:6379/3"
@@ -95,6 +97,7 @@ def production(tmp_path_factory: pytest.TempPathFactory, spec) -> Iterator[tuple
         lap("training DAG + data DAG, drifted day")
         champion = registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings)
         facts["first_champion"] = None if champion is None else str(champion.version)
+        assert champion is not None, f"first model not promoted: {client.task_states(train_dag, first)}"
         settings = stack.up(settings, services=["model-server"])
         facts["replay"] = replay(settings, spec, DRIFT_DAY, batch_size=250)
         wait_for_prediction_logs(settings, spec, DRIFT_DAY)
