@@ -199,6 +199,8 @@ class Settings(BaseSettings):
             "AWS_DEFAULT_REGION": self.s3_region,
             "AWS_REGION": self.s3_region,
             "MLFLOW_S3_ENDPOINT_URL": str(self.s3_endpoint_url),
+            # Feast's S3 registry store (production.feast_registry = "s3") reads this one.
+            "FEAST_S3_ENDPOINT_URL": str(self.s3_endpoint_url),
         }
         if self.s3_access_key and self.s3_secret_key:
             env["AWS_ACCESS_KEY_ID"] = self.s3_access_key.get_secret_value()

@@ -99,3 +99,19 @@ def test_cluster_policy_routes_configured_tasks_to_the_gpu_queue(monkeypatch: py
     assert queues[("fraud_monitoring", "drift_check")] == "gpu"
     assert queues[("fraud_training", "package")] != "gpu"
     assert queues[("fraud_data", "ingest")] != "gpu"
+
+
+def test_feast_registry_in_the_object_store(services: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``production.feast_registry = "s3"``: the registry is an object in the features bucket."""
+    from flywheel import features, storage
+
+    settings = services.model_copy(update={
+        "profile": Profile.PRODUCTION,
+        "production": ProductionServices(feast_registry="s3", redis_url="redis://127.0.0.1:6379/2"),
+    })
+    for key, value in settings.aws_env().items():
+        monkeypatch.setenv(key, value)
+    features.apply(settings)
+    keys = storage.list_keys("features", "feast/", settings=settings)
+    assert "feast/registry.pb" in keys
+    assert {v.name for v in features.feature_store(settings).list_feature_views()} >= {"user_stats", "merchant_stats"}
