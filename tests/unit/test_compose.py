@@ -573,3 +573,39 @@ def test_compose_runs_as_many_cpu_workers_as_the_settings_name(
     replicas = int(services["airflow-worker"]["deploy"]["replicas"])
     assert replicas >= 2
     assert len(compose_settings.production.celery_workers) == replicas
+
+
+def test_grafana_provisions_the_model_server_dashboard(services: dict[str, dict[str, Any]]) -> None:
+    import json
+
+    mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in services["grafana"]["volumes"]}
+    provider_dir = ROOT / mounts["/etc/grafana/provisioning/dashboards"]
+    providers = [p for f in provider_dir.glob("*.yml") for p in yaml.safe_load(f.read_text())["providers"]]
+    dashboards = ROOT / mounts[providers[0]["options"]["path"]]
+    uids = {ds["uid"] for f in GRAFANA_DATASOURCES.glob("*.yml") for ds in yaml.safe_load(f.read_text())["datasources"]}
+    boards = [json.loads(f.read_text()) for f in dashboards.glob("*.json")]
+    assert boards, "no dashboard to provision"
+    exprs = []
+    for board in boards:
+        for panel in board["panels"]:
+            assert panel["datasource"]["uid"] in uids, f"{board['title']}/{panel['title']}: unknown datasource"
+            exprs += [t["expr"] for t in panel["targets"]]
+    # BentoML 1.4 service metrics (namespace bentoml_service) and the scrape job of prometheus.yml
+    assert any("bentoml_service_request_total" in e for e in exprs)
+    assert any("bentoml_service_request_duration_seconds_bucket" in e for e in exprs)
+    jobs = {job["job_name"] for job in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]}
+    assert all(job in jobs for e in exprs for job in re.findall(r'job="([^"]+)"', e))
+
+
+def test_evidently_ui_serves_the_workspace_the_monitoring_dag_writes(
+    services: dict[str, dict[str, Any]], compose_settings
+) -> None:
+    from flywheel.monitoring import workspace_path
+
+    ui = services["evidently-ui"]
+    argv = [*ui["entrypoint"], *ui["command"]]
+    assert argv[:2] == ["evidently", "ui"]
+    assert argv[argv.index("--workspace") + 1] == str(workspace_path(compose_settings))
+    assert ui["image"] == services["airflow-worker"]["image"]  # same evidently version as the DAG's
+    assert "flywheel-home:/var/lib/flywheel" in ui["volumes"]
+    assert "flywheel-home:/var/lib/flywheel" in services["airflow-worker"]["volumes"]
