@@ -27,7 +27,7 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 HELM = ROOT / "infra" / "helm"
 VALUES = HELM / "airflow-values.yaml"
-MANIFESTS = [HELM / "model-server.yaml", HELM / "gpu-worker.yaml"]
+MANIFESTS = [HELM / "model-server.yaml", HELM / "gpu-worker.yaml", HELM / "platform.yaml"]
 SECRETS = HELM / "secrets.example.yaml"
 
 # Top-level keys of the apache-airflow chart's values (chart 1.18) that Flywheel sets.
@@ -109,7 +109,17 @@ HPA = {"type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
                                    "maxReplicas": {"type": "integer", "minimum": 1},
                                    "metrics": {"type": "array", "minItems": 1, "items": {
                                        "type": "object", "required": ["type"]}}}}}}
-SCHEMAS = {"Deployment": DEPLOYMENT, "Service": SERVICE, "HorizontalPodAutoscaler": HPA}
+JOB = {"type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "additionalProperties": False,
+       "properties": {"apiVersion": {"const": "batch/v1"}, "kind": {"const": "Job"}, "metadata": METADATA,
+                      "spec": {"type": "object", "required": ["template"], "additionalProperties": False,
+                               "properties": {"backoffLimit": {"type": "integer", "minimum": 0},
+                                              "template": {**POD_TEMPLATE, "properties": {
+                                                  **POD_TEMPLATE["properties"],
+                                                  "spec": {**POD_SPEC, "required": ["containers", "restartPolicy"],
+                                                           "properties": {**POD_SPEC["properties"],
+                                                                          "restartPolicy": {"enum": [
+                                                                              "OnFailure", "Never"]}}}}}}}}}
+SCHEMAS = {"Deployment": DEPLOYMENT, "Service": SERVICE, "HorizontalPodAutoscaler": HPA, "Job": JOB}
 
 
 def documents(path: Path) -> list[dict[str, Any]]:
@@ -251,3 +261,24 @@ def test_secret_template_holds_placeholders_only() -> None:
                 assert re.fullmatch(r"__[A-Z0-9_]+__", userinfo), f"{key}: literal password"
             if "://" not in value:
                 assert re.fullmatch(r"__[A-Z0-9_]+__", value), f"{key} holds a literal value"
+
+
+def test_provision_job_and_mlflow_match_the_native_profile(objects: list[dict[str, Any]], chart_settings) -> None:
+    from flywheel import stack
+    from flywheel.profiles import database_name
+
+    job = next(o for o in objects if o["kind"] == "Job")
+    assert container(job)["command"] == ["python", "-m", "flywheel.provision"]
+    assert env_of(container(job)["env"])["FLYWHEEL_PROFILE"] == "production"
+    mlflow = container(by_kind(objects, "Deployment")["mlflow"])
+    native = stack.get_service("mlflow").command(chart_settings)
+    env = env_of(mlflow["env"])
+    assert env["MLFLOW_ARTIFACTS_DESTINATION"] == native[native.index("--artifacts-destination") + 1]
+    assert mlflow["command"][:2] == ["mlflow", "server"]
+    secret_ref = next(e["valueFrom"]["secretKeyRef"]["name"] for e in mlflow["env"]
+                      if e["name"] == "MLFLOW_BACKEND_STORE_URI")
+    template = next(d for d in documents(SECRETS) if d["metadata"]["name"] == secret_ref)
+    assert template["stringData"]["connection"].endswith("/" + database_name(chart_settings, "mlflow"))
+    service = by_kind(objects, "Service")["mlflow"]
+    assert f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}" == str(
+        chart_settings.mlflow_tracking_uri)
