@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from flywheel.config import get_settings
+from flywheel.config import Profile, get_settings
 
 app = typer.Typer(
     help=__doc__,
@@ -27,17 +27,26 @@ console = Console()
 @app.command()
 def up(
     model_server: Annotated[bool, typer.Option(help="Also start the model server (needs a built bento)")] = False,
+    profile: Annotated[
+        Profile | None,
+        typer.Option(help="embedded (SQLite, LocalExecutor) or production (PostgreSQL, Redis, Celery "
+                     "workers; services from FLYWHEEL_PRODUCTION__* URLs). Default: FLYWHEEL_PROFILE"),
+    ] = None,
 ) -> None:
-    """Start the embedded stack: SeaweedFS (S3), MLflow, Airflow (+ the model server if a bento exists).
+    """Start the stack: SeaweedFS (S3), MLflow, Airflow (+ the model server if a bento exists).
 
     Idempotent: running services are left alone. Fails with a clear message if a port is taken.
+    The production profile first creates the databases it needs and checks Redis and the broker.
     """
     from flywheel import stack
 
+    settings = get_settings()
+    if profile is not None and profile is not settings.profile:
+        settings = settings.model_copy(update={"profile": profile})
     services = None
     if model_server:
         services = [s.name for s in stack.SERVICES if not s.optional] + ["model-server"]
-    settings = stack.up(get_settings(), services=services, console=console)
+    settings = stack.up(settings, services=services, console=console)
     _print_status(settings)
 
 

@@ -48,6 +48,34 @@ class Ports(BaseModel):
         return Ports(**{name: port + offset for name, port in self.model_dump().items()})
 
 
+class ProductionServices(BaseModel):
+    """Where the production profile finds its shared services, as URLs (see flywheel/profiles.py).
+
+    Credentials may sit inside the URLs (``postgresql://user:pw@host/db``); they are
+    never logged (``flywheel.profiles.redact``). ``postgres_url`` is an administrative
+    connection: ``flywheel up --profile production`` uses it to create the databases
+    ``<database_prefix>_airflow``, ``_mlflow`` and ``_feast`` (and, with ``db_password``,
+    one login role per database) when they do not exist.
+    """
+
+    postgres_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/postgres")
+    database_prefix: str = Field("flywheel", pattern=r"^[a-z][a-z0-9_]{0,40}$")
+    # Roles own the databases when set (recommended off-box); else the admin user owns them.
+    db_password: SecretStr | None = None
+    # Feast online store (Redis) and the Celery broker (redis:// or amqp://, e.g. RabbitMQ).
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    broker_url: SecretStr = SecretStr("redis://127.0.0.1:6379/1")
+    # One Celery worker process per entry, each listening on the comma-separated queues.
+    celery_workers: list[str] = Field(default_factory=lambda: ["default", "default"], min_length=1, max_length=4)
+    worker_concurrency: int = Field(2, ge=1, le=64)
+    default_queue: str = "default"
+    # Tasks that need a GPU ("<dag_id>.<task_id>", fnmatch patterns) go to this queue.
+    gpu_queue: str = "gpu"
+    gpu_tasks: list[str] = Field(default_factory=list)
+    # Feast registry: "sql" (a PostgreSQL database) or "s3" (an object in the features bucket).
+    feast_registry: Literal["sql", "s3"] = "sql"
+
+
 class Settings(BaseSettings):
     """Everything a component needs to find the others."""
 
@@ -65,6 +93,8 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     s3_access_key: SecretStr | None = None
     s3_secret_key: SecretStr | None = None
+    # "path" for SeaweedFS/MinIO; "virtual" (or "auto") for AWS S3 virtual-hosted buckets.
+    s3_addressing_style: Literal["auto", "virtual", "path"] = "path"
     bucket_prefix: str = "flywheel"
 
     # Services
@@ -74,6 +104,9 @@ class Settings(BaseSettings):
     airflow_password: SecretStr | None = None
     model_server_url: str | None = None
     api_key: SecretStr | None = None
+
+    # Production profile: PostgreSQL, Redis, Celery (ignored by the embedded profile).
+    production: ProductionServices = Field(default_factory=ProductionServices)
 
     # Feast
     online_store: dict[str, Any] | None = None
@@ -155,8 +188,18 @@ class Settings(BaseSettings):
         if self.online_store is not None:
             return self.online_store
         if self.profile is Profile.PRODUCTION:
-            return {"type": "redis", "connection_string": "127.0.0.1:6379"}
+            from flywheel.profiles import feast_redis_connection_string
+
+            return {"type": "redis", "connection_string": feast_redis_connection_string(self)}
         return {"type": "sqlite", "path": str(self.feast_dir / "online.db")}
+
+    def feast_registry_config(self) -> dict[str, Any]:
+        """Feast registry: a local file (embedded), PostgreSQL or an S3 object (production)."""
+        if self.profile is Profile.PRODUCTION:
+            from flywheel.profiles import feast_registry_config
+
+            return feast_registry_config(self)
+        return {"registry_type": "file", "path": str(self.feast_dir / "registry.db"), "cache_ttl_seconds": 30}
 
     def aws_env(self) -> dict[str, str]:
         """Environment variables that boto3, s3fs and pyarrow read for S3 access."""
@@ -165,6 +208,8 @@ class Settings(BaseSettings):
             "AWS_DEFAULT_REGION": self.s3_region,
             "AWS_REGION": self.s3_region,
             "MLFLOW_S3_ENDPOINT_URL": str(self.s3_endpoint_url),
+            # Feast's S3 registry store (production.feast_registry = "s3") reads this one.
+            "FEAST_S3_ENDPOINT_URL": str(self.s3_endpoint_url),
         }
         if self.s3_access_key and self.s3_secret_key:
             env["AWS_ACCESS_KEY_ID"] = self.s3_access_key.get_secret_value()
@@ -184,6 +229,7 @@ class Settings(BaseSettings):
             "FLYWHEEL_HOST": self.host,
             "FLYWHEEL_S3_ENDPOINT_URL": str(self.s3_endpoint_url),
             "FLYWHEEL_S3_REGION": self.s3_region,
+            "FLYWHEEL_S3_ADDRESSING_STYLE": self.s3_addressing_style,
             "FLYWHEEL_BUCKET_PREFIX": self.bucket_prefix,
             "FLYWHEEL_MLFLOW_TRACKING_URI": str(self.mlflow_tracking_uri),
             "FLYWHEEL_AIRFLOW_URL": str(self.airflow_url),
@@ -204,6 +250,10 @@ class Settings(BaseSettings):
             env["FLYWHEEL_ONLINE_STORE"] = json.dumps(self.online_store)
         if self.feast_project != "flywheel":
             env["FLYWHEEL_FEAST_PROJECT"] = self.feast_project
+        if self.profile is Profile.PRODUCTION:
+            from flywheel.profiles import production_env
+
+            env |= production_env(self)
         return env
 
 

@@ -41,8 +41,7 @@ def repo_config(settings: Settings) -> RepoConfig:
     return RepoConfig(
         project=settings.feast_project,
         provider="local",
-        registry={"registry_type": "file", "path": str(settings.feast_dir / "registry.db"),
-                  "cache_ttl_seconds": 30},
+        registry=settings.feast_registry_config(),
         offline_store={"type": "file"},
         online_store=settings.online_store_config(),
         entity_key_serialization_version=3,
@@ -56,7 +55,7 @@ def render_feature_store_yaml(settings: Settings | None = None) -> str:
     content = {
         "project": settings.feast_project,
         "provider": "local",
-        "registry": {"registry_type": "file", "path": str(settings.feast_dir / "registry.db")},
+        "registry": settings.feast_registry_config(),
         "offline_store": {"type": "file"},
         "online_store": settings.online_store_config(),
         "entity_key_serialization_version": 3,

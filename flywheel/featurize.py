@@ -90,7 +90,10 @@ def _run(sql: str, ds: date, frame: pd.DataFrame | None = None) -> pd.DataFrame:
 
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
-        con.execute("SET threads = 2")
+        # One thread: parallel float aggregates (avg, stddev) combine partial states in
+        # completion order, so a rerun could differ in the last bit and break byte-identical
+        # partitions. A day's windows are small; the scan stays streamed.
+        con.execute("SET threads = 1")
         if frame is not None:
             con.register("window_frame", frame)
         out = con.execute(sql, {"stamp": feature_timestamp(ds)}).df()

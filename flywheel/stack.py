@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import psutil
 
-from flywheel.config import PROJECT_ROOT, SECRETS_FILE, Settings, mask, read_secrets
+from flywheel.config import PROJECT_ROOT, SECRETS_FILE, Profile, Settings, mask, read_secrets
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -42,6 +42,7 @@ AIRFLOW_COMPONENTS = ("airflow-api-server", "airflow-scheduler", "airflow-dag-pr
 GRPC_PORT_OFFSET = 10_000  # SeaweedFS binds <port> + 10000 for gRPC
 LOG_TAIL_LINES = 30
 STOP_TIMEOUT_S = 15.0
+MAX_CELERY_WORKERS = 4  # service slots airflow-worker-1..4 (Settings.production.celery_workers)
 
 
 class StackError(RuntimeError):
@@ -86,6 +87,8 @@ class Service:
     on_healthy: Callable[[Settings], None] | None = None
     start_timeout_s: float = 120.0
     optional: bool = False  # started by ``up`` only when asked for (or, model-server, when a bento exists)
+    # Whether the service belongs to the stack of these settings (profile, worker count).
+    enabled: Callable[[Settings], bool] = lambda _: True
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,10 @@ def airflow_env(settings: Settings) -> dict[str, str]:
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         }
     )
+    if settings.profile is Profile.PRODUCTION:
+        from flywheel.profiles import airflow_production_env
+
+        env.update(airflow_production_env(settings))
     return env
 
 
@@ -312,11 +319,19 @@ def _ensure_buckets(settings: Settings) -> None:
     ensure_buckets(settings)
 
 
+def mlflow_backend_store_uri(settings: Settings) -> str:
+    """SQLite under the home (embedded) or the ``<prefix>_mlflow`` PostgreSQL database."""
+    if settings.profile is Profile.PRODUCTION:
+        from flywheel.profiles import mlflow_backend_store_uri as production_uri
+
+        return production_uri(settings)
+    return f"sqlite:///{settings.home / 'mlflow' / 'mlflow.db'}"
+
+
 def _mlflow_command(settings: Settings) -> list[str]:
-    db = settings.home / "mlflow" / "mlflow.db"
     return [
         _bin("mlflow"), "server",
-        "--backend-store-uri", f"sqlite:///{db}",
+        "--backend-store-uri", mlflow_backend_store_uri(settings),
         "--artifacts-destination", f"s3://{settings.bucket('mlflow')}/",
         "--serve-artifacts",
         "--host", settings.host, "--port", str(settings.ports.mlflow),
@@ -335,6 +350,10 @@ def _mlflow_env(settings: Settings) -> dict[str, str]:
 
 def _prepare_mlflow(settings: Settings) -> None:
     (settings.home / "mlflow").mkdir(parents=True, exist_ok=True)
+    if settings.profile is Profile.PRODUCTION:
+        from flywheel.provision import ensure_databases
+
+        ensure_databases(settings)
 
 
 def _http_ok(url: str) -> bool:
@@ -356,6 +375,8 @@ def _airflow_command(*args: str) -> Callable[[Settings], list[str]]:
 def _prepare_airflow(settings: Settings) -> None:
     """Write the admin password file and migrate the metadata database (idempotent)."""
     settings.airflow_home.mkdir(parents=True, exist_ok=True)
+    if settings.profile is Profile.PRODUCTION:
+        _prepare_production_airflow(settings)
     password = _secret(settings, "airflow_password")
     _write_private(_airflow_passwords_file(settings), json.dumps({settings.airflow_user: password}))
     log_path = settings.log_dir / "airflow-db-migrate.log"
@@ -369,6 +390,71 @@ def _prepare_airflow(settings: Settings) -> None:
         raise ServiceStartError(
             "airflow-api-server", f"`airflow db migrate` failed ({done.returncode})", log_path
         )
+
+
+def _prepare_production_airflow(settings: Settings) -> None:
+    """Databases, broker and online store checked; the cluster policy (GPU queue) installed."""
+    from flywheel.provision import provision
+
+    provision(settings)
+    config = settings.airflow_home / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(PROJECT_ROOT / "infra" / "airflow" / "airflow_local_settings.py",
+                    config / "airflow_local_settings.py")
+
+
+def _production(settings: Settings) -> bool:
+    return settings.profile is Profile.PRODUCTION
+
+
+def _worker_command(index: int) -> Callable[[Settings], list[str]]:
+    def build(settings: Settings) -> list[str]:
+        from flywheel.profiles import worker_queues
+
+        return [
+            _bin("airflow"), "celery", "worker",
+            "--celery-hostname", _worker_hostname(index),
+            "--queues", ",".join(worker_queues(settings, index)),
+            "--concurrency", str(settings.production.worker_concurrency),
+            # Task logs are files under AIRFLOW_HOME/logs, read by the api-server directly;
+            # one log server per worker would need one port each.
+            "--skip-serve-logs",
+        ]  # fmt: skip
+
+    return build
+
+
+def _worker_hostname(index: int) -> str:
+    from flywheel.profiles import worker_name
+
+    return f"{worker_name(index)}@{socket.gethostname()}"
+
+
+def celery_ping(settings: Settings, hostname: str, timeout: float = 2.0) -> bool:
+    """Whether the Celery worker ``hostname`` answers a control ping through the broker."""
+    from celery import Celery
+
+    from flywheel.profiles import broker_url
+
+    app = Celery("flywheel-ping", broker=broker_url(settings), set_as_current=False)
+    try:
+        replies = app.control.ping(destination=[hostname], timeout=timeout)
+    except Exception:  # an unreachable broker is "not healthy", not a crash of the check
+        return False
+    finally:
+        app.close()
+    return any(hostname in reply for reply in replies)
+
+
+def _worker_service(index: int) -> Service:
+    return Service(
+        name=f"airflow-worker-{index + 1}",
+        command=_worker_command(index),
+        env=airflow_env,
+        health=lambda s: celery_ping(s, _worker_hostname(index)),
+        requires=("airflow-api-server",),
+        enabled=lambda s: _production(s) and index < len(s.production.celery_workers),
+    )
 
 
 def airflow_health(settings: Settings) -> dict[str, Any] | None:
@@ -495,6 +581,8 @@ SERVICES: tuple[Service, ...] = (
         requires=("mlflow",),
         optional=True,
     ),
+    # Production profile: one Celery worker per ``production.celery_workers`` entry.
+    *(_worker_service(index) for index in range(MAX_CELERY_WORKERS)),
 )
 SERVICE_NAMES = tuple(service.name for service in SERVICES)
 GROUPS = {"airflow": AIRFLOW_COMPONENTS}
@@ -675,7 +763,7 @@ def up(
     if bento:
         _bento_file(settings).write_text(bento + "\n")
     names = list(services) if services is not None else _default_services(bento)
-    plan = _with_requirements(names)
+    plan = [service for service in _with_requirements(names) if service.enabled(settings)]
     running = {s.name: _running_pid(settings, s.name) for s in plan}
     stale = [name for name, pid in running.items() if pid is None]
     down(settings, services=stale, console=console)  # pid files and orphaned children
@@ -798,8 +886,8 @@ def _wait_groups(pgids: list[int], timeout: float) -> list[int]:
 
 
 def status(settings: Settings) -> list[ServiceStatus]:
-    """Pid, port, URL, health and log of every service of the stack."""
-    return [_status_of(settings, service) for service in SERVICES]
+    """Pid, port, URL, health and log of every service of the stack (of this profile)."""
+    return [_status_of(settings, service) for service in SERVICES if service.enabled(settings)]
 
 
 def _status_of(settings: Settings, service: Service) -> ServiceStatus:

@@ -477,3 +477,135 @@ def test_prometheus_scrapes_the_model_server_and_grafana_reads_prometheus() -> N
         ds for f in GRAFANA_DATASOURCES.glob("*.yml") for ds in yaml.safe_load(f.read_text())["datasources"]
     ]
     assert any(ds["type"] == "prometheus" and ds["url"] == "http://prometheus:9090" for ds in datasources)
+
+
+# ---------------------------------------------------------------------------
+# compose == native production profile (flywheel.profiles, flywheel.stack)
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def compose_settings(services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch):
+    """The Settings a Flywheel process inside the compose stack builds from its environment."""
+    from flywheel.config import Settings
+
+    for key in list(__import__("os").environ):
+        if key.startswith("FLYWHEEL_"):
+            monkeypatch.delenv(key)
+    for key, value in environment_of(services["airflow-worker"]).items():
+        if key.startswith("FLYWHEEL_"):
+            monkeypatch.setenv(key, value)
+    return Settings()
+
+
+def test_compose_airflow_env_is_what_the_native_profile_sets(
+    services: dict[str, dict[str, Any]], compose_settings
+) -> None:
+    """Executor, metadata DB, broker, result backend, queues: the same values as
+    ``flywheel up --profile production`` derives, for every Airflow container."""
+    from flywheel.config import Profile
+    from flywheel.profiles import airflow_production_env, production_env
+
+    assert compose_settings.profile is Profile.PRODUCTION
+    expected = airflow_production_env(compose_settings) | production_env(compose_settings)
+    expected.pop("FLYWHEEL_PRODUCTION__POSTGRES_URL")  # airflow-init alone holds the admin URL
+    for name in [*AIRFLOW_COMMANDS, "airflow-init", "airflow-worker-gpu"]:
+        env = environment_of(services[name])
+        drift = {key: (env.get(key), value) for key, value in expected.items() if env.get(key) != value}
+        assert not drift, f"{name} differs from flywheel.profiles: {drift}"
+    init_url = environment_of(services["airflow-init"])["FLYWHEEL_PRODUCTION__POSTGRES_URL"]
+    assert init_url.startswith("postgresql://postgres:") and init_url.endswith("@postgres:5432/postgres")
+
+
+def test_compose_mlflow_runs_the_native_backend_and_artifact_store(
+    services: dict[str, dict[str, Any]], compose_settings
+) -> None:
+    from flywheel import stack
+
+    env = environment_of(services["mlflow"])
+    assert env["MLFLOW_BACKEND_STORE_URI"] == stack.mlflow_backend_store_uri(compose_settings)
+    native = stack.get_service("mlflow").command(compose_settings)
+    assert native[native.index("--artifacts-destination") + 1] == env["MLFLOW_ARTIFACTS_DESTINATION"]
+    assert services["mlflow"]["command"][:2] == ["mlflow", "server"] and Path(native[0]).name == "mlflow"
+
+
+def test_compose_commands_are_the_native_commands(
+    services: dict[str, dict[str, Any]], compose_settings
+) -> None:
+    """Each Airflow container runs the subcommand the native stack runs (the image's
+    entrypoint is `airflow`); workers listen on the queues the settings name."""
+    from flywheel import stack
+
+    for name, subcommand in AIRFLOW_COMMANDS.items():
+        native_name = "airflow-worker-1" if name == "airflow-worker" else name
+        native = stack.get_service(native_name).command(compose_settings)
+        assert Path(native[0]).name == "airflow" and native[1] == subcommand
+        assert services[name]["command"][0] == subcommand
+    native_worker = stack.get_service("airflow-worker-1").command(compose_settings)
+    assert native_worker[1:3] == services["airflow-worker"]["command"][:2] == ["celery", "worker"]
+
+    def queues(argv: list[str]) -> str:
+        return argv[argv.index("--queues") + 1]
+
+    assert queues(services["airflow-worker"]["command"]) == compose_settings.production.default_queue
+    assert queues(native_worker) == compose_settings.production.default_queue
+    assert queues(services["airflow-worker-gpu"]["command"]) == compose_settings.production.gpu_queue
+
+
+def test_airflow_image_installs_the_cluster_policy_the_native_stack_installs() -> None:
+    dockerfile = (ROOT / "infra" / "Dockerfile.airflow").read_text()
+    assert re.search(
+        r"^COPY .*infra/airflow/airflow_local_settings\.py /opt/airflow/config/airflow_local_settings\.py$",
+        dockerfile, flags=re.M,
+    )
+    assert "flywheel.airflow.policy" in (ROOT / "infra" / "airflow" / "airflow_local_settings.py").read_text()
+
+
+def test_airflow_init_provisions_with_the_native_code(services: dict[str, dict[str, Any]]) -> None:
+    script = services["airflow-init"]["command"][-1]
+    assert script.index("python -m flywheel.provision") < script.index("airflow db migrate")
+    assert services["mlflow"]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+
+
+def test_compose_runs_as_many_cpu_workers_as_the_settings_name(
+    services: dict[str, dict[str, Any]], compose_settings
+) -> None:
+    replicas = int(services["airflow-worker"]["deploy"]["replicas"])
+    assert replicas >= 2
+    assert len(compose_settings.production.celery_workers) == replicas
+
+
+def test_grafana_provisions_the_model_server_dashboard(services: dict[str, dict[str, Any]]) -> None:
+    import json
+
+    mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in services["grafana"]["volumes"]}
+    provider_dir = ROOT / mounts["/etc/grafana/provisioning/dashboards"]
+    providers = [p for f in provider_dir.glob("*.yml") for p in yaml.safe_load(f.read_text())["providers"]]
+    dashboards = ROOT / mounts[providers[0]["options"]["path"]]
+    uids = {ds["uid"] for f in GRAFANA_DATASOURCES.glob("*.yml") for ds in yaml.safe_load(f.read_text())["datasources"]}
+    boards = [json.loads(f.read_text()) for f in dashboards.glob("*.json")]
+    assert boards, "no dashboard to provision"
+    exprs = []
+    for board in boards:
+        for panel in board["panels"]:
+            assert panel["datasource"]["uid"] in uids, f"{board['title']}/{panel['title']}: unknown datasource"
+            exprs += [t["expr"] for t in panel["targets"]]
+    # BentoML 1.4 service metrics (namespace bentoml_service) and the scrape job of prometheus.yml
+    assert any("bentoml_service_request_total" in e for e in exprs)
+    assert any("bentoml_service_request_duration_seconds_bucket" in e for e in exprs)
+    jobs = {job["job_name"] for job in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]}
+    assert all(job in jobs for e in exprs for job in re.findall(r'job="([^"]+)"', e))
+
+
+def test_evidently_ui_serves_the_workspace_the_monitoring_dag_writes(
+    services: dict[str, dict[str, Any]], compose_settings
+) -> None:
+    from flywheel.monitoring import workspace_path
+
+    ui = services["evidently-ui"]
+    argv = [*ui["entrypoint"], *ui["command"]]
+    assert argv[:2] == ["evidently", "ui"]
+    assert argv[argv.index("--workspace") + 1] == str(workspace_path(compose_settings))
+    assert ui["image"] == services["airflow-worker"]["image"]  # same evidently version as the DAG's
+    assert "flywheel-home:/var/lib/flywheel" in ui["volumes"]
+    assert "flywheel-home:/var/lib/flywheel" in services["airflow-worker"]["volumes"]
