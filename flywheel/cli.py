@@ -232,13 +232,17 @@ def replay(
     ds: Annotated[str, typer.Option("--ds", help="Data interval date, YYYY-MM-DD")],
     features: Annotated[bool, typer.Option(help="Also recompute and materialize the day's features")] = True,
 ) -> None:
-    """Re-process a quarantined batch after its contract or data was fixed (ingest → validate → features)."""
-    from flywheel.contracts import replay as run_replay
-    from flywheel.spec import load_spec
+    """Re-process a quarantined batch after its contract or data was fixed (ingest → validate → features).
 
-    spec = load_spec()
-    if spec.dataset.name != dataset:
-        raise typer.BadParameter(f"the spec's dataset is {spec.dataset.name!r}, not {dataset!r}")
+    DATASET is any dataset of a spec under models/ (a use case or a `kind: dataset` spec).
+    """
+    from flywheel.contracts import replay as run_replay
+    from flywheel.spec import SpecError, find_dataset_spec
+
+    try:
+        spec = find_dataset_spec(dataset)
+    except SpecError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     date.fromisoformat(ds)
     console.print(run_replay(spec, ds, run_id=f"replay__{ds}", features=features))
 
@@ -250,16 +254,25 @@ def init_dataset(
     source: Annotated[str, typer.Option(help="Source template, e.g. s3://bucket/orders/ds={ds}/")],
     timestamp: Annotated[str | None, typer.Option(help="Event-time column (default: first datetime)")] = None,
     key: Annotated[str | None, typer.Option(help="Unique key column (default: first unique column)")] = None,
-    out: Annotated[str | None, typer.Option(help="Write the YAML here (default: print it)")] = None,
+    owner: Annotated[str, typer.Option(help="Owning team (DAG owner)")] = "data-engineering",
+    out: Annotated[str | None, typer.Option(help="Write the YAML here, e.g. models/orders.yaml "
+                                                  "(default: print it)")] = None,
 ) -> None:
-    """Draft a dataset spec with its contract from a sample file (review it, then add it under models/)."""
+    """Draft a complete dataset spec (`kind: dataset`) with its contract from a sample file.
+
+    Review the contract, save it under models/ and the `<name>_data` DAG (ingest → validate,
+    quarantine, replay) appears in Airflow: no Python. Example:
+
+        flywheel init-dataset orders.csv --name orders --source "s3://landing/orders/ds={ds}/" --out models/orders.yaml
+    """
     from pathlib import Path
 
     import yaml
 
     from flywheel.contracts import draft_spec
 
-    drafted = {"dataset": draft_spec(Path(sample), name=name, source=source, timestamp=timestamp, key=key)}
+    drafted = {"kind": "dataset", "name": name, "owner": owner,
+               "dataset": draft_spec(Path(sample), name=name, source=source, timestamp=timestamp, key=key)}
     text = "# Drafted by `flywheel init-dataset` from " + Path(sample).name + ": review the contract.\n"
     text += yaml.safe_dump(drafted, sort_keys=False)
     if out:

@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from flywheel.config import Settings, get_settings
-from flywheel.spec import PipelineSpec
+from flywheel.spec import DataSpec, PipelineSpec
 
 log = logging.getLogger(__name__)
 ALLOWED_SET_MAX = 20  # a text column with at most this many distinct values gets an allowed set
@@ -26,7 +26,7 @@ SAMPLE_ROWS = 100_000
 
 
 def replay(
-    spec: PipelineSpec, ds: str, *, run_id: str = "replay", settings: Settings | None = None,
+    spec: DataSpec, ds: str, *, run_id: str = "replay", settings: Settings | None = None,
     features: bool = True,
 ) -> dict[str, Any]:
     """Process the interval ``ds`` again; raises ContractViolation if it still breaks the contract."""
@@ -43,7 +43,7 @@ def replay(
         storage.read_manifest(zone="raw", dataset=spec.dataset.name, ds=ds, settings=settings)
         out["ingest"] = {"reused_raw": True}
     out["validate"] = validate_partition(spec, ds, run_id=run_id, settings=settings)
-    if features:
+    if features and isinstance(spec, PipelineSpec):  # a dataset-only spec has no features
         from flywheel import features as feats
 
         day = date.fromisoformat(ds)

@@ -22,7 +22,7 @@ import pyarrow as pa
 from flywheel import sources, storage
 from flywheel.config import Settings, get_settings
 from flywheel.sources import SourceNotFound, SourceObject
-from flywheel.spec import PipelineSpec
+from flywheel.spec import DataSpec
 from flywheel.validation import ContractViolation
 
 __all__ = ["IngestResult", "SourceNotFound", "ingest", "source_files", "source_objects"]
@@ -42,7 +42,7 @@ class IngestResult:
         return dict(self.__dict__)
 
 
-def source_objects(spec: PipelineSpec, ds: str, settings: Settings) -> list[SourceObject]:
+def source_objects(spec: DataSpec, ds: str, settings: Settings) -> list[SourceObject]:
     """The input objects of the partition of ``ds`` (empty while it has not arrived)."""
     where = sources.location(spec, ds, settings)
     if where.startswith("generator://"):
@@ -52,13 +52,13 @@ def source_objects(spec: PipelineSpec, ds: str, settings: Settings) -> list[Sour
     return sources.list_objects(spec.dataset, where, settings)
 
 
-def source_files(spec: PipelineSpec, ds: str, settings: Settings) -> list[str]:
+def source_files(spec: DataSpec, ds: str, settings: Settings) -> list[str]:
     """URIs of the source partition of ``ds`` (what the arrival sensor waits for)."""
     return [obj.uri for obj in source_objects(spec, ds, settings)]
 
 
 def _batches(
-    spec: PipelineSpec, ds: str, obj: SourceObject, tmp: Path, settings: Settings
+    spec: DataSpec, ds: str, obj: SourceObject, tmp: Path, settings: Settings
 ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     if obj.uri.startswith("generator://"):
         from flywheel.datagen import generate_day
@@ -70,7 +70,7 @@ def _batches(
 
 
 def _unified(
-    spec: PipelineSpec, ds: str, opened: list[tuple[SourceObject, pa.Schema, Iterator[pa.RecordBatch]]]
+    spec: DataSpec, ds: str, opened: list[tuple[SourceObject, pa.Schema, Iterator[pa.RecordBatch]]]
 ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     """One stream over every file; files of one partition must share a schema."""
     schema = opened[0][1]
@@ -86,7 +86,7 @@ def _unified(
     return schema, stream()
 
 
-def ingest(spec: PipelineSpec, ds: str, *, run_id: str = "", settings: Settings | None = None) -> IngestResult:
+def ingest(spec: DataSpec, ds: str, *, run_id: str = "", settings: Settings | None = None) -> IngestResult:
     """Replace the raw partition of ``ds`` with the source's rows (idempotent, bounded memory).
 
     Raises :class:`SourceNotFound` when nothing has arrived, and
@@ -124,7 +124,7 @@ def ingest(spec: PipelineSpec, ds: str, *, run_id: str = "", settings: Settings 
 
 
 def quarantine_files(
-    spec: PipelineSpec, ds: str, objects: list[SourceObject], exc: ContractViolation, *,
+    spec: DataSpec, ds: str, objects: list[SourceObject], exc: ContractViolation, *,
     run_id: str, settings: Settings,
 ) -> None:
     """Unreadable input: copy the files as they are to quarantine and withdraw raw and curated."""

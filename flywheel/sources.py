@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from flywheel.config import Settings
-from flywheel.spec import DatasetSpec, PipelineSpec
+from flywheel.spec import DatasetSpec, DataSpec
 from flywheel.validation import ContractViolation
 
 SUFFIXES = {"parquet": (".parquet",), "csv": (".csv",), "jsonl": (".jsonl", ".json", ".ndjson")}
@@ -53,7 +53,7 @@ class SourceObject:
         return {"uri": self.uri, "size": self.size, "version": self.version}
 
 
-def location(spec: PipelineSpec, ds: str, settings: Settings) -> str:
+def location(spec: DataSpec, ds: str, settings: Settings) -> str:
     return spec.source_for(ds, settings)
 
 

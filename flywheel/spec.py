@@ -200,26 +200,35 @@ class GeneratorSpec(_Strict):
     bad_record_rate: float = 0.004
 
 
-class PipelineSpec(_Strict):
+class DataSpec(_Strict):
+    """A dataset on its own (``kind: dataset`` in its YAML): a daily data DAG that ingests
+    and validates it (contract, quarantine, replay), with no features or model. Onboarding a
+    dataset is writing this file (``flywheel init-dataset`` drafts it from a sample)."""
+
     name: str
-    model_name: str
     owner: str
     dataset: DatasetSpec
+    generator: GeneratorSpec = Field(default_factory=GeneratorSpec)
+
+    def source_for(self, ds: str, settings: Settings) -> str:
+        """The source location of one daily partition."""
+        return self.dataset.source.format(home=settings.home, ds=ds)
+
+
+class PipelineSpec(DataSpec):
+    """A use case: its dataset plus label, features, training and monitoring."""
+
+    model_name: str
     label: str
     features: FeatureSpec
     training: TrainingSpec
     monitoring: MonitoringSpec
-    generator: GeneratorSpec = Field(default_factory=GeneratorSpec)
 
     @model_validator(mode="after")
     def _label_in_contract(self) -> PipelineSpec:
         if self.label not in self.dataset.contract.columns:
             raise ValueError(f"label {self.label!r} is not in the dataset contract")
         return self
-
-    def source_for(self, ds: str, settings: Settings) -> str:
-        """The source location of one daily partition."""
-        return self.dataset.source.format(home=settings.home, ds=ds)
 
 
 def load_spec(name: str | None = None, *, settings: Settings | None = None) -> PipelineSpec:
@@ -229,12 +238,36 @@ def load_spec(name: str | None = None, *, settings: Settings | None = None) -> P
     return load_spec_file(path)
 
 
+def find_dataset_spec(dataset: str, *, settings: Settings | None = None) -> DataSpec:
+    """The spec under ``specs_dir`` whose dataset is named ``dataset``."""
+    settings = settings or get_settings()
+    specs = [load_any_spec_file(p) for p in sorted(Path(settings.specs_dir).glob("*.yaml"))]
+    for spec in specs:
+        if spec.dataset.name == dataset:
+            return spec
+    known = ", ".join(sorted(s.dataset.name for s in specs)) or "none"
+    raise SpecError(f"no spec in {settings.specs_dir} has dataset {dataset!r} (known: {known})")
+
+
 def load_spec_file(path: Path) -> PipelineSpec:
+    """A use-case spec; a dataset-only spec here is a :class:`SpecError`."""
+    spec = load_any_spec_file(path)
+    if not isinstance(spec, PipelineSpec):
+        raise SpecError(f"{path} is a dataset spec (kind: dataset), not a use case with a model")
+    return spec
+
+
+def load_any_spec_file(path: Path) -> DataSpec:
+    """A use-case spec, or a dataset-only spec when the file says ``kind: dataset``."""
     if not path.is_file():
         raise SpecError(f"pipeline spec {path} does not exist")
     try:
         raw = yaml.safe_load(path.read_text())
-        return PipelineSpec.model_validate(raw)
+        if isinstance(raw, dict) and raw.get("kind", "pipeline") == "dataset":
+            return DataSpec.model_validate({k: v for k, v in raw.items() if k != "kind"})
+        if isinstance(raw, dict) and raw.get("kind", "pipeline") != "pipeline":
+            raise SpecError(f"invalid pipeline spec {path}: kind: {raw['kind']!r} is not 'pipeline' or 'dataset'")
+        return PipelineSpec.model_validate({k: v for k, v in (raw or {}).items() if k != "kind"})
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"

@@ -23,12 +23,12 @@ from airflow.sdk import (
     task,
 )
 
-from flywheel.spec import PipelineSpec
+from flywheel.spec import DataSpec, PipelineSpec
 
 START = datetime(2026, 1, 1)  # earliest data date; history is loaded with backfills
 
 
-def assets(spec: PipelineSpec) -> dict[str, Asset]:
+def assets(spec: DataSpec) -> dict[str, Asset]:
     """The hand-offs between the DAGs of a use case."""
     return {
         "curated": Asset(name=f"{spec.name}.curated", uri=f"s3://flywheel-curated/{spec.dataset.name}/"),
@@ -37,7 +37,7 @@ def assets(spec: PipelineSpec) -> dict[str, Asset]:
     }
 
 
-def _dag_args(spec: PipelineSpec, kind: str, **overrides: Any) -> dict[str, Any]:
+def _dag_args(spec: DataSpec, kind: str, **overrides: Any) -> dict[str, Any]:
     """What every Flywheel DAG shares: id, owner, retries, tags, start, no catchup."""
     return {
         "dag_id": f"{spec.name}_{kind}",
@@ -58,13 +58,14 @@ def _interval_ds() -> str:
     return str(start.date().isoformat())
 
 
-def data_dag(spec: PipelineSpec) -> DAG:
-    """Daily: ingest → validate (quarantine) → features (aggregate + materialize)."""
+def data_dag(spec: DataSpec) -> DAG:
+    """Daily: ingest → validate (quarantine) → features (aggregate + materialize; use cases only)."""
     a = assets(spec)
 
     @dag(**_dag_args(
         spec, "data",
-        description=f"Ingest, validate and featurize {spec.dataset.name} daily",
+        description=f"Ingest, validate{' and featurize' if isinstance(spec, PipelineSpec) else ''} "
+                    f"{spec.dataset.name} daily",
         schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
         max_active_runs=4,
         # Every task is keyed on its data interval, so catchup and backfills are safe;
@@ -112,7 +113,9 @@ def data_dag(spec: PipelineSpec) -> DAG:
             result["materialized"] = feats.materialize(ds)
             return result
 
-        features(validate(ingest(source_arrived())))
+        validated = validate(ingest(source_arrived()))
+        if isinstance(spec, PipelineSpec):
+            features(validated)
 
     return pipeline()
 
@@ -304,6 +307,10 @@ def monitoring_dag(spec: PipelineSpec) -> DAG:
     return pipeline()
 
 
-def build_all(spec: PipelineSpec) -> dict[str, DAG]:
+def build_all(spec: DataSpec) -> dict[str, DAG]:
+    """The DAGs of a spec: a dataset spec gets its data DAG, a use case all four."""
+    if not isinstance(spec, PipelineSpec):
+        data = data_dag(spec)
+        return {data.dag_id: data}
     dags = [data_dag(spec), training_dag(spec), monitoring_dag(spec), registry_dag(spec)]
     return {d.dag_id: d for d in dags}
