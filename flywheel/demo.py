@@ -241,17 +241,24 @@ def run(settings: Settings, console: Console, plan: DemoPlan | None = None) -> D
 
 
 def family_table(settings: Settings, spec: PipelineSpec, run_id: str) -> Table:
-    """Each candidate family's best model on the holdout, and what its search cost."""
+    """Each candidate family's best model on the holdout (and the baseline), and its cost."""
     metrics = registry.client(settings).get_run(run_id).data.metrics
-    columns = ("holdout_pr_auc", "holdout_roc_auc", "holdout_recall_at_p50", "holdout_expected_cost",
-               "trials", "train_seconds", "search_seconds")
-    table = Table(title="candidate families (training run of the champion)")
+    columns = {"PR-AUC": "pr_auc", "ROC-AUC": "roc_auc", "recall@p50": "recall_at_p50",
+               "exp. cost": "expected_cost", "trials": "trials", "fit s": "train_seconds",
+               "search s": "search_seconds"}
+    table = Table(title="candidate families on the holdout (selected by validation score)")
     table.add_column("family")
-    for column in columns:
-        table.add_column(column, justify="right")
-    for family in [*spec.training.candidates, "baseline"]:
-        table.add_row(family, *(f"{metrics[f'{family}_{c}']:.4g}" if f"{family}_{c}" in metrics else "-"
-                                for c in columns))
+    for title in columns:
+        table.add_column(title, justify="right")
+
+    def cell(key: str) -> str:
+        return f"{metrics[key]:.4g}" if key in metrics else "-"
+
+    holdout = {"pr_auc", "roc_auc", "recall_at_p50", "expected_cost"}
+    for family in spec.training.candidates:
+        keys = [f"{family}_holdout_{k}" if k in holdout else f"{family}_{k}" for k in columns.values()]
+        table.add_row(family, *(cell(k) for k in keys))
+    table.add_row(f"baseline ({spec.training.baseline})", *(cell(f"baseline_{k}") for k in columns.values()))
     return table
 
 
