@@ -243,7 +243,8 @@ def run(settings: Settings, console: Console, plan: DemoPlan | None = None) -> D
 def family_table(settings: Settings, spec: PipelineSpec, run_id: str) -> Table:
     """Each candidate family's best model on the holdout (and the baseline), and its cost."""
     metrics = registry.client(settings).get_run(run_id).data.metrics
-    columns = {"PR-AUC": "pr_auc", "ROC-AUC": "roc_auc", "recall@p50": "recall_at_p50",
+    recall = f"recall_at_p{int(spec.training.precision_target * 100)}"
+    columns = {"PR-AUC": "pr_auc", "ROC-AUC": "roc_auc", recall.replace("_at_", "@"): recall,
                "exp. cost": "expected_cost", "trials": "trials", "fit s": "train_seconds",
                "search s": "search_seconds"}
     table = Table(title="candidate families on the holdout (selected by validation score)")
@@ -254,7 +255,7 @@ def family_table(settings: Settings, spec: PipelineSpec, run_id: str) -> Table:
     def cell(key: str) -> str:
         return f"{metrics[key]:.4g}" if key in metrics else "-"
 
-    holdout = {"pr_auc", "roc_auc", "recall_at_p50", "expected_cost"}
+    holdout = {"pr_auc", "roc_auc", recall, "expected_cost"}
     for family in spec.training.candidates:
         keys = [f"{family}_holdout_{k}" if k in holdout else f"{family}_{k}" for k in columns.values()]
         table.add_row(family, *(cell(k) for k in keys))
