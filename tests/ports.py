@@ -10,6 +10,12 @@ from flywheel.config import Ports
 OFFSET = int(os.environ.get("FLYWHEEL_TEST_PORT_OFFSET", "0"))
 
 
+# Blocks in use: 20000 (data backfill), 21000-23xxx (stack), 24000 (session stack), 25000 (e2e),
+# 26000/27000 (production loop), 30000 (RabbitMQ). SeaweedFS also binds each of its ports
+# + 10000; the demo's defaults (18333, 19333, 18081, 18888) thus hold 28333, 29333, 28081 and
+# 28888, so no block starts at 28000 or 29000 (tests run beside a running demo).
+
+
 def ports(base: int, **fields: int) -> Ports:
     """A full port set in the ``base`` block (e.g. 24000), shifted by the offset."""
     default = dict(s3=base + 333, weed_master=base + 334, weed_volume=base + 335, weed_filer=base + 336,

@@ -33,7 +33,7 @@ SERVICES = [*BEFORE, "airflow-scheduler", "airflow-triggerer"]
 @pytest.fixture(scope="module")
 def airflow_stack(tmp_path_factory, spec):
     home = tmp_path_factory.mktemp("backfill-home")
-    settings = stack.up(Settings(home=home, ports=ports(28000)), services=BEFORE)
+    settings = stack.up(Settings(home=home, ports=ports(20000)), services=BEFORE)
     write_landing(home / "landing", FIRST, DAYS, spec.generator)
     try:
         yield settings

@@ -27,7 +27,7 @@ def test_a_data_day_runs_through_rabbitmq(tmp_path, spec) -> None:
     token = secrets.token_hex(3)
     queue = f"flywheel-prod-test-{token}"
     settings = Settings(
-        home=tmp_path, ports=ports(28000), profile=Profile.PRODUCTION,
+        home=tmp_path, ports=ports(30000), profile=Profile.PRODUCTION,
         production=ProductionServices(
             database_prefix=f"flywheel_prod_test_{token}", redis_url="redis://127.0.0.1:6379/2",
             broker_url="amqp://guest:guest@127.0.0.1:5672//", default_queue=queue,

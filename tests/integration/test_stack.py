@@ -106,9 +106,10 @@ def test_port_held_by_a_foreign_socket_is_reported(
     settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     with socket.socket() as foreign:
-        foreign.bind(("127.0.0.1", 0))
+        # a fixed low range: an OS-chosen port can be > 55535, whose SeaweedFS gRPC twin is invalid
+        port = next(p for p in range(23400 + OFFSET, 23500 + OFFSET) if _port_free(p) and _port_free(p + 10_000))
+        foreign.bind(("127.0.0.1", port))
         foreign.listen()
-        port = foreign.getsockname()[1]
         other = Settings(
             home=tmp_path_factory.mktemp("other-home"),
             ports=Ports(s3=port, weed_master=23333 + OFFSET, weed_volume=23081 + OFFSET, weed_filer=23888 + OFFSET),
