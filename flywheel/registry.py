@@ -8,7 +8,7 @@ ordered feature list.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flywheel.config import Settings, get_settings
@@ -84,12 +84,11 @@ class LoadedModel:
     model: Any
     threshold: float
     features: list[str]
+    scorer: Any = field(repr=False)  # the family (flywheel.families), resolved once at load: request path
 
     def predict_proba(self, matrix: Any) -> Any:
         """Positive-class probabilities (1-d) of a model matrix."""
-        from flywheel import families
-
-        return families.get(self.family).predict_proba(self.model, matrix[self.features])
+        return self.scorer.predict_proba(self.model, matrix[self.features])
 
 
 def load_version(model_name: str, version: str, *, settings: Settings | None = None) -> LoadedModel:
@@ -102,12 +101,13 @@ def load_version(model_name: str, version: str, *, settings: Settings | None = N
     settings = settings or get_settings()
     mv = client(settings).get_model_version(model_name, version)
     family = mv.tags.get("family", "xgboost")  # versions before model families were XGBoost
-    model = families.get(family).load(f"models:/{model_name}/{version}", settings)
+    scorer = families.get(family)
     return LoadedModel(
         name=model_name,
         version=str(mv.version),
         family=family,
-        model=model,
+        model=scorer.load(f"models:/{model_name}/{version}", settings),
+        scorer=scorer,
         threshold=float(mv.tags["threshold"]),
         features=json.loads(mv.tags["features"]),
     )

@@ -79,6 +79,28 @@ class Family(ABC):
         return [f"{pkg}=={metadata.version(pkg)}" for pkg in self.requirements]
 
 
+class SklearnApiFamily(Family):
+    """A family whose models follow scikit-learn's ``predict_proba`` and have an MLflow flavor
+    of their own (``mlflow.<flavor>``): only ``fit`` is left to write."""
+
+    flavor: ClassVar[str]
+
+    def predict_proba(self, model: Any, x: pd.DataFrame) -> np.ndarray:
+        return np.asarray(model.predict_proba(x)[:, 1])
+
+    def log_model(self, model: Any, *, registered_model_name: str, example: pd.DataFrame) -> Any:
+        return self._mlflow().log_model(model, name="model", registered_model_name=registered_model_name,
+                                        input_example=example, pip_requirements=self.pip_requirements())
+
+    def load(self, uri: str, settings: Settings) -> Any:
+        return self._mlflow().load_model(uri)
+
+    def _mlflow(self) -> Any:
+        from importlib import import_module
+
+        return import_module(f"mlflow.{self.flavor}")
+
+
 def sample(trial: Any, space: dict[str, ParamRange]) -> dict[str, Any]:
     """Draw one point of ``space`` from an Optuna trial."""
     params: dict[str, Any] = {}

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import numpy as np
-import pandas as pd
-
 from flywheel.config import Settings
-from flywheel.families.base import Family, FitData
+from flywheel.families.base import FitData, SklearnApiFamily
 
 
-class LogisticRegressionFamily(Family):
+class LogisticRegressionFamily(SklearnApiFamily):
     name: ClassVar[str] = "logistic_regression"
+    flavor: ClassVar[str] = "sklearn"
     requirements = ("scikit-learn",)
 
     def fit(self, data: FitData, params: dict[str, Any], *, seed: int, settings: Settings) -> Any:
@@ -27,17 +25,3 @@ class LogisticRegressionFamily(Family):
             LogisticRegression(max_iter=2000, random_state=seed, **params),
         )
         return model.fit(data.x_train, data.y_train)
-
-    def predict_proba(self, model: Any, x: pd.DataFrame) -> np.ndarray:
-        return np.asarray(model.predict_proba(x)[:, 1])
-
-    def log_model(self, model: Any, *, registered_model_name: str, example: pd.DataFrame) -> Any:
-        import mlflow.sklearn
-
-        return mlflow.sklearn.log_model(model, name="model", registered_model_name=registered_model_name,
-                                        input_example=example, pip_requirements=self.pip_requirements())
-
-    def load(self, uri: str, settings: Settings) -> Any:
-        import mlflow.sklearn
-
-        return mlflow.sklearn.load_model(uri)
