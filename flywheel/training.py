@@ -83,25 +83,31 @@ def _costs(spec: PipelineSpec) -> evaluation.Costs:
     return evaluation.Costs(spec.training.costs.false_positive, spec.training.costs.false_negative)
 
 
-def holdout_metrics(spec: PipelineSpec, y: dict[str, pd.Series], x: dict[str, pd.DataFrame],
-                    model: Trained) -> tuple[float, dict[str, float]]:
-    """A model's cost-minimising threshold on validation and its metrics on the holdout."""
+@dataclass(frozen=True)
+class Scored:
+    """A model's cost-minimising threshold (on validation), holdout scores and metrics."""
+
+    threshold: float
+    metrics: dict[str, float]
+    holdout_proba: np.ndarray
+
+
+def score(spec: PipelineSpec, y: dict[str, pd.Series], x: dict[str, pd.DataFrame], model: Trained) -> Scored:
     costs = _costs(spec)
     threshold = evaluation.cost_threshold(y["validation"].to_numpy(), model.predict_proba(x["validation"]), costs)
-    return threshold, evaluation.metrics(y["holdout"].to_numpy(), model.predict_proba(x["holdout"]),
-                                         threshold=threshold, costs=costs,
-                                         precision_target=spec.training.precision_target)
+    proba = model.predict_proba(x["holdout"])
+    return Scored(threshold, evaluation.metrics(y["holdout"].to_numpy(), proba, threshold=threshold, costs=costs,
+                                                precision_target=spec.training.precision_target), proba)
 
 
 def evaluate(spec: PipelineSpec, split: Split, x: dict[str, pd.DataFrame], y: dict[str, pd.Series],
-             model: Trained, baseline: Trained, settings: Settings) -> Evaluation:
-    """Threshold on validation (min expected cost); metrics and slices on the holdout,
-    for the candidate, the baseline and the current champion alike."""
+             scored: Scored, baseline: Trained, settings: Settings) -> Evaluation:
+    """The selected model's holdout scores (threshold from validation) against the baseline and
+    the current champion on the same holdout, overall and per slice."""
     t = spec.training
     costs = _costs(spec)
     yh = y["holdout"].to_numpy()
-    threshold, candidate = holdout_metrics(spec, y, x, model)
-    proba = model.predict_proba(x["holdout"])
+    threshold, candidate, proba = scored.threshold, scored.metrics, scored.holdout_proba
     base = baseline.predict_proba(x["holdout"])
 
     def measure(scores: np.ndarray, at: float) -> dict[str, float]:
@@ -122,13 +128,16 @@ def evaluate(spec: PipelineSpec, split: Split, x: dict[str, pd.DataFrame], y: di
                       holdout_proba=proba, baseline_proba=base)
 
 
-def train_candidates(spec: PipelineSpec, data: FitData, x: dict[str, pd.DataFrame], y: dict[str, pd.Series],
-                     settings: Settings) -> tuple[dict[str, Trained], dict[str, dict[str, float]]]:
+def train_candidates(
+    spec: PipelineSpec, data: FitData, x: dict[str, pd.DataFrame], y: dict[str, pd.Series], settings: Settings,
+) -> tuple[dict[str, Trained], dict[str, Scored], dict[str, dict[str, float]]]:
     """Each candidate family in its own child run (trials nested below it); returns the
-    families' best models and their holdout metrics (for comparison, not for selection)."""
+    families' best models, their holdout scores (for comparison, not for selection) and
+    the logged per-family report."""
     import mlflow
 
     trained: dict[str, Trained] = {}
+    scores: dict[str, Scored] = {}
     report: dict[str, dict[str, float]] = {}
     for name, candidate in spec.training.candidates.items():
         family = families.get(name)
@@ -136,7 +145,8 @@ def train_candidates(spec: PipelineSpec, data: FitData, x: dict[str, pd.DataFram
             started = time.perf_counter()
             best = tuning.tune(family, candidate, data, spec=spec, settings=settings)
             search_seconds = time.perf_counter() - started
-            threshold, metrics = holdout_metrics(spec, y, x, best)
+            scores[name] = scored = score(spec, y, x, best)
+            threshold, metrics = scored.threshold, scored.metrics
             report[name] = {f"val_{spec.training.metric}": best.val_score, "train_seconds": best.seconds,
                             "search_seconds": search_seconds, "trials": float(best.trials),
                             **{f"holdout_{k}": v for k, v in metrics.items()}}
@@ -147,7 +157,7 @@ def train_candidates(spec: PipelineSpec, data: FitData, x: dict[str, pd.DataFram
         log.info("%s: val %s %.4f, holdout PR-AUC %.4f, %d trial(s) in %.1f s", name, spec.training.metric,
                  best.val_score, metrics["pr_auc"], best.trials, search_seconds)
         trained[name] = best
-    return trained, report
+    return trained, scores, report
 
 
 def select(candidates: dict[str, Trained]) -> Trained:
@@ -172,9 +182,9 @@ def train(spec: PipelineSpec, *, end: date, reason: str = "scheduled",
     mlflow.set_experiment(spec.model_name)
     with mlflow.start_run(run_name=f"train-{end.isoformat()}") as run:
         baseline = families.get(spec.training.baseline).train(data, {}, seed=seed, settings=settings)
-        candidates, per_family = train_candidates(spec, data, x, y, settings)
+        candidates, scores, per_family = train_candidates(spec, data, x, y, settings)
         best = select(candidates)
-        ev = evaluate(spec, split, x, y, best, baseline, settings)
+        ev = evaluate(spec, split, x, y, scores[best.name], baseline, settings)
         metric = spec.training.metric
         decision = registry.decide(
             challenger=ev.candidate[metric], baseline=ev.baseline[metric],
