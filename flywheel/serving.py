@@ -174,8 +174,9 @@ class OnlineFeatures:
             for feature in view.features:
                 columns[feature] = [_python(values.get(feature)) if values else None for _, values in reply]
             # Missed = no feature of the view (Redis answers empty values, SQLite no row at all).
-            misses[view.entity] = np.array([all(columns[f][i] is None for f in view.features)
-                                            for i in range(len(rows))], dtype=bool)
+            missing = [np.fromiter((v is None for v in columns[f]), dtype=bool, count=len(rows))
+                       for f in view.features]
+            misses[view.entity] = np.logical_and.reduce(missing) if missing else np.ones(len(rows), bool)
         return columns, misses
 
     def frame(self, rows: Sequence[dict[str, int]]) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
@@ -265,6 +266,7 @@ class ModelHolder:
         self._name, self._settings, self._metrics = model_name, settings, metrics
         self._lock = threading.Lock()
         self.current = registry.load_alias(model_name, settings=settings)
+        _warm(self.current)  # as every later swap is: the first request pays no lazy start-up
         self._publish(None, self.current)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -470,7 +472,6 @@ class Predictor:
         self.features = OnlineFeatures(feature_store(settings), spec)
         self.keys = dict(spec.features.entities)  # entity -> join key
         self.models = ModelHolder(spec.model_name, settings, metrics=self.metrics, watch=watch)
-        _warm(self.models.current)
         self.logger = PredictionLogger(spec.model_name, settings, metrics=self.metrics) if log_predictions else None
 
     @classmethod
