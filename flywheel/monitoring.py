@@ -54,6 +54,8 @@ WORKSPACE_DIR = "evidently"
 # Schema of the prediction logs written by the model server (fixed contract).
 LOG_DTYPES: dict[str, str] = {
     "request_id": "object",
+    # The caller's id (None when not sent): joins the log to labels that arrive later.
+    "transaction_id": "object",
     "event_timestamp": "datetime64[ns, UTC]",
     "logged_at": "datetime64[ns, UTC]",
     "user_id": "int64",

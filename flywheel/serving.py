@@ -560,6 +560,7 @@ def _log_frame(scored: list[_Scored]) -> pd.DataFrame:
     preds = [p for s in scored for p in s.predictions]
     frame = pd.DataFrame({
         "request_id": [p.request_id for p in preds],
+        "transaction_id": [t.transaction_id for t in txns],
         "event_timestamp": pd.to_datetime([t.event_timestamp for t in txns], utc=True),
         "logged_at": pd.Timestamp(datetime.now(UTC)),
         "user_id": np.fromiter((t.user_id for t in txns), dtype="int64", count=len(txns)),

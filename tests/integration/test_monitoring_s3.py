@@ -159,6 +159,7 @@ def prediction_logs(day: date, rows: int, seed: int, *, shift: float = 1.0) -> p
     logs = pd.DataFrame(
         {
             "request_id": [f"{day}-{i}" for i in range(rows)],
+            "transaction_id": [f"t{day:%Y%m%d}-{i:06d}" for i in range(rows)],
             "event_timestamp": event,
             "logged_at": event + pd.Timedelta(milliseconds=20),
             "user_id": rng.integers(0, 2000, rows),
