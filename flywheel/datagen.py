@@ -5,7 +5,15 @@ usual spend, a foreign country, night hours, risky categories, unknown devices
 and a few compromised merchants. Drift can be injected from a date:
 
 * ``amount_shift`` (covariate shift): amounts grow ×2.5 and foreign use rises;
-* ``new_pattern`` (concept shift): a new fraud pattern on mobile pharmacy buys.
+* ``new_pattern`` (concept shift): a new fraud pattern on mobile pharmacy buys, whose
+  inputs look like any other day's: only the labels show it.
+
+Kinds combine (a day can carry both), and a :class:`Phase` schedule says which kinds
+hold from which day, so a scenario of several weeks is one list.
+
+Labels arrive late, as chargebacks do: every transaction's label lands in the labels
+feed (``<dataset>_labels``) 1 to ``label_delay_days`` days after the transaction
+(:func:`labels_arriving`), so performance can only be measured with that delay.
 
 Bad records (nulls, negative amounts, unknown categories, future timestamps,
 duplicate ids) can be mixed in so that validation has something to quarantine.
@@ -14,6 +22,7 @@ duplicate ids) can be mixed in so that validation has something to quarantine.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
@@ -41,6 +50,38 @@ class DriftKind(StrEnum):
     NONE = "none"
     AMOUNT_SHIFT = "amount_shift"
     NEW_PATTERN = "new_pattern"
+
+
+Drift = DriftKind | Collection[DriftKind]
+
+
+def drift_set(drift: Drift) -> frozenset[DriftKind]:
+    """The drift kinds of ``drift`` without ``none`` (one kind or several)."""
+    kinds = {drift} if isinstance(drift, DriftKind) else set(drift)
+    return frozenset(kinds - {DriftKind.NONE})
+
+
+def drift_label(drift: Drift) -> str:
+    """A stable name of a drift combination (``none``, ``amount_shift+new_pattern``)."""
+    return "+".join(sorted(k.value for k in drift_set(drift))) or DriftKind.NONE.value
+
+
+@dataclass(frozen=True)
+class Phase:
+    """From ``start`` on (until the next phase), days carry the ``drift`` kinds."""
+
+    start: date
+    drift: frozenset[DriftKind] = frozenset()
+    name: str = ""
+
+
+def drift_on(day: date, schedule: Sequence[Phase]) -> frozenset[DriftKind]:
+    """The drift kinds of ``day`` under ``schedule`` (none before its first phase)."""
+    current: frozenset[DriftKind] = frozenset()
+    for phase in sorted(schedule, key=lambda p: p.start):
+        if phase.start <= day:
+            current = drift_set(phase.drift)
+    return current
 
 
 BAD_KINDS = ("null_user", "negative_amount", "unknown_category", "future_timestamp", "duplicate_id")
@@ -97,12 +138,13 @@ def generate_day(
     day: date,
     spec: GeneratorSpec,
     *,
-    drift: DriftKind = DriftKind.NONE,
+    drift: Drift = DriftKind.NONE,
     bad_records: bool = True,
 ) -> pd.DataFrame:
     """One day of transactions; the same (seed, day, drift) gives the same frame."""
+    kinds = drift_set(drift)
     pop = population(spec)
-    rng = _rng(spec.seed, day.isoformat(), drift.value)
+    rng = _rng(spec.seed, day.isoformat(), drift_label(kinds))
     n = int(spec.rows_per_day * rng.uniform(0.9, 1.1))
     users = rng.choice(len(pop.user_country), size=n, p=pop.user_weight / pop.user_weight.sum())
     merchants = rng.choice(
@@ -114,7 +156,7 @@ def generate_day(
     hours = rng.choice(24, size=n, p=_hour_profile())
     seconds = hours * 3600 + rng.integers(0, 3600, size=n)
     foreign_p = 0.07
-    if drift is DriftKind.AMOUNT_SHIFT:
+    if DriftKind.AMOUNT_SHIFT in kinds:
         amount = amount * 2.5
         foreign_p = 0.2
     foreign = rng.random(n) < foreign_p
@@ -138,9 +180,10 @@ def generate_day(
         + 2.2 * pop.merchant_compromised[merchants]
         + rng.normal(0, 0.6, size=n)
     )
-    if drift is DriftKind.NEW_PATTERN:
+    concept = DriftKind.NEW_PATTERN in kinds
+    if concept:
         logit = logit + 4.0 * ((device == "mobile") & (category == "pharmacy"))
-    prob = _calibrate(logit, spec.fraud_rate * (1.6 if drift is DriftKind.NEW_PATTERN else 1.0))
+    prob = _calibrate(logit, spec.fraud_rate * (1.6 if concept else 1.0))
     is_fraud = (rng.random(n) < prob).astype("int64")
     # Fraudsters spend more than the user usually does.
     amount = np.where(is_fraud == 1, amount * rng.uniform(1.5, 4.0, size=n), amount)
@@ -190,6 +233,36 @@ def inject_bad_records(df: pd.DataFrame, *, rate: float, rng: np.random.Generato
     return df
 
 
+def labels_arriving(day: date, spec: GeneratorSpec, schedule: Sequence[Phase] = ()) -> pd.DataFrame:
+    """The labels that arrive on ``day``: each transaction of the ``label_delay_days`` days
+    before gets its label on one of them (seeded per transaction day), stamped inside ``day``.
+
+    Columns: ``transaction_id``, ``is_fraud``, ``labelled_at``. Labels come from the clean
+    transactions (a label feed names real transactions, not the feed's corrupted copies).
+    """
+    frames = []
+    for lag in range(1, spec.label_delay_days + 1):
+        source = day - timedelta(days=lag)
+        txns = generate_day(source, spec, drift=drift_on(source, schedule), bad_records=False)
+        rng = _rng(spec.seed, source.isoformat(), "label-delay")
+        delay = rng.integers(1, spec.label_delay_days + 1, size=len(txns))
+        arrived = txns.loc[delay == lag, ["transaction_id", "is_fraud"]]
+        seconds = _rng(spec.seed, day.isoformat(), "label-time", lag).integers(0, 86_400, size=len(arrived))
+        start = pd.Timestamp(datetime(day.year, day.month, day.day, tzinfo=UTC))
+        frames.append(arrived.assign(labelled_at=start + pd.to_timedelta(seconds, unit="s")))
+    out = pd.concat(frames, ignore_index=True)
+    return out.sort_values(["labelled_at", "transaction_id"], ignore_index=True)
+
+
+def _write_parquet(frame: pd.DataFrame, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "part-0.parquet"
+    tmp = path.with_suffix(".tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
 def write_landing(
     root: Path,
     start: date,
@@ -197,20 +270,24 @@ def write_landing(
     spec: GeneratorSpec,
     *,
     drift_from: date | None = None,
-    drift: DriftKind = DriftKind.AMOUNT_SHIFT,
+    drift: Drift = DriftKind.AMOUNT_SHIFT,
+    schedule: Sequence[Phase] | None = None,
     dataset: str = "transactions",
+    labels_dataset: str | None = None,
 ) -> list[Path]:
-    """Write ``days`` daily Parquet files under ``root/<dataset>/ds=<date>/`` (idempotent)."""
+    """Write ``days`` daily Parquet files under ``root/<dataset>/ds=<date>/`` (idempotent).
+
+    Drift follows ``schedule`` when given, else ``drift`` from ``drift_from`` on. With
+    ``labels_dataset``, each day's arriving labels go to ``root/<labels_dataset>/ds=<date>/``.
+    """
+    if schedule is None:
+        schedule = [Phase(drift_from, drift_set(drift))] if drift_from is not None else []
     written = []
     for offset in range(days):
         day = start + timedelta(days=offset)
-        kind = drift if drift_from is not None and day >= drift_from else DriftKind.NONE
-        frame = generate_day(day, spec, drift=kind)
-        folder = root / dataset / f"ds={day.isoformat()}"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "part-0.parquet"
-        tmp = path.with_suffix(".tmp")
-        frame.to_parquet(tmp, index=False)
-        tmp.replace(path)
-        written.append(path)
+        frame = generate_day(day, spec, drift=drift_on(day, schedule))
+        written.append(_write_parquet(frame, root / dataset / f"ds={day.isoformat()}"))
+        if labels_dataset:
+            labels = labels_arriving(day, spec, schedule)
+            written.append(_write_parquet(labels, root / labels_dataset / f"ds={day.isoformat()}"))
     return written

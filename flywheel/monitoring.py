@@ -27,7 +27,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime, time, timedelta
@@ -542,11 +542,13 @@ def workspace_path(settings: Settings) -> Path:
 
 
 def sync_workspace(
-    snapshot: Snapshot | None, *, project_name: str, ds: date, settings: Settings
+    snapshot: Snapshot | None, *, project_name: str, ds: date, settings: Settings,
+    dashboard: Callable[[], Any] | None = None,
 ) -> str | None:
     """Make ``snapshot`` the only run of ``ds`` in the project's workspace; returns its id.
 
-    The project is found by name (created on first use; given our dashboard if it has none). Runs are
+    The project is found by name (created on first use; given ``dashboard()``, by default the
+    drift dashboard, if it has none). Runs are
     tracked per ``ds`` in ``<workspace>/.flywheel/<project id>.json`` so a rerun
     replaces its earlier run; with ``snapshot=None`` the earlier run is only removed.
     A file lock serialises concurrent checks on the same machine.
@@ -558,7 +560,7 @@ def sync_workspace(
     state.mkdir(parents=True, exist_ok=True)
     with _locked(state / "lock"), _quiet_evidently():
         workspace = Workspace(str(root))
-        project = _project(workspace, project_name)
+        project = _project(workspace, project_name, dashboard or _dashboard)
         index_file = state / f"{project.id}.json"
         index = _run_index(workspace, project, index_file)
         existing = {str(run) for run in workspace.list_runs(project.id)}
@@ -583,12 +585,13 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _project(workspace: Workspace, name: str) -> Project:
-    """The project named ``name`` (created on first use), with our dashboard if it has none."""
-    found = sorted(workspace.search_project(name), key=lambda p: str(p.id))
-    project = found[0] if found else workspace.create_project(name, description=f"Drift of {name}")
+def _project(workspace: Workspace, name: str, dashboard: Callable[[], Any]) -> Project:
+    """The project named ``name`` (created on first use), with ``dashboard()`` if it has none."""
+    # search_project matches substrings ("m" finds "m performance"): keep exact names only.
+    found = sorted((p for p in workspace.search_project(name) if p.name == name), key=lambda p: str(p.id))
+    project = found[0] if found else workspace.create_project(name, description=f"Monitoring of {name}")
     if not workspace.get_dashboard(project.id).panels:
-        workspace.save_dashboard(project.id, _dashboard())
+        workspace.save_dashboard(project.id, dashboard())
     return project
 
 

@@ -1,7 +1,10 @@
 """Retraining policy: whether monitoring signals become a retrain request, with guardrails.
 
-Signals (``monitoring.retrain`` in the spec): data drift share over its threshold, and
-model staleness (days of data since the champion's training window ended). Guardrails,
+Signals (``monitoring.retrain.signals`` in the spec choose which may retrain): data drift share
+over its threshold (``data_drift``), a PR-AUC drop on delayed labels (``performance``),
+training/serving skew (``skew``, off by default: skew is a pipeline bug that retraining does not
+fix), and model staleness (days of data since the champion's training window ended, when
+``max_model_age_days`` is set). Quality and freshness alerts are recorded but never retrain. Guardrails,
 all in *data time* (the monitored day ``ds``) so backfills and reruns decide the same way:
 
 * **dedup**: one trigger per monitored day (a rerun of the same Airflow run may re-trigger);
@@ -67,9 +70,15 @@ def record(decision: Decision, *, settings: Settings | None = None) -> str:
                              content_type="application/json", settings=settings or get_settings())
 
 
-def signals(spec: PipelineSpec, drift: dict[str, Any], *, champion_end: date | None) -> dict[str, Any]:
-    """What the monitoring run saw, and which signals fire."""
-    ds = date.fromisoformat(str(drift["ds"]))
+def signals(spec: PipelineSpec, observed: dict[str, Any], *, champion_end: date | None) -> dict[str, Any]:
+    """What the monitoring run saw, and which signals fire.
+
+    ``observed``: ``{"ds": ..., "drift": DriftResult.to_dict(), "performance": Check.to_dict(), ...}``;
+    a check that did not run is absent or None.
+    """
+    ds = date.fromisoformat(str(observed["ds"]))
+    drift = observed.get("drift") or {}
+    performance, skew = observed.get("performance") or {}, observed.get("skew") or {}
     age = (ds - champion_end).days if champion_end else None
     policy = spec.monitoring.retrain
     out: dict[str, Any] = {
@@ -80,23 +89,33 @@ def signals(spec: PipelineSpec, drift: dict[str, Any], *, champion_end: date | N
         "report": drift.get("html_uri"),
         "model_age_days": age,
         "max_model_age_days": policy.max_model_age_days,
+        "performance_status": performance.get("status"),
+        "pr_auc": performance.get("pr_auc"),
+        "pr_auc_drop": performance.get("pr_auc_drop"),
+        "labelled_predictions": performance.get("labelled_rows"),
+        "skew_status": skew.get("status"),
+        "max_mismatch_share": skew.get("max_mismatch_share"),
+        "alerts": sorted(name for name, section in observed.items()
+                         if isinstance(section, dict) and section.get("alert")),
     }
-    fired = []
-    if drift.get("drift_detected"):
-        fired.append("data_drift")
+    seen = {"data_drift": bool(drift.get("drift_detected")), "performance": bool(performance.get("alert")),
+            "skew": bool(skew.get("alert"))}
+    fired: list[str] = [name for name in ("data_drift", "performance", "skew")
+                        if seen[name] and name in policy.signals]
     if age is not None and policy.max_model_age_days is not None and age > policy.max_model_age_days:
         fired.append("staleness")
     out["fired"] = fired
+    out["ignored"] = [name for name, on in seen.items() if on and name not in policy.signals]
     return out
 
 
-def decide(spec: PipelineSpec, drift: dict[str, Any], *, run_id: str, new_labelled_rows: int,
+def decide(spec: PipelineSpec, observed: dict[str, Any], *, run_id: str, new_labelled_rows: int,
            champion_version: str | None, champion_end: date | None, past: list[Decision],
            today: date | None = None) -> Decision:
     """The policy as a pure function of what was observed and what was decided before."""
     policy = spec.monitoring.retrain
-    ds = date.fromisoformat(str(drift["ds"]))
-    seen = signals(spec, drift, champion_end=champion_end)
+    ds = date.fromisoformat(str(observed["ds"]))
+    seen = signals(spec, observed, champion_end=champion_end)
     seen["new_labelled_rows"] = new_labelled_rows
 
     def made(action: Action, reason: str) -> Decision:
@@ -140,13 +159,13 @@ def labelled_rows_since(spec: PipelineSpec, after: date | None, until: date, set
                for d in days)
 
 
-def evaluate(spec: PipelineSpec, drift: dict[str, Any], *, run_id: str,
+def evaluate(spec: PipelineSpec, observed: dict[str, Any], *, run_id: str,
              settings: Settings | None = None) -> Decision:
     """Decide for one monitoring run and record the decision."""
     settings = settings or get_settings()
     version, end = champion_window_end(spec.model_name, settings)
-    ds = date.fromisoformat(str(drift["ds"]))
-    decision = decide(spec, drift, run_id=run_id, champion_version=version, champion_end=end,
+    ds = date.fromisoformat(str(observed["ds"]))
+    decision = decide(spec, observed, run_id=run_id, champion_version=version, champion_end=end,
                       new_labelled_rows=labelled_rows_since(spec, end, ds, settings),
                       past=history(spec.model_name, settings=settings))
     record(decision, settings=settings)

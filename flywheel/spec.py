@@ -175,6 +175,10 @@ class TrainingSpec(_Strict):
         return self.model_copy(update={"candidates": {**self.candidates, family: changed}})
 
 
+RetrainSignal = Literal["data_drift", "performance", "skew"]
+DEFAULT_RETRAIN_SIGNALS: tuple[RetrainSignal, ...] = ("data_drift", "performance")
+
+
 class RetrainPolicySpec(_Strict):
     """When monitoring may request a retrain (see flywheel.policy). Days are data days."""
 
@@ -182,12 +186,57 @@ class RetrainPolicySpec(_Strict):
     max_per_day: int = Field(2, ge=1)
     min_new_labelled_rows: int = Field(1000, ge=0)
     max_model_age_days: int | None = Field(30, ge=1)
+    # Which monitoring signals may request a retrain (staleness is governed by max_model_age_days).
+    signals: list[RetrainSignal] = Field(default_factory=lambda: list(DEFAULT_RETRAIN_SIGNALS))
+
+
+class LabelFeedSpec(_Strict):
+    """Where delayed labels arrive: a dataset spec's curated partitions, joined on ``key``."""
+
+    dataset: str
+    key: str = "transaction_id"
+    label: str = "is_fraud"
+
+
+class PerformanceSpec(_Strict):
+    """Model performance on labelled predictions of the trailing ``window_days``."""
+
+    window_days: int = Field(7, ge=1)
+    min_labelled_rows: int = Field(500, ge=1)
+    min_positives: int = Field(5, ge=1)
+    # Alert when PR-AUC falls this much below the champion's holdout PR-AUC.
+    max_pr_auc_drop: float = Field(0.1, gt=0, le=1)
+
+
+class SkewSpec(_Strict):
+    """Training/serving skew: served features vs the offline features of the same rows."""
+
+    sample_rows: int = Field(1000, ge=10)
+    # A value is skewed when |served - offline| > abs_tol + rel_tol * |offline|.
+    rel_tol: float = Field(1e-6, ge=0)
+    abs_tol: float = Field(1e-6, ge=0)
+    # Alert when more than this share of the sampled rows differ in any feature.
+    max_mismatch_share: float = Field(0.01, ge=0, le=1)
+
+
+class QualitySpec(_Strict):
+    """Serving input quality: entity misses, missing features, values outside the reference."""
+
+    max_feature_miss_rate: float = Field(0.2, ge=0, le=1)
+    max_missing_rate: float = Field(0.2, ge=0, le=1)
+    max_out_of_range_rate: float = Field(0.05, ge=0, le=1)
+    # The online store is stale when its newest features are older than this (data time).
+    max_online_age_hours: float = Field(48, gt=0)
 
 
 class MonitoringSpec(_Strict):
     drift_share_threshold: float = Field(0.3, gt=0, le=1)
     min_rows: int = Field(200, ge=1)
     features: list[str]
+    labels: LabelFeedSpec | None = None
+    performance: PerformanceSpec = Field(default_factory=PerformanceSpec)
+    skew: SkewSpec = Field(default_factory=SkewSpec)
+    quality: QualitySpec = Field(default_factory=QualitySpec)
     retrain: RetrainPolicySpec = Field(default_factory=RetrainPolicySpec)
 
 
@@ -198,6 +247,8 @@ class GeneratorSpec(_Strict):
     rows_per_day: int = 2500
     fraud_rate: float = 0.015
     bad_record_rate: float = 0.004
+    # Labels (chargebacks) arrive 1..label_delay_days days after the transaction.
+    label_delay_days: int = Field(3, ge=1)
 
 
 class DataSpec(_Strict):

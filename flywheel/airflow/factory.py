@@ -250,41 +250,84 @@ def registry_dag(spec: PipelineSpec) -> DAG:
     return pipeline()
 
 
+def _champion_or_skip(spec: PipelineSpec) -> Any:
+    """The champion a monitoring task watches; the task is skipped while nothing is served."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from flywheel import checks, config
+
+    try:
+        return checks.current_champion(spec, config.get_settings())
+    except checks.NoChampion as exc:  # nothing serves yet: nothing to watch (not a failure)
+        raise AirflowSkipException(str(exc)) from exc
+
+
 def monitoring_dag(spec: PipelineSpec) -> DAG:
-    """Daily: drift of logged serving traffic vs the champion's reference → retrain request."""
+    """Daily: drift, performance on delayed labels, skew and serving quality of the champion's
+    traffic → the retraining policy → a retrain request (Asset event) when it says so."""
     a = assets(spec)
 
     @dag(**_dag_args(
         spec, "monitoring",
-        description=f"Evidently drift checks of {spec.model_name} traffic",
+        description=f"Drift, performance, skew and quality checks of {spec.model_name} traffic",
         schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
         max_active_runs=2,
     ))
     def pipeline() -> None:
         @task
         def drift_check() -> dict[str, Any]:
-            from flywheel import monitoring, registry
+            from flywheel import monitoring
 
-            champion = registry.alias_version(spec.model_name, registry.CHAMPION)
-            if champion is None:  # nothing serves yet: nothing to watch (not a failure)
-                from airflow.sdk.exceptions import AirflowSkipException
-
-                raise AirflowSkipException(f"{spec.model_name} has no champion yet: no traffic to monitor")
+            champion = _champion_or_skip(spec)
             ds = date.fromisoformat(_interval_ds())
-            result = monitoring.run_drift_check(spec, ds=ds, reference_version=str(champion.version))
+            result = monitoring.run_drift_check(spec, ds=ds, reference_version=champion.version)
+            print(f"drift report: {result.html_uri}")
             return dict(result.to_dict())
 
-        # The retraining policy (cooldown, dedup, daily cap, minimum new labels) decides;
-        # every decision is recorded (flywheel decisions), suppressed ones too.
+        @task
+        def performance_check() -> dict[str, Any]:
+            """The champion's PR-AUC on the predictions whose delayed labels have arrived."""
+            from flywheel import checks
+
+            result = checks.performance_check(spec, date.fromisoformat(_interval_ds()), champion=_champion_or_skip(spec))
+            print(f"performance: {result.status}: {result.reason}")
+            return result.to_dict()
+
+        @task
+        def skew_check() -> dict[str, Any]:
+            """Served features vs the offline features of the same transactions."""
+            from flywheel import checks
+
+            _champion_or_skip(spec)
+            result = checks.skew_check(spec, date.fromisoformat(_interval_ds()))
+            print(f"skew: {result.status}: {result.reason}")
+            return result.to_dict()
+
+        @task
+        def serving_quality_check() -> dict[str, Any]:
+            """Serving input quality, online feature freshness and model age."""
+            from flywheel import checks
+
+            _champion_or_skip(spec)
+            result = checks.serving_checks(spec, date.fromisoformat(_interval_ds()))
+            for name, section in result.items():
+                print(f"{name}: {section['status']}: {section['reason']}")
+            return result
+
+        # The retraining policy (cooldown, dedup, daily cap, minimum new labels) decides on all
+        # checks; every decision is recorded (flywheel decisions), suppressed ones too, and the
+        # day's summary is written for the Prometheus exporter.
         @task.short_circuit
-        def retrain_policy(result: dict[str, Any]) -> bool:
-            from flywheel import policy
+        def retrain_policy(result: dict[str, Any], performance: dict[str, Any], skew: dict[str, Any],
+                           serving: dict[str, Any]) -> bool:
+            from flywheel import checks
 
             ctx = get_current_context()
-            decision = policy.evaluate(spec, result, run_id=str(ctx["run_id"]))
+            observed = {"ds": result["ds"], "drift": result, "performance": performance, "skew": skew, **serving}
+            decision = checks.conclude(spec, observed, run_id=str(ctx["run_id"]))
             ctx["ti"].xcom_push(key="decision", value=decision.to_dict())
             print(f"retrain policy: {decision.action}: {decision.reason}")
-            return decision.triggered
+            return bool(decision.triggered)
 
         @task(outlets=[a["retrain"]])
         def request_retrain(result: dict[str, Any]) -> dict[str, Any]:
@@ -302,7 +345,8 @@ def monitoring_dag(spec: PipelineSpec) -> DAG:
             return extra
 
         result = drift_check()
-        retrain_policy(result) >> request_retrain(result)
+        decided = retrain_policy(result, performance_check(), skew_check(), serving_quality_check())
+        decided >> request_retrain(result)
 
     return pipeline()
 

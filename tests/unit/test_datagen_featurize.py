@@ -1,10 +1,18 @@
-from datetime import date
+from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from flywheel.datagen import BAD_KINDS, DriftKind, generate_day, write_landing
+from flywheel.datagen import (
+    BAD_KINDS,
+    DriftKind,
+    Phase,
+    drift_on,
+    generate_day,
+    labels_arriving,
+    write_landing,
+)
 from flywheel.featurize import MODEL_FEATURES, feature_timestamp, model_matrix, user_aggregates
 
 pytestmark = pytest.mark.unit
@@ -34,6 +42,51 @@ def test_drift_shifts_amounts(spec):
     normal = generate_day(DAY, spec.generator, bad_records=False)
     drifted = generate_day(DAY, spec.generator, drift=DriftKind.AMOUNT_SHIFT, bad_records=False)
     assert drifted["amount"].median() > 2 * normal["amount"].median()
+
+
+def test_drift_kinds_combine_and_follow_a_schedule(spec):
+    both = generate_day(DAY, spec.generator, drift={DriftKind.AMOUNT_SHIFT, DriftKind.NEW_PATTERN}, bad_records=False)
+    alone = generate_day(DAY, spec.generator, drift=DriftKind.AMOUNT_SHIFT, bad_records=False)
+    assert both["amount"].median() > 2 * generate_day(DAY, spec.generator, bad_records=False)["amount"].median()
+    assert both["is_fraud"].mean() > alone["is_fraud"].mean()
+    # A single kind keeps the frames it always had (seeded by the kind's name).
+    pd.testing.assert_frame_equal(alone, generate_day(DAY, spec.generator, drift=[DriftKind.AMOUNT_SHIFT],
+                                                      bad_records=False))
+    schedule = [Phase(date(2026, 1, 10), frozenset({DriftKind.AMOUNT_SHIFT})),
+                Phase(date(2026, 1, 20), frozenset({DriftKind.NEW_PATTERN}))]
+    assert drift_on(date(2026, 1, 9), schedule) == frozenset()
+    assert drift_on(date(2026, 1, 15), schedule) == {DriftKind.AMOUNT_SHIFT}
+    assert drift_on(date(2026, 1, 25), schedule) == {DriftKind.NEW_PATTERN}
+
+
+def test_concept_shift_shows_in_labels_not_in_inputs(spec):
+    days = [DAY + timedelta(days=i) for i in range(4)]
+    normal = pd.concat([generate_day(d, spec.generator, bad_records=False) for d in days])
+    shifted = pd.concat([generate_day(d, spec.generator, drift=DriftKind.NEW_PATTERN, bad_records=False)
+                         for d in days])
+    def pattern(frame: pd.DataFrame) -> pd.Series:
+        return (frame["device"] == "mobile") & (frame["merchant_category"] == "pharmacy")
+
+    assert shifted.loc[pattern(shifted), "is_fraud"].mean() > 5 * normal.loc[pattern(normal), "is_fraud"].mean()
+    assert abs(np.log(shifted["amount"]).median() - np.log(normal["amount"]).median()) < 0.1
+
+
+def test_each_label_arrives_once_within_the_delay(spec):
+    gen = spec.generator
+    first = date(2026, 1, 1)
+    arrived = pd.concat([labels_arriving(first + timedelta(days=i), gen) for i in range(1, 12)])
+    assert arrived["transaction_id"].is_unique
+    for offset in range(gen.label_delay_days, 8):  # days whose whole delay range is covered
+        day = first + timedelta(days=offset)
+        txns = generate_day(day, gen, bad_records=False)
+        got = arrived[arrived["transaction_id"].str.startswith(f"t{day:%Y%m%d}-")]
+        assert len(got) == len(txns)
+        merged = txns.merge(got, on="transaction_id", suffixes=("", "_label"))
+        assert (merged["is_fraud"] == merged["is_fraud_label"]).all()
+        lag = (merged["labelled_at"].dt.date - day).map(lambda d: d.days)
+        assert lag.between(1, gen.label_delay_days).all() and lag.nunique() == gen.label_delay_days
+    pd.testing.assert_frame_equal(labels_arriving(first + timedelta(days=5), gen),
+                                  labels_arriving(first + timedelta(days=5), gen))
 
 
 def test_write_landing_is_idempotent(tmp_path, spec):

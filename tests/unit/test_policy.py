@@ -10,9 +10,10 @@ pytestmark = pytest.mark.unit
 DS = date(2026, 3, 10)
 
 
-def drift(ds: date = DS, detected: bool = True) -> dict:
-    return {"ds": ds.isoformat(), "drift_detected": detected, "drift_share": 0.6 if detected else 0.1,
-            "status": "ok", "drifted_columns": ["amount"] if detected else [], "html_uri": "s3://r/x.html"}
+def drift(ds: date = DS, detected: bool = True, **sections: dict) -> dict:
+    result = {"ds": ds.isoformat(), "drift_detected": detected, "drift_share": 0.6 if detected else 0.1,
+              "status": "ok", "drifted_columns": ["amount"] if detected else [], "html_uri": "s3://r/x.html"}
+    return {"ds": ds.isoformat(), "drift": result, **sections}
 
 
 def past(ds: date, run_id: str = "earlier", decided: str = "20260101T000000.000000Z") -> Decision:
@@ -66,3 +67,25 @@ def test_daily_cap_counts_decisions_made_today(spec):
              for i in range(cap)]
     assert call(spec, history=today).action == "daily_cap"
     assert call(spec, history=today, today=date(2026, 11, 27)).triggered
+
+
+def test_performance_drop_triggers_and_is_reported(spec):
+    perf = {"status": "alert", "alert": True, "pr_auc": 0.2, "pr_auc_drop": 0.22, "labelled_rows": 4000}
+    d = call(spec, drift(detected=False, performance=perf))
+    assert d.triggered and d.signals["fired"] == ["performance"] and "performance" in d.reason
+    assert d.signals["pr_auc_drop"] == 0.22 and d.signals["alerts"] == ["performance"]
+
+
+def test_skew_alerts_but_retrains_only_when_the_policy_says_so(spec):
+    skew = {"status": "alert", "alert": True, "max_mismatch_share": 0.4}
+    d = call(spec, drift(detected=False, skew=skew))
+    assert d.action == "no_signal" and d.signals["ignored"] == ["skew"] and d.signals["alerts"] == ["skew"]
+    policy = spec.monitoring.retrain.model_copy(update={"signals": ["data_drift", "performance", "skew"]})
+    opted_in = spec.model_copy(update={"monitoring": spec.monitoring.model_copy(update={"retrain": policy})})
+    assert call(opted_in, drift(detected=False, skew=skew)).signals["fired"] == ["skew"]
+
+
+def test_quality_and_freshness_alerts_never_retrain(spec):
+    alert = {"status": "alert", "alert": True}
+    d = call(spec, drift(detected=False, quality=alert, freshness=alert))
+    assert d.action == "no_signal" and d.signals["alerts"] == ["freshness", "quality"]
