@@ -21,8 +21,11 @@ from flywheel.config import Settings, get_settings
 from flywheel.featurize import MERCHANT_FEATURES, USER_FEATURES
 from flywheel.spec import PipelineSpec, load_spec
 
-# Aggregates of day D are stamped D+1 00:00 and stay valid for two days.
-TTL = timedelta(days=2)
+# Aggregates of day D are stamped D+1 00:00. An entity's latest row stays valid until a newer
+# one replaces it (an inactive entity's last row is its drop-out row, see flywheel.featurize):
+# the online store keeps the latest row forever, so the point-in-time join must too, or training
+# would see NaN where serving sees the row (the skew check found exactly that with a 2-day TTL).
+TTL = timedelta(days=365)
 
 
 def _field(name: str) -> Field:

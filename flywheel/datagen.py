@@ -5,8 +5,9 @@ usual spend, a foreign country, night hours, risky categories, unknown devices
 and a few compromised merchants. Drift can be injected from a date:
 
 * ``amount_shift`` (covariate shift): amounts grow ×2.5 and foreign use rises;
-* ``new_pattern`` (concept shift): a new fraud pattern on mobile pharmacy buys, whose
-  inputs look like any other day's: only the labels show it.
+* ``new_pattern`` (concept shift): fraudsters switch to small mobile buys at pharmacies and
+  grocers and the old signals mostly stop working; the inputs look like any other day's and
+  the fraud rate is unchanged: only the labels show it.
 
 Kinds combine (a day can carry both), and a :class:`Phase` schedule says which kinds
 hold from which day, so a scenario of several weeks is one list.
@@ -182,11 +183,15 @@ def generate_day(
     )
     concept = DriftKind.NEW_PATTERN in kinds
     if concept:
-        logit = logit + 4.0 * ((device == "mobile") & (category == "pharmacy"))
-    prob = _calibrate(logit, spec.fraud_rate * (1.6 if concept else 1.0))
+        # Fraudsters change tactics: small, at-home purchases on mobile at pharmacies and grocers.
+        # The old signals mostly stop working; the overall fraud rate stays the same.
+        target = (device == "mobile") & np.isin(category, ["pharmacy", "grocery"])
+        logit = 0.25 * logit + 3.5 * target
+    prob = _calibrate(logit, spec.fraud_rate)
     is_fraud = (rng.random(n) < prob).astype("int64")
-    # Fraudsters spend more than the user usually does.
-    amount = np.where(is_fraud == 1, amount * rng.uniform(1.5, 4.0, size=n), amount)
+    # Fraudsters spend more than the user usually does (the new pattern's blend in).
+    inflate = (is_fraud == 1) & (not concept)
+    amount = np.where(inflate, amount * rng.uniform(1.5, 4.0, size=n), amount)
 
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     df = pd.DataFrame(

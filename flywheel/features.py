@@ -146,7 +146,8 @@ def compute_aggregates(spec: PipelineSpec, ds: date, *, settings: Settings | Non
     import tempfile
 
     settings = settings or get_settings()
-    span = spec.features.window_days - 1 + spec.features.label_lag_days
+    # The window, the label lag, and at least one day before the window (drop-out rows).
+    span = spec.features.window_days - 1 + max(spec.features.label_lag_days, 1)
     start = ds - timedelta(days=span)
     client = storage.s3_client(settings)
     name = spec.dataset.name

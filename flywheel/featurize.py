@@ -55,20 +55,28 @@ def _counts(entity: str, column: str = "ts") -> str:
     )
 
 
+# An entity that had transactions in the day before the 7-day window but none inside it gets a
+# "drop-out" row (counts 0, window statistics NULL): its latest row then says "inactive" instead
+# of repeating its last active week, identically offline (point-in-time join) and online.
+SEEN = "8 days"
+
+
 def _user_sql(source: str) -> str:
     return f"""
-    WITH w AS (SELECT user_id, amount, country, event_timestamp AS ts FROM {source}
-               WHERE event_timestamp >= $stamp - INTERVAL '7 days' AND event_timestamp < $stamp),
+    WITH seen AS (SELECT user_id, amount, country, event_timestamp AS ts FROM {source}
+                  WHERE event_timestamp >= $stamp - INTERVAL '{SEEN}' AND event_timestamp < $stamp),
+    w AS (SELECT * FROM seen WHERE ts >= $stamp - INTERVAL '7 days'),
     top AS (SELECT user_id, first(country ORDER BY n DESC, country) AS user_top_country
             FROM (SELECT user_id, country, count(*) AS n FROM w GROUP BY ALL) GROUP BY user_id)
-    SELECT CAST(w.user_id AS BIGINT) AS user_id, {_counts("user")},
+    SELECT CAST(seen.user_id AS BIGINT) AS user_id, {_counts("user")},
            coalesce(sum(amount) FILTER (WHERE ts >= $stamp - INTERVAL '24 hours'), 0.0) AS user_amount_sum_24h,
-           avg(amount) AS user_amount_mean_7d, max(amount) AS user_amount_max_7d,
-           stddev_samp(amount) AS user_amount_std_7d,
+           avg(amount) FILTER (WHERE ts >= $stamp - INTERVAL '7 days') AS user_amount_mean_7d,
+           max(amount) FILTER (WHERE ts >= $stamp - INTERVAL '7 days') AS user_amount_max_7d,
+           stddev_samp(amount) FILTER (WHERE ts >= $stamp - INTERVAL '7 days') AS user_amount_std_7d,
            CAST(epoch($stamp) - epoch(max(ts)) AS DOUBLE) AS user_seconds_since_last_txn,
            any_value(top.user_top_country) AS user_top_country,
            $stamp AS event_timestamp
-    FROM w JOIN top USING (user_id) GROUP BY w.user_id ORDER BY user_id"""
+    FROM seen LEFT JOIN top USING (user_id) GROUP BY seen.user_id ORDER BY user_id"""
 
 
 def _merchant_sql(source: str, label: str, lag_days: int) -> str:
@@ -82,7 +90,7 @@ def _merchant_sql(source: str, label: str, lag_days: int) -> str:
                WHERE ts < $stamp - INTERVAL '{lag_days} days') AS merchant_fraud_rate_7d,
            $stamp AS event_timestamp
     FROM w GROUP BY merchant_id
-    HAVING count(*) FILTER (WHERE ts >= $stamp - INTERVAL '7 days') > 0 ORDER BY merchant_id"""
+    HAVING count(*) FILTER (WHERE ts >= $stamp - INTERVAL '{SEEN}') > 0 ORDER BY merchant_id"""
 
 
 def _run(sql: str, ds: date, frame: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -41,7 +41,7 @@ class Decision:
     signals: dict[str, Any]
     run_id: str
     champion_version: str | None
-    decided_at: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ"))
+    decided_at: str = field(default_factory=lambda: stamp(datetime.now(UTC)))
 
     @property
     def triggered(self) -> bool:
@@ -109,18 +109,27 @@ def signals(spec: PipelineSpec, observed: dict[str, Any], *, champion_end: date 
     return out
 
 
+def stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
 def decide(spec: PipelineSpec, observed: dict[str, Any], *, run_id: str, new_labelled_rows: int,
            champion_version: str | None, champion_end: date | None, past: list[Decision],
-           today: date | None = None) -> Decision:
-    """The policy as a pure function of what was observed and what was decided before."""
+           today: date | None = None, now: datetime | None = None) -> Decision:
+    """The policy as a pure function of what was observed and what was decided before.
+
+    ``now`` is the wall clock of the decision (its ``decided_at``, and the day the daily cap
+    counts); a simulation passes its simulated clock.
+    """
     policy = spec.monitoring.retrain
+    now = now or datetime.now(UTC)
     ds = date.fromisoformat(str(observed["ds"]))
     seen = signals(spec, observed, champion_end=champion_end)
     seen["new_labelled_rows"] = new_labelled_rows
 
     def made(action: Action, reason: str) -> Decision:
         return Decision(model=spec.model_name, ds=ds.isoformat(), action=action, reason=reason, signals=seen,
-                        run_id=run_id, champion_version=champion_version)
+                        run_id=run_id, champion_version=champion_version, decided_at=stamp(now))
 
     if not seen["fired"]:
         return made("no_signal", "no retraining signal fired")
@@ -135,9 +144,8 @@ def decide(spec: PipelineSpec, observed: dict[str, Any], *, run_id: str, new_lab
     if new_labelled_rows < policy.min_new_labelled_rows:
         return made("insufficient_labels", f"{new_labelled_rows} labelled rows since the champion's window, "
                                            f"fewer than {policy.min_new_labelled_rows}")
-    today = today or datetime.now(UTC).date()
-    stamp = today.strftime("%Y%m%d")
-    if sum(1 for d in triggers if d.decided_at.startswith(stamp) and d.run_id != run_id) >= policy.max_per_day:
+    day = (today or now.astimezone(UTC).date()).strftime("%Y%m%d")
+    if sum(1 for d in triggers if d.decided_at.startswith(day) and d.run_id != run_id) >= policy.max_per_day:
         return made("daily_cap", f"already {policy.max_per_day} retrain request(s) today")
     return made("triggered", f"{' + '.join(seen['fired'])} on {ds}")
 
@@ -160,13 +168,13 @@ def labelled_rows_since(spec: PipelineSpec, after: date | None, until: date, set
 
 
 def evaluate(spec: PipelineSpec, observed: dict[str, Any], *, run_id: str,
-             settings: Settings | None = None) -> Decision:
+             settings: Settings | None = None, now: datetime | None = None) -> Decision:
     """Decide for one monitoring run and record the decision."""
     settings = settings or get_settings()
     version, end = champion_window_end(spec.model_name, settings)
     ds = date.fromisoformat(str(observed["ds"]))
     decision = decide(spec, observed, run_id=run_id, champion_version=version, champion_end=end,
                       new_labelled_rows=labelled_rows_since(spec, end, ds, settings),
-                      past=history(spec.model_name, settings=settings))
+                      past=history(spec.model_name, settings=settings), now=now)
     record(decision, settings=settings)
     return decision

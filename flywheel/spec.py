@@ -203,9 +203,9 @@ class PerformanceSpec(_Strict):
 
     window_days: int = Field(7, ge=1)
     min_labelled_rows: int = Field(500, ge=1)
-    min_positives: int = Field(5, ge=1)
+    min_positives: int = Field(30, ge=1)
     # Alert when PR-AUC falls this much below the champion's holdout PR-AUC.
-    max_pr_auc_drop: float = Field(0.1, gt=0, le=1)
+    max_pr_auc_drop: float = Field(0.15, gt=0, le=1)
 
 
 class SkewSpec(_Strict):
@@ -225,6 +225,9 @@ class QualitySpec(_Strict):
     max_feature_miss_rate: float = Field(0.2, ge=0, le=1)
     max_missing_rate: float = Field(0.2, ge=0, le=1)
     max_out_of_range_rate: float = Field(0.05, ge=0, le=1)
+    # A value is out of range outside [min, max] of the training reference widened by this
+    # share of (max - min) on each side.
+    range_margin: float = Field(0.5, ge=0)
     # The online store is stale when its newest features are older than this (data time).
     max_online_age_hours: float = Field(48, gt=0)
 

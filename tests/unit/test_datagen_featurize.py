@@ -48,7 +48,8 @@ def test_drift_kinds_combine_and_follow_a_schedule(spec):
     both = generate_day(DAY, spec.generator, drift={DriftKind.AMOUNT_SHIFT, DriftKind.NEW_PATTERN}, bad_records=False)
     alone = generate_day(DAY, spec.generator, drift=DriftKind.AMOUNT_SHIFT, bad_records=False)
     assert both["amount"].median() > 2 * generate_day(DAY, spec.generator, bad_records=False)["amount"].median()
-    assert both["is_fraud"].mean() > alone["is_fraud"].mean()
+    new = (both["device"] == "mobile") & both["merchant_category"].isin(["pharmacy", "grocery"])
+    assert both.loc[new, "is_fraud"].mean() > 3 * both.loc[~new, "is_fraud"].mean()
     # A single kind keeps the frames it always had (seeded by the kind's name).
     pd.testing.assert_frame_equal(alone, generate_day(DAY, spec.generator, drift=[DriftKind.AMOUNT_SHIFT],
                                                       bad_records=False))
@@ -113,3 +114,22 @@ def test_model_matrix_handles_unknown_entities(spec):
     assert matrix["amount_to_user_mean"].iloc[0] == pytest.approx(df["amount"].iloc[0] / 10.0)
     assert np.isnan(matrix["amount_to_user_mean"].iloc[1])
     assert matrix["is_foreign"].iloc[1] == 0
+
+
+def test_an_entity_that_drops_out_of_the_window_gets_an_inactive_row():
+    from flywheel.featurize import merchant_aggregates
+
+    def txn(user: int, merchant: int, when: str) -> dict:
+        return {"user_id": user, "merchant_id": merchant, "amount": 10.0, "country": "US", "is_fraud": 0,
+                "event_timestamp": pd.Timestamp(when, tz="UTC")}
+
+    # user/merchant 1: active yesterday; 2: only 7.5 days before the stamp (just left the window);
+    # 3: 9 days before (gone before: no row at all)
+    frame = pd.DataFrame([txn(1, 1, "2026-01-10 12:00"), txn(2, 2, "2026-01-03 12:00"),
+                          txn(3, 3, "2026-01-02 00:00")])
+    users = user_aggregates(frame, date(2026, 1, 10)).set_index("user_id")
+    assert list(users.index) == [1, 2]
+    assert users.loc[2, "user_txn_count_7d"] == 0 and pd.isna(users.loc[2, "user_amount_mean_7d"])
+    assert users.loc[2, "user_seconds_since_last_txn"] == 7.5 * 86400 and users.loc[2, "user_top_country"] is None
+    merchants = merchant_aggregates(frame, date(2026, 1, 10), label="is_fraud").set_index("merchant_id")
+    assert list(merchants.index) == [1, 2] and merchants.loc[2, "merchant_txn_count_7d"] == 0

@@ -1,0 +1,130 @@
+"""Weeks of simulated production on real SeaweedFS, MLflow, Feast, Evidently and BentoML.
+
+Two weeks of history train the first champion; then, day by day, the served traffic, the
+data and label pipelines, every monitoring check and the retraining policy run as in
+production (flywheel.simulation): a stable period, a covariate-shift episode, a return to
+normal, and a concept shift that only the delayed labels reveal. Each outcome is asserted;
+the run's day-by-day table and the detection delays are written to the test's log and to
+``<home>/simulation.json``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flywheel import checks, policy, registry, stack
+from flywheel.config import Settings
+from flywheel.packaging import build_bento
+from flywheel.simulation import (
+    CONCEPT,
+    COVARIATE,
+    RECOVERY,
+    STABLE,
+    Scenario,
+    SimulationResult,
+    outcome_table,
+    prepare_history,
+    simulate,
+)
+from flywheel.training import train
+from tests.ports import ports
+
+pytestmark = pytest.mark.e2e
+PORTS = ports(31000)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, spec) -> tuple[Settings, SimulationResult]:
+    home = tmp_path_factory.mktemp("simulation-home")
+    settings = stack.up(Settings(home=home, ports=PORTS, prediction_flush_s=0.5, champion_refresh_s=1.0),
+                        services=["seaweedfs", "mlflow"])
+    # Fixed hyper-parameters (no search): the scenario is about when models are retrained.
+    fast = spec.model_copy(update={"training": spec.training.model_copy(
+        update={"search": spec.training.search.model_copy(update={"trials": 0})})})
+    scenario = Scenario()
+    try:
+        prepare_history(settings, fast, scenario)
+        first = train(fast, end=scenario.history_end, reason="initial", settings=settings)
+        assert first.promoted, first.reason
+        tag = build_bento(fast, version=first.version, settings=settings)
+        served = stack.up(settings, services=["model-server"], bento=tag)
+        result = simulate(served, fast, scenario)
+        from rich.console import Console
+
+        console = Console(width=160, record=True)
+        console.print(outcome_table(result))
+        print(console.export_text())
+        (home / "simulation.json").write_text(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps({k: v for k, v in result.to_dict().items() if k != "days"}, indent=2))
+        yield settings, result
+    finally:
+        stack.down(settings)
+
+
+def days_of(result: SimulationResult, phase: str):
+    return [d for d in result.days if d.phase == phase]
+
+
+@pytest.mark.timeout(2400)
+def test_stable_traffic_raises_no_retrain(run):
+    _, result = run
+    stable = days_of(result, STABLE)
+    assert all(d.action == "no_signal" for d in stable), [(d.day, d.action, d.reason) for d in stable]
+    assert result.false_alarms() == []
+    assert all(d.performance in ("ok", "insufficient_data") for d in stable)
+
+
+def test_served_features_are_the_offline_features(run):
+    """Skew: the features the service used equal the point-in-time features of the same transactions."""
+    _, result = run
+    assert all(d.skew is not None and "skew" not in d.alerts for d in result.days), \
+        [(d.day, d.skew) for d in result.days]
+
+
+def test_covariate_shift_retrains_once_and_cooldown_holds_the_repeats(run, spec):
+    settings, result = run
+    first, *repeats = days_of(result, COVARIATE)
+    assert "drift" in first.alerts and first.action == "triggered", (first.day, first.reason)
+    assert result.detection_delay(COVARIATE, "drift") == 0
+    assert first.retrained is not None
+    assert all("drift" in d.alerts and d.action == "cooldown" for d in repeats), \
+        [(d.day, d.alerts, d.action) for d in repeats]
+    recorded = {d.ds: d for d in policy.history(spec.model_name, settings=settings)}
+    assert all(recorded[d.day].action == "cooldown" for d in repeats)  # suppressed, and recorded
+    assert days_of(result, RECOVERY)[0].served_by == [first.retrained if first.promoted else first.champion]
+
+
+def test_every_retrain_went_through_the_gate(run, spec):
+    """A new champion only if better: the gate's verdict, recorded on the version, moved the alias."""
+    settings, result = run
+    retrains = [d for d in result.days if d.retrained]
+    assert retrains
+    for d in retrains:
+        mv = registry.client(settings).get_model_version(spec.model_name, d.retrained)
+        assert mv.tags["gate.promote"] == str(d.promoted).lower(), (d.day, mv.tags["gate.reason"])
+        following = [o for o in result.days if o.day > d.day]
+        if following:
+            assert following[0].served_by == [d.retrained if d.promoted else d.champion]
+    assert all("data_drift" in d.reason or "performance" in d.reason for d in retrains)
+
+
+def test_concept_shift_is_caught_by_delayed_labels_and_retrains(run):
+    _, result = run
+    concept = days_of(result, CONCEPT)
+    # Inputs look as usual: no data drift, the labels show it.
+    assert not any("drift" in d.alerts for d in concept), [(d.day, d.drift_share) for d in concept]
+    delay = result.detection_delay(CONCEPT, "performance")
+    assert delay is not None and delay <= 6, [(d.day, d.pr_auc, d.pr_auc_drop) for d in concept]
+    triggered = [d for d in concept if d.action == "triggered"]
+    assert triggered and "performance" in triggered[0].reason and triggered[0].retrained is not None
+
+
+def test_every_day_is_summarised_for_dashboards(run, spec):
+    settings, result = run
+    summaries = {s["ds"]: s for s in checks.read_summaries(spec, settings=settings)}
+    assert set(summaries) == {d.day for d in result.days}
+    last = summaries[result.days[-1].day]
+    assert {"drift", "performance", "skew", "quality", "freshness", "decision"} <= set(last)
+    assert last["freshness"]["online_age_hours"] == 0  # the day's features are online when it is checked
