@@ -418,6 +418,13 @@ class AirflowClient:
                     return int(record["id"])
         raise AirflowClientError(f"asset {asset!r} is not known to Airflow", status_code=404)
 
+    def emit_asset_event(self, asset: str, extra: Mapping[str, Any] | None = None) -> AssetEvent:
+        """Create an event of the asset (by URI or name), as a task's outlet would; DAGs
+        scheduled on the asset are queued by it (when unpaused)."""
+        body = self.request("POST", "/assets/events",
+                            json={"asset_id": self.asset_id(asset), "extra": dict(extra or {})})
+        return AssetEvent.from_api(body)
+
     def asset_events(self, asset: str, *, limit: int = 100) -> list[AssetEvent]:
         """Events of the asset (by URI or name), newest first."""
         body = self.request(

@@ -79,15 +79,26 @@ def _print_status(settings: object) -> None:
 @app.command()
 def demo(
     history_days: Annotated[int, typer.Option(help="Days of normal history to load and train on")] = 14,
-    drift_days: Annotated[int, typer.Option(help="Drifted days appended after the history")] = 3,
+    stable_days: Annotated[int, typer.Option(help="Served days of normal traffic before the first shift "
+                                                  "(false alarms are counted over them)")] = 7,
+    concept_days: Annotated[int, typer.Option(help="Days of the final concept shift")] = 8,
 ) -> None:
-    """Run the whole loop through Airflow on the embedded stack and print where to look.
+    """Run the whole loop through Airflow on the embedded stack, then weeks of simulated production.
 
-    Leaves the stack running; stop it with `flywheel down`.
+    History is backfilled through the data DAG and the first champion comes from the training
+    DAG; the first served day goes through the data, label and monitoring DAGs; the following
+    weeks (stable traffic, a covariate-shift episode, recovery, a concept shift seen only in
+    delayed labels) run day by day, and every retrain the policy triggers is an Asset event the
+    scheduler turns into a training run. Prints the outcome day by day, the detection delays
+    and false alarms, and where to look. Leaves the stack running; stop it with `flywheel down`.
     """
     from flywheel import demo as demo_mod
+    from flywheel.simulation import CONCEPT, STABLE, Scenario
 
-    plan = demo_mod.DemoPlan(history_days=history_days, drift_days=drift_days)
+    base = Scenario()
+    phases = tuple((name, stable_days if name == STABLE else concept_days if name == CONCEPT else days, kinds)
+                   for name, days, kinds in base.phases)
+    plan = demo_mod.DemoPlan(scenario=Scenario(start=base.start, history_days=history_days, phases=phases))
     demo_mod.run(get_settings(), console, plan)
 
 

@@ -1,15 +1,21 @@
-"""The README's ``make demo``: the whole loop on the embedded stack, through Airflow.
+"""The README's ``make demo``: the whole loop on the embedded stack, then weeks of production.
 
-1. start the stack; generate two weeks of transactions plus drifted days;
-2. backfill the data DAG (ingest → validate → features) over the two weeks;
+1. start the stack; generate the scenario: two weeks of history, then a stable week, a
+   covariate-shift episode, a recovery and a concept shift (flywheel.simulation), with a
+   label feed whose labels arrive 1-3 days late;
+2. backfill the data DAG (ingest → validate → features) over the history;
 3. run the training DAG (train → gate → package); start the model server;
-4. replay real transactions over HTTP; a drift check finds nothing;
-5. ingest drifted days, replay them; the drift check emits a retrain request,
-   the scheduler runs the training DAG on it and a new version is registered.
+4. the first served day through Airflow: traffic over HTTP, the data and label DAGs, and the
+   monitoring DAG (drift, performance, skew, quality → retraining policy);
+5. the remaining weeks day by day (the same functions in-process, traffic over HTTP): every
+   retrain the policy triggers is an Asset event that the scheduler turns into a training DAG
+   run, and the gate decides whether the new version becomes champion;
+6. the outcome day by day, the detection delays and false alarms, and where to look.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -20,10 +26,12 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from flywheel import promotion, registry, stack, storage
+from flywheel import promotion, registry, simulation, stack, storage
 from flywheel.airflow_client import AirflowClient
 from flywheel.config import Settings, mask
-from flywheel.datagen import DriftKind, write_landing
+from flywheel.datagen import drift_label
+from flywheel.policy import Decision
+from flywheel.simulation import Scenario, valid_rows
 from flywheel.spec import PipelineSpec, load_spec
 
 START = date(2026, 1, 1)
@@ -31,22 +39,12 @@ START = date(2026, 1, 1)
 
 @dataclass
 class DemoPlan:
-    history_days: int = 14
-    drift_days: int = 3
-    drift: DriftKind = DriftKind.AMOUNT_SHIFT
-    batch_size: int = 100
+    scenario: Scenario = field(default_factory=Scenario)
+    batch_size: int = 250
 
     @property
     def train_end(self) -> date:
-        return START + timedelta(days=self.history_days - 1)
-
-    @property
-    def drift_start(self) -> date:
-        return START + timedelta(days=self.history_days)
-
-    @property
-    def last_day(self) -> date:
-        return START + timedelta(days=self.history_days + self.drift_days - 1)
+        return self.scenario.history_end
 
 
 @dataclass
@@ -65,13 +63,6 @@ class Timer:
 
     def __exit__(self, *exc: object) -> None:
         self.report.timings[self.step] = round(time.monotonic() - self.t0, 1)
-
-
-def valid_rows(frame: pd.DataFrame, spec: PipelineSpec) -> pd.DataFrame:
-    """Rows a product service would send (the generator's bad records left out)."""
-    allowed = spec.dataset.contract.columns["merchant_category"].allowed or []
-    ok = frame["user_id"].notna() & (frame["amount"] > 0) & frame["merchant_category"].isin(allowed)
-    return frame[ok]
 
 
 def replay(settings: Settings, spec: PipelineSpec, day: date, *, batch_size: int) -> dict[str, Any]:
@@ -145,49 +136,68 @@ def latest_version(settings: Settings, spec: PipelineSpec) -> str:
 
 
 def reset_simulation(settings: Settings, spec: PipelineSpec, plan: DemoPlan, console: Console) -> None:
-    """The demo replays past days against the online store: a re-run must start from the
-    same state, so drop the online store (rebuilt by the backfill, in date order) and the
-    prediction logs of the replayed days. Data, models and reports are kept."""
+    """The demo replays the same days on every run, so a re-run starts from the same state: drop
+    the online store (rebuilt in date order), and the prediction logs, monitoring summaries and
+    retraining decisions of the scenario's days (decisions of a day would read as duplicates).
+    Data, models, reports and the promotion audit log are kept."""
     from flywheel import features
 
     stack.down(settings, services=["model-server"], console=console)
     features.reset_online_store(settings)
+    simulation.reset_predictions(settings, spec, plan.scenario)
     client = storage.s3_client(settings)
-    for offset in range(plan.history_days + plan.drift_days):
-        day = START + timedelta(days=offset)
-        keys = storage.list_keys("predictions", f"{spec.model_name}/dt={day.isoformat()}/",
-                                 settings=settings, client=client)
-        for key in keys:
-            client.delete_object(Bucket=settings.bucket("predictions"), Key=key)
+    days = {(plan.scenario.start + timedelta(days=i)).isoformat() for i in range(plan.scenario.days)}
+    for prefix in (f"policy/{spec.model_name}/", f"monitoring/{spec.model_name}/"):
+        for key in storage.list_keys("reports", prefix, settings=settings, client=client):
+            if key.endswith("latest.json") or any(f"ds={day}/" in key for day in days):
+                client.delete_object(Bucket=settings.bucket("reports"), Key=key)
+
+
+def retrain_through_airflow(client: AirflowClient) -> simulation.Retrain:
+    """A retrain as production makes it: the retrain Asset event, then the training DAG run the
+    scheduler starts on it (train → gate → package); returns (version, promoted)."""
+
+    def retrain(settings: Settings, spec: PipelineSpec, decision: Decision) -> tuple[str, bool]:
+        known = {r.run_id for r in client.list_runs(f"{spec.name}_training")}
+        client.emit_asset_event(f"{spec.name}.retrain_request", extra={
+            "reason": decision.reason, "signals": decision.signals.get("fired", []), "window_end": decision.ds,
+            "drift_share": decision.signals.get("drift_share"), "source": "flywheel demo (simulated day)"})
+        wait_for_retrain(client, spec, known)
+        version = latest_version(settings, spec)
+        mv = registry.client(settings).get_model_version(spec.model_name, version)
+        return version, mv.tags.get("gate.promote") == "true"
+
+    return retrain
 
 
 def run(settings: Settings, console: Console, plan: DemoPlan | None = None) -> DemoReport:
     plan = plan or DemoPlan()
+    scenario = plan.scenario
     report = DemoReport()
     spec = load_spec(settings=settings)
-    data_dag, train_dag = f"{spec.name}_data", f"{spec.name}_training"
+    labels = simulation.label_spec(spec, settings)
+    data_dag, train_dag, monitor_dag = f"{spec.name}_data", f"{spec.name}_training", f"{spec.name}_monitoring"
+    labels_dag = f"{labels.name}_data" if labels else None
 
     with Timer(report, console, "start the embedded stack"):
         core = [s.name for s in stack.SERVICES if not s.optional]  # the model server comes later
         settings = stack.up(settings, services=core, console=console)
     with Timer(report, console, "generate data"):
-        days = plan.history_days + plan.drift_days
-        write_landing(settings.home / "landing", START, days, spec.generator,
-                      drift_from=plan.drift_start, drift=plan.drift, dataset=spec.dataset.name)
-        console.print(f"{days} daily partitions under {settings.home / 'landing'} "
-                      f"({plan.drift.value} drift from {plan.drift_start})")
+        simulation.write_data(settings, spec, scenario)
+        console.print(phase_table(scenario))
     client = AirflowClient(settings)
-    for dag_id in (data_dag, train_dag, f"{spec.name}_monitoring"):
-        client.wait_for_dag(dag_id, timeout=180)
-        client.unpause(dag_id)
+    for dag_id in (data_dag, train_dag, monitor_dag, labels_dag):
+        if dag_id:
+            client.wait_for_dag(dag_id, timeout=180)
+            client.unpause(dag_id)
 
     with Timer(report, console, "reset the simulated traffic of an earlier demo"):
         reset_simulation(settings, spec, plan, console)
     for stale in client.active_backfills(data_dag):  # left by an interrupted earlier demo
         console.print(f"cancelling unfinished backfill {stale} of {data_dag}")
         client.cancel_backfill(stale)
-    with Timer(report, console, f"backfill {data_dag} {START}..{plan.train_end}"):
-        backfill = client.backfill(data_dag, START, plan.train_end, reprocess_behavior="completed")
+    with Timer(report, console, f"backfill {data_dag} {scenario.start}..{plan.train_end}"):
+        backfill = client.backfill(data_dag, scenario.start, plan.train_end, reprocess_behavior="completed")
         states = client.wait_for_runs(data_dag, backfill, timeout=900)
         console.print(f"backfill {backfill}: {len(states)} runs succeeded")
 
@@ -208,36 +218,80 @@ def run(settings: Settings, console: Console, plan: DemoPlan | None = None) -> D
                       f"({mv.tags.get('gate.reason')})")
         console.print(family_table(settings, spec, mv.tags["run_id"]))
 
-    with Timer(report, console, "serve the champion and replay normal traffic"):
+    first_day = scenario.first_day
+    with Timer(report, console, f"serve; the first day ({first_day}) through Airflow"):
         settings = stack.up(settings, services=["model-server"], console=console)
-        for offset in (1, 0):
-            result = replay(settings, spec, plan.train_end - timedelta(days=offset), batch_size=plan.batch_size)
-            console.print(f"replayed {result}")
-        wait_for_prediction_logs(settings, spec, plan.train_end)
-        tasks = run_monitoring(client, spec, plan.train_end)
-        report.facts["normal_day_retrain"] = tasks.get("request_retrain")
-        console.print(f"drift check {plan.train_end}: tasks {tasks}")
+        traffic = simulation.send_traffic(settings, spec, first_day, batch_size=plan.batch_size)
+        console.print(f"{traffic['requests']} transactions of {first_day} scored over HTTP by "
+                      f"{', '.join('v' + v for v in traffic['versions'])}")
+        simulation.wait_for_logs(settings, spec, first_day, traffic["requests"])
+        runs = {dag_id: client.trigger(dag_id, logical_date=first_day + timedelta(days=1),
+                                       run_id=f"demo__{first_day.isoformat()}__{dag_id}")
+                for dag_id in (data_dag, labels_dag) if dag_id}
+        for dag_id, run_id in runs.items():
+            client.wait_for_runs(dag_id, [run_id], timeout=600)
+        tasks = run_monitoring(client, spec, first_day)
+        report.facts["first_day_monitoring"] = tasks
+        console.print(f"{monitor_dag} {first_day}: {tasks}")
 
-    with Timer(report, console, "inject drift: ingest and replay drifted days"):
-        backfill = client.backfill(data_dag, plan.drift_start, plan.last_day, reprocess_behavior="completed")
-        client.wait_for_runs(data_dag, backfill, timeout=600)
-        drift_day = plan.drift_start + timedelta(days=1)
-        console.print(f"replayed {replay(settings, spec, drift_day, batch_size=plan.batch_size)}")
-        wait_for_prediction_logs(settings, spec, drift_day)
+    rest = [first_day + timedelta(days=i) for i in range(1, (scenario.last_day - first_day).days + 1)]
+    with Timer(report, console, f"simulate {len(rest)} more days of production"):
+        result = simulate_with_progress(settings, spec, plan, rest, client, console)
+    console.print(simulation.outcome_table(result))
+    outcome = result.to_dict()
+    report.facts.update(detection_delay_days=outcome["detection_delay_days"], false_alarms=outcome["false_alarms"],
+                        retrains=[f"{d.day}: v{d.retrained} {'promoted' if d.promoted else 'not promoted'}"
+                                  for d in result.days if d.retrained])
+    (settings.home / "reports").mkdir(parents=True, exist_ok=True)
+    (settings.home / "reports" / "simulation.json").write_text(json.dumps(outcome, indent=2))
 
-    with Timer(report, console, "drift detected → retrain request → training DAG"):
-        known = {r.run_id for r in client.list_runs(train_dag)}
-        tasks = run_monitoring(client, spec, drift_day)
-        console.print(f"drift check {drift_day}: tasks {tasks}")
-        if tasks.get("request_retrain") != "success":
-            raise RuntimeError(f"drift on {drift_day} did not request a retrain: {tasks}")
-        retrain = wait_for_retrain(client, spec, known)
-        latest = latest_version(settings, spec)
-        report.facts.update(retrain_run=retrain, latest_version=latest, drift_day=drift_day.isoformat())
-        console.print(f"retrain run {retrain} registered {spec.model_name} v{latest}")
-    report.facts["report_url"] = save_report(settings, spec, drift_day)
+    with Timer(report, console, "a last prediction over HTTP"):
+        report.facts["last_prediction"] = last_prediction(settings, spec, scenario.last_day)
+        console.print(report.facts["last_prediction"])
+    covariate = result.phase_starts(simulation.COVARIATE)
+    report.facts["report_url"] = save_report(settings, spec, covariate[0] if covariate else scenario.last_day)
     summary(settings, spec, report, console)
     return report
+
+
+def phase_table(scenario: Scenario) -> Table:
+    table = Table(title="The simulated scenario")
+    for column in ("phase", "from", "days", "drift"):
+        table.add_column(column)
+    table.add_row("history (training data)", scenario.start.isoformat(), str(scenario.history_days), "none")
+    for phase, (_, days, _) in zip(scenario.schedule(), scenario.phases, strict=True):
+        table.add_row(phase.name, phase.start.isoformat(), str(days), drift_label(phase.drift))
+    return table
+
+
+def simulate_with_progress(settings: Settings, spec: PipelineSpec, plan: DemoPlan, days: list[date],
+                           client: AirflowClient, console: Console) -> simulation.SimulationResult:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        bar = progress.add_task("simulated days", total=len(days))
+
+        def on_day(outcome: simulation.DayOutcome) -> None:
+            retrain = f" → v{outcome.retrained} {'promoted' if outcome.promoted else 'not promoted'}" \
+                if outcome.retrained else ""
+            alerts = ", ".join(outcome.alerts) or "no alerts"
+            progress.console.print(f"{outcome.day} {outcome.phase:<15} {alerts:<28} {outcome.action}{retrain}")
+            progress.advance(bar)
+
+        return simulation.simulate(settings, spec, plan.scenario, days=days,
+                                   retrain=retrain_through_airflow(client), on_day=on_day)
+
+
+def last_prediction(settings: Settings, spec: PipelineSpec, day: date) -> dict[str, Any]:
+    """One more transaction of the last day, scored over HTTP: what a product service sees."""
+    probe = simulation.probe(settings, spec, day)
+    headers = {"X-API-Key": settings.api_key.get_secret_value() if settings.api_key else ""}
+    with httpx.Client(base_url=str(settings.model_server_url), headers=headers, timeout=30) as http:
+        resp = http.post("/predict", json=probe)
+        resp.raise_for_status()
+    body = resp.json()
+    return {k: body[k] for k in ("transaction_id", "fraud_probability", "is_fraud", "model_version")}
 
 
 def family_table(settings: Settings, spec: PipelineSpec, run_id: str) -> Table:

@@ -321,15 +321,15 @@ def simulate_day(settings: Settings, spec: PipelineSpec, scenario: Scenario, day
         outcome.retrained, outcome.promoted = version, promoted
         champion = registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings)
         if champion is not None:
-            wait_for_version(settings, str(champion.version), _probe(settings, spec, day))
+            wait_for_version(settings, str(champion.version), probe(settings, spec, day))
     log.info("simulated %s (%s): %s %s", day, outcome.phase, outcome.action, outcome.reason)
     return outcome
 
 
-def _probe(settings: Settings, spec: PipelineSpec, day: date) -> dict[str, Any]:
+def probe(settings: Settings, spec: PipelineSpec, day: date) -> dict[str, Any]:
     path = settings.home / "landing" / spec.dataset.name / f"ds={day.isoformat()}" / "part-0.parquet"
     row = valid_rows(pd.read_parquet(path), spec, day).iloc[0]
-    return {"transaction_id": "probe", "user_id": int(row["user_id"]), "merchant_id": int(row["merchant_id"]),
+    return {"transaction_id": f"probe-{day.isoformat()}", "user_id": int(row["user_id"]), "merchant_id": int(row["merchant_id"]),
             "amount": float(row["amount"]), "event_timestamp": row["event_timestamp"].isoformat(),
             "merchant_category": row["merchant_category"], "country": row["country"], "device": row["device"]}
 

@@ -137,7 +137,16 @@ def test_the_loop_closes(env, spec):
     normal = json.loads(storage.get_bytes(
         "reports", f"drift/{spec.model_name}/ds={last_normal}/report.json", settings=settings))
     assert states["drift_check"] == "success"
+    assert all(states[t] == "success" for t in ("performance_check", "skew_check", "serving_quality_check",
+                                                "retrain_policy")), states
     assert states["request_retrain"] == "skipped", (normal["drift_share"], normal["drifted_columns"])
+    from flywheel import checks
+
+    summary = {s["ds"]: s for s in checks.read_summaries(spec, settings=settings)}[last_normal.isoformat()]
+    # No label feed landed in this test and the day's batch is not ingested yet: both say so.
+    assert summary["performance"]["status"] == "insufficient_data"
+    assert summary["skew"]["status"] == "waiting_for_data"
+    assert summary["decision"]["action"] == "no_signal" and summary["freshness"]["status"] == "ok"
 
     # 5. drifted days arrive and are served; the drift check emits the retrain Asset event
     for offset in range(NORMAL_DAYS - 1, NORMAL_DAYS + DRIFT_DAYS - 1):
