@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -193,9 +194,9 @@ def _decision_samples(model: str, decision: Mapping[str, Any]) -> Iterator[Sampl
     if isinstance(action, str) and action:
         yield Sample(f"{NAMESPACE}_decision", "1 for the retraining policy's latest action",
                      (("model", model), ("action", action)), 1.0)
-    for signal in fired if isinstance(fired, list) else []:
+    for fired_signal in fired if isinstance(fired, list) else []:
         yield Sample(f"{NAMESPACE}_decision_fired", "1 for each signal that fired in the latest decision",
-                     (("model", model), ("signal", str(signal))), 1.0)
+                     (("model", model), ("signal", str(fired_signal))), 1.0)
 
 
 def summary_samples(model: str, summary: Mapping[str, Any]) -> list[Sample]:
@@ -404,14 +405,26 @@ def start(
 def serve(
     settings: Settings, *, host: str | None = None, port: int | None = None, cache_s: float | None = None
 ) -> None:
-    """Serve ``/metrics`` in the foreground until interrupted (the ``flywheel exporter`` command)."""
+    """Serve ``/metrics`` in the foreground until SIGINT or SIGTERM (the ``flywheel exporter`` command).
+
+    The listening socket is closed before the process exits, so a restart (``flywheel down``
+    then ``up``) finds the port free at once.
+    """
     server, thread = start(settings, host=host, port=port, cache_s=cache_s)
     log.info("monitoring exporter on http://%s:%s/metrics (bucket %s)", server.server_address[0],
              server.server_port, settings.bucket("reports"))
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         thread.join()
     except KeyboardInterrupt:
-        pass
+        log.info("monitoring exporter stopping")
     finally:
         server.shutdown()
         server.server_close()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    # Without a handler SIGTERM ends the process at once, and the socket can outlive the
+    # main thread for a moment while the server thread is torn down.
+    raise KeyboardInterrupt
