@@ -264,7 +264,7 @@ class SummaryStore:
                 summaries[model] = summary
         return StoreRead(summaries, tuple(errors), time.monotonic() - started)
 
-    def _client_(self) -> S3Client:
+    def _s3(self) -> S3Client:
         if self._client is None:
             from flywheel.storage import s3_client
 
@@ -273,7 +273,7 @@ class SummaryStore:
         return self._client
 
     def _models(self) -> list[str]:
-        pages = self._client_().get_paginator("list_objects_v2").paginate(
+        pages = self._s3().get_paginator("list_objects_v2").paginate(
             Bucket=self._bucket, Prefix=SUMMARY_PREFIX, Delimiter="/"
         )
         prefixes = (p["Prefix"] for page in pages for p in page.get("CommonPrefixes", []))
@@ -284,7 +284,7 @@ class SummaryStore:
         from botocore.exceptions import ClientError
 
         try:
-            body = self._client_().get_object(Bucket=self._bucket, Key=latest_key(model))["Body"].read()
+            body = self._s3().get_object(Bucket=self._bucket, Key=latest_key(model))["Body"].read()
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound"}:
                 return None
