@@ -27,6 +27,9 @@ console = Console()
 @app.command()
 def up(
     model_server: Annotated[bool, typer.Option(help="Also start the model server (needs a built bento)")] = False,
+    exporter: Annotated[
+        bool, typer.Option(help="Also start the Prometheus exporter of the monitoring summaries")
+    ] = False,
     profile: Annotated[
         Profile | None,
         typer.Option(help="embedded (SQLite, LocalExecutor) or production (PostgreSQL, Redis, Celery "
@@ -34,6 +37,8 @@ def up(
     ] = None,
 ) -> None:
     """Start the stack: SeaweedFS (S3), MLflow, Airflow (+ the model server if a bento exists).
+
+    `--exporter` adds the Prometheus exporter of the monitoring summaries (`flywheel exporter`).
 
     Idempotent: running services are left alone. Fails with a clear message if a port is taken.
     The production profile first creates the databases it needs and checks Redis and the broker.
@@ -46,7 +51,7 @@ def up(
     services = None
     if model_server:
         services = [s.name for s in stack.SERVICES if not s.optional] + ["model-server"]
-    settings = stack.up(settings, services=services, console=console)
+    settings = stack.up(settings, services=services, also=["exporter"] if exporter else [], console=console)
     _print_status(settings)
 
 
@@ -74,6 +79,42 @@ def _print_status(settings: object) -> None:
     for s in stack.status(settings):  # type: ignore[arg-type]
         table.add_row(s.name, str(s.pid or "-"), s.url or "-", "yes" if s.healthy else "no", str(s.log))
     console.print(table)
+
+
+@app.command()
+def exporter(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default: FLYWHEEL_HOST, 127.0.0.1)")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port of /metrics (default: FLYWHEEL_PORTS__EXPORTER, 19108)")
+    ] = None,
+    cache_seconds: Annotated[
+        float | None,
+        typer.Option(help="Reuse one read of the store for this long (default: FLYWHEEL_EXPORTER_CACHE_S, 10)"),
+    ] = None,
+) -> None:
+    """Serve the monitoring summaries as Prometheus metrics on http://HOST:PORT/metrics.
+
+    Each scrape reads monitoring/<model>/latest.json of every model in the
+    reports bucket (one read is reused for --cache-seconds) and exports it as
+    flywheel_monitoring_* gauges labelled by model: drift share, PR-AUC and its
+    drop, skew, feature miss rate, online feature age, alerts, the retraining
+    decision, and flywheel_champion_version. A store that cannot be read shows
+    as flywheel_monitoring_up 0, never as a failed scrape.
+
+    Runs in the foreground until interrupted; `flywheel up --exporter` runs it
+    as a service of the embedded stack. Metric list: monitoring/README.md.
+    """
+    import logging
+
+    from flywheel import exporter as exporter_mod
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    try:
+        exporter_mod.serve(settings, host=host, port=port, cache_s=cache_seconds)
+    except exporter_mod.ExporterError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
 
 
 @app.command()

@@ -39,6 +39,8 @@ class Ports(BaseModel):
     airflow: int = 18080
     mlflow: int = 15000
     model_server: int = 13000
+    # Prometheus exporter of the monitoring summaries (optional service, `flywheel exporter`).
+    exporter: int = 19108
     # Airflow serves task logs from these (its defaults, 8793/8794, would clash between stacks).
     airflow_worker_logs: int = 18793
     airflow_trigger_logs: int = 18794
@@ -133,6 +135,9 @@ class Settings(BaseSettings):
     serving_gpus: int = Field(0, ge=0)
     serving_threads: int = Field(1, ge=1)  # native (OpenMP/BLAS) threads per worker
     serving_access_log: bool = True
+
+    # Prometheus exporter: seconds a read of the monitoring summaries is reused across scrapes.
+    exporter_cache_s: float = Field(10.0, ge=0)
 
     @classmethod
     def settings_customise_sources(

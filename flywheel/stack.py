@@ -1,4 +1,4 @@
-"""The embedded stack: SeaweedFS, MLflow, Airflow and the model server as local processes.
+"""The embedded stack: SeaweedFS, MLflow, Airflow, the model server and the exporter as local processes.
 
 Every service binds ``settings.host`` (127.0.0.1) and runs in its own session
 (process group) so that ``down`` can stop it together with its children. State
@@ -515,6 +515,16 @@ def _model_server_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def _exporter_command(settings: Settings) -> list[str]:
+    # Host and port come from FLYWHEEL_HOST / FLYWHEEL_PORTS__EXPORTER (flywheel_env); explicit here
+    # so that `ps` shows where it listens.
+    return [_bin("flywheel"), "exporter", "--host", settings.host, "--port", str(settings.ports.exporter)]
+
+
+def _exporter_url(settings: Settings) -> str:
+    return f"http://{settings.host}:{settings.ports.exporter}/metrics"
+
+
 def _url(attr: str) -> Callable[[Settings], str | None]:
     return lambda settings: str(getattr(settings, attr))
 
@@ -579,6 +589,18 @@ SERVICES: tuple[Service, ...] = (
         ports=lambda s: (s.ports.model_server,),
         url=_url("model_server_url"),
         requires=("mlflow",),
+        optional=True,
+    ),
+    # Prometheus /metrics of the monitoring summaries (`flywheel up --exporter`).
+    Service(
+        name="exporter",
+        command=_exporter_command,
+        env=lambda s: {**_base_env(), **flywheel_env(s)},
+        health=lambda s: _http_ok(_exporter_url(s)),
+        ports=lambda s: (s.ports.exporter,),
+        url=_exporter_url,
+        requires=("seaweedfs",),
+        start_timeout_s=60.0,
         optional=True,
     ),
     # Production profile: one Celery worker per ``production.celery_workers`` entry.
@@ -746,6 +768,7 @@ def up(
     services: Iterable[str] | None = None,
     console: Console | None = None,
     bento: str | None = None,
+    also: Iterable[str] = (),
 ) -> Settings:
     """Start the stack (or the named services and what they require); return settings with secrets.
 
@@ -754,7 +777,8 @@ def up(
     Raises PortInUseError (a port is held by another process), ServiceStartError (a
     service exited or was not healthy in time) and UnknownServiceError. ``model-server``
     starts when named or when a bento exists (``bento`` or the newest under
-    ``<home>/bentoml``). Services already started stay up when a later one fails.
+    ``<home>/bentoml``). ``also`` adds optional services (``exporter``) to the default set
+    or to ``services``. Services already started stay up when a later one fails.
     """
     settings = ensure_secrets(settings)
     for directory in (settings.run_dir, settings.log_dir):
@@ -762,7 +786,7 @@ def up(
     bento = bento or find_bento(settings)
     if bento:
         _bento_file(settings).write_text(bento + "\n")
-    names = list(services) if services is not None else _default_services(bento)
+    names = (list(services) if services is not None else _default_services(bento)) + list(also)
     plan = [service for service in _with_requirements(names) if service.enabled(settings)]
     running = {s.name: _running_pid(settings, s.name) for s in plan}
     stale = [name for name, pid in running.items() if pid is None]

@@ -61,8 +61,18 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
 
 
-def s3_client(settings: Settings | None = None) -> S3Client:
-    """A boto3 S3 client for the configured endpoint and credentials."""
+def s3_client(
+    settings: Settings | None = None,
+    *,
+    max_attempts: int = 5,
+    connect_timeout: float = 5,
+    read_timeout: float = 60,
+) -> S3Client:
+    """A boto3 S3 client for the configured endpoint and credentials.
+
+    Readers that must answer quickly (the Prometheus exporter) pass fewer attempts and
+    shorter timeouts. Raises :class:`StorageError` when no credentials are configured.
+    """
     import boto3
     from botocore.config import Config
 
@@ -80,9 +90,9 @@ def s3_client(settings: Settings | None = None) -> S3Client:
         aws_secret_access_key=settings.s3_secret_key.get_secret_value(),
         config=Config(
             s3={"addressing_style": settings.s3_addressing_style},
-            retries={"max_attempts": 5, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=60,
+            retries={"max_attempts": max_attempts, "mode": "standard"},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
         ),
     )
 

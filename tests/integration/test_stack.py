@@ -72,6 +72,7 @@ def test_up_starts_object_store_and_tracking_server(settings: Settings) -> None:
         assert _listening_ips(statuses[name].pid or 0) == {"127.0.0.1"}, name
     assert not statuses["airflow-api-server"].running
     assert not statuses["model-server"].running
+    assert not statuses["exporter"].running  # optional: only with --exporter
 
     secrets_file = ready.home / "secrets.json"
     assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
@@ -100,6 +101,23 @@ def test_second_up_leaves_running_services_alone(settings: Settings) -> None:
     after = {name: s.pid for name, s in _by_name(settings).items() if name in CORE}
     assert after == before
     assert all(after.values())
+
+
+def test_exporter_is_an_optional_loopback_service(settings: Settings) -> None:
+    before = {name: s.pid for name, s in _by_name(settings).items() if name in CORE}
+
+    ready = stack.up(settings, services=["mlflow"], also=["exporter"])
+
+    try:
+        statuses = _by_name(ready)
+        exporter = statuses["exporter"]
+        assert exporter.healthy and _listening_ips(exporter.pid or 0) == {"127.0.0.1"}
+        assert exporter.url == f"http://127.0.0.1:{TEST_PORTS.exporter}/metrics"
+        assert {name: statuses[name].pid for name in CORE} == before
+        assert "flywheel_monitoring_up 1.0" in httpx.get(exporter.url, timeout=10).text
+    finally:
+        assert stack.down(ready, services=["exporter"]) == ["exporter"]
+    assert _port_free(TEST_PORTS.exporter)
 
 
 def test_port_held_by_a_foreign_socket_is_reported(

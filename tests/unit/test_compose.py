@@ -609,3 +609,31 @@ def test_evidently_ui_serves_the_workspace_the_monitoring_dag_writes(
     assert ui["image"] == services["airflow-worker"]["image"]  # same evidently version as the DAG's
     assert "flywheel-home:/var/lib/flywheel" in ui["volumes"]
     assert "flywheel-home:/var/lib/flywheel" in services["airflow-worker"]["volumes"]
+
+
+def test_prometheus_scrapes_the_monitoring_exporter_and_grafana_charts_its_metrics(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    import json
+
+    from flywheel.exporter import NAMESPACE, summary_samples
+    from tests.unit.test_exporter import SUMMARY
+
+    exporter = services["exporter"]
+    assert exporter["image"] == services["airflow-worker"]["image"]  # the code that writes the summaries
+    argv = [*exporter["entrypoint"], *exporter["command"]]
+    assert argv[:2] == ["flywheel", "exporter"]
+    env = environment_of(exporter)
+    assert not [key for key in env if key.startswith("FLYWHEEL_PRODUCTION__")], "the exporter reads S3 only"
+    jobs = {job["job_name"]: job for job in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]}
+    targets = {t for sc in jobs["flywheel-exporter"]["static_configs"] for t in sc["targets"]}
+    assert targets == {f"exporter:{argv[argv.index('--port') + 1]}"}
+    # Every flywheel metric a dashboard queries is one the exporter writes for a contract summary.
+    exported = {s.name for s in summary_samples("m", SUMMARY)}
+    exported |= {f"{NAMESPACE}_{name}" for name in ("up", "models", "read_duration_seconds", "scrape_errors_total")}
+    boards = [json.loads(f.read_text()) for f in (ROOT / "infra" / "grafana" / "dashboards").glob("*.json")]
+    queried = {name for board in boards for panel in board["panels"] for target in panel["targets"]
+               for name in re.findall(r"\bflywheel_[a-z0-9_]+", target["expr"])}
+    assert {"flywheel_monitoring_drift_drift_share", "flywheel_monitoring_performance_pr_auc_drop",
+            "flywheel_monitoring_alert"} <= queried
+    assert queried <= exported, f"dashboards query unknown metrics: {sorted(queried - exported)}"
