@@ -31,13 +31,14 @@ import pandas as pd
 
 from flywheel import evaluation, monitoring, registry, storage
 from flywheel.config import Settings, get_settings
+from flywheel.exporter import LATEST, SUMMARY_PREFIX  # the exporter reads what this writes
 from flywheel.featurize import MODEL_FEATURES, feature_timestamp
 from flywheel.spec import PipelineSpec
 
 log = logging.getLogger(__name__)
 
 Status = Literal["ok", "alert", "insufficient_data", "waiting_for_data", "disabled"]
-SUMMARY = "summary.json"
+SUMMARY = "summary.json"  # per day; LATEST is the newest day's copy
 
 
 @dataclass(frozen=True)
@@ -360,22 +361,22 @@ def write_summary(spec: PipelineSpec, ds: date, sections: dict[str, Any], *, cha
     summary = {"model": spec.model_name, "ds": ds.isoformat(), "champion_version": champion_version,
                "generated_at": datetime.now(UTC).isoformat(), **sections}
     body = json.dumps(monitoring._json_safe(summary), indent=2, sort_keys=True, allow_nan=False).encode()
-    base = f"monitoring/{spec.model_name}/"
+    base = f"{SUMMARY_PREFIX}{spec.model_name}/"
     uri = storage.put_bytes("reports", f"{base}ds={ds.isoformat()}/{SUMMARY}", body,
                             content_type="application/json", settings=settings)
     try:
-        latest = json.loads(storage.get_bytes("reports", base + "latest.json", settings=settings)).get("ds", "")
+        latest = json.loads(storage.get_bytes("reports", base + LATEST, settings=settings)).get("ds", "")
     except Exception:  # noqa: BLE001 - no latest yet (or unreadable): this one becomes it
         latest = ""
     if ds.isoformat() >= latest:
-        storage.put_bytes("reports", base + "latest.json", body, content_type="application/json", settings=settings)
+        storage.put_bytes("reports", base + LATEST, body, content_type="application/json", settings=settings)
     return uri
 
 
 def read_summaries(spec: PipelineSpec, *, settings: Settings | None = None) -> list[dict[str, Any]]:
     """Every day's summary of a model, by day."""
     settings = settings or get_settings()
-    keys = [k for k in storage.list_keys("reports", f"monitoring/{spec.model_name}/ds=", settings=settings)
+    keys = [k for k in storage.list_keys("reports", f"{SUMMARY_PREFIX}{spec.model_name}/ds=", settings=settings)
             if k.endswith(SUMMARY)]
     return sorted((json.loads(storage.get_bytes("reports", k, settings=settings)) for k in keys),
                   key=lambda s: s["ds"])

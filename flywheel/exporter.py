@@ -1,7 +1,7 @@
 """Prometheus export of the daily monitoring summaries (for Grafana and alerting).
 
 Every monitoring run writes ``s3://<reports>/monitoring/<model>/latest.json`` (see
-``flywheel/monitoring.py``). On each scrape the exporter reads the ``latest.json`` of
+``flywheel/checks.py``, ``write_summary``). On each scrape the exporter reads the ``latest.json`` of
 every model under ``monitoring/`` and turns it into gauges. The read is reused for
 ``cache_s`` seconds, so frequent scrapes (several Prometheus replicas, Grafana's
 "explore") cost one S3 listing per interval, not one per scrape.

@@ -40,9 +40,11 @@ def run(tmp_path_factory, spec) -> tuple[Settings, SimulationResult]:
     home = tmp_path_factory.mktemp("simulation-home")
     settings = stack.up(Settings(home=home, ports=PORTS, prediction_flush_s=0.5, champion_refresh_s=1.0),
                         services=["seaweedfs", "mlflow"])
-    # Fixed hyper-parameters (no search): the scenario is about when models are retrained.
-    fast = spec.model_copy(update={"training": spec.training.model_copy(
-        update={"search": spec.training.search.model_copy(update={"trials": 0})})})
+    # XGBoost with fixed hyper-parameters (no search): the scenario is about when models are
+    # retrained, and families and search have their own tests.
+    fast = spec.model_copy(update={"training": spec.training.model_copy(update={
+        "candidates": {"xgboost": spec.training.candidates["xgboost"]},
+        "search": spec.training.search.model_copy(update={"trials": 0})})})
     scenario = Scenario()
     try:
         prepare_history(settings, fast, scenario)
