@@ -146,6 +146,11 @@ def performance_check(spec: PipelineSpec, ds: date, *, champion: Champion,
         "calibration_error": scores["calibration_error"],
     })
     facts.update(_performance_report(spec, ds, joined.assign(**{feed.label: y}), champion, settings))
+    facts["min_pr_auc"] = cfg.min_pr_auc
+    if cfg.min_pr_auc is not None and scores["pr_auc"] < cfg.min_pr_auc:
+        return Check("performance", "alert",
+                     f"PR-AUC {scores['pr_auc']:.3f} on {len(joined)} labelled predictions is below the floor "
+                     f"{cfg.min_pr_auc}", facts)
     if champion.holdout_pr_auc is None:
         return Check("performance", "ok", "no holdout PR-AUC recorded for the champion: nothing to compare", facts)
     drop = champion.holdout_pr_auc - scores["pr_auc"]

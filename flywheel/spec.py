@@ -204,8 +204,11 @@ class PerformanceSpec(_Strict):
     window_days: int = Field(7, ge=1)
     min_labelled_rows: int = Field(500, ge=1)
     min_positives: int = Field(30, ge=1)
-    # Alert when PR-AUC falls this much below the champion's holdout PR-AUC.
+    # Alert when PR-AUC falls this much below the champion's holdout PR-AUC...
     max_pr_auc_drop: float = Field(0.15, gt=0, le=1)
+    # ...or below this floor, whatever the holdout said (a champion promoted on a holdout it
+    # also failed, e.g. right after a concept shift, would otherwise be its own low bar).
+    min_pr_auc: float | None = Field(None, ge=0, le=1)
 
 
 class SkewSpec(_Strict):
