@@ -413,7 +413,8 @@ def run_checks(spec: PipelineSpec, ds: date, *, settings: Settings | None = None
     """Every check of ``ds``, as the monitoring DAG's tasks run them (for the simulation and the CLI)."""
     settings = settings or get_settings()
     champion = current_champion(spec, settings)
-    drift = monitoring.run_drift_check(spec, ds=ds, reference_version=champion.version, settings=settings)
+    drift = monitoring.run_drift_check(spec, ds=ds, reference_version=champion.version,
+                                       window_days=spec.monitoring.drift_window_days, settings=settings)
     return {
         "ds": ds.isoformat(),
         "drift": drift.to_dict(),

@@ -256,6 +256,37 @@ def decisions(limit: Annotated[int, typer.Option(help="How many of the latest de
 
 
 @app.command()
+def monitoring(
+    limit: Annotated[int, typer.Option(help="How many of the latest monitored days")] = 14,
+) -> None:
+    """The daily monitoring summaries: drift share, PR-AUC on delayed labels, skew, quality,
+    freshness and the retraining decision of each day (what `fraud_monitoring` wrote; the same
+    numbers `flywheel exporter` serves to Prometheus). Reports: s3://<prefix>-reports/{drift,performance}/.
+    """
+    from flywheel import checks
+    from flywheel.spec import load_spec
+
+    def cell(section: dict | None, key: str, fmt: str = "{:.3f}") -> str:
+        if not section:
+            return "-"
+        value = section.get(key)
+        shown = fmt.format(value) if isinstance(value, int | float) else str(section.get("status", "-"))
+        return f"[red]{shown}[/red]" if section.get("alert") else shown
+
+    table = Table(title="monitoring, day by day")
+    for column in ("day", "champion", "drift share", "PR-AUC", "skew", "quality", "online age h", "decision"):
+        table.add_column(column)
+    for summary in checks.read_summaries(load_spec())[-limit:]:
+        decision = summary.get("decision") or {}
+        table.add_row(summary["ds"], str(summary.get("champion_version") or "-"),
+                      cell(summary.get("drift"), "drift_share", "{:.2f}"), cell(summary.get("performance"), "pr_auc"),
+                      cell(summary.get("skew"), "max_mismatch_share"), cell(summary.get("quality"), "feature_miss_rate"),
+                      cell(summary.get("freshness"), "online_age_hours", "{:.0f}"),
+                      f"{decision.get('action', '-')} {','.join(decision.get('fired', []))}".strip())
+    console.print(table)
+
+
+@app.command()
 def audit() -> None:
     """Every move of the champion alias: when, who, why, from → to."""
     from flywheel import promotion

@@ -237,6 +237,8 @@ class QualitySpec(_Strict):
 
 class MonitoringSpec(_Strict):
     drift_share_threshold: float = Field(0.3, gt=0, le=1)
+    # Days of logged traffic one drift check compares with the reference (ending at the day).
+    drift_window_days: int = Field(1, ge=1)
     min_rows: int = Field(200, ge=1)
     features: list[str]
     labels: LabelFeedSpec | None = None

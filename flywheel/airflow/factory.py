@@ -280,7 +280,8 @@ def monitoring_dag(spec: PipelineSpec) -> DAG:
 
             champion = _champion_or_skip(spec)
             ds = date.fromisoformat(_interval_ds())
-            result = monitoring.run_drift_check(spec, ds=ds, reference_version=champion.version)
+            result = monitoring.run_drift_check(spec, ds=ds, reference_version=champion.version,
+                                                window_days=spec.monitoring.drift_window_days)
             print(f"drift report: {result.html_uri}")
             return dict(result.to_dict())
 

@@ -54,3 +54,13 @@ def test_scenario_phases_and_detection_delays():
     assert result.detection_delay(CONCEPT, "skew") is None
     assert result.false_alarms() == [days[1].isoformat()]
     assert result.to_dict()["detection_delay_days"] == {"covariate_shift (drift)": 0, "concept_shift (performance)": 2}
+
+
+def test_cli_teaches_the_monitoring_commands():
+    from typer.testing import CliRunner
+
+    from flywheel.cli import app
+
+    for command, words in (("monitoring", ["PR-AUC", "skew", "exporter"]), ("demo", ["concept shift", "Asset"])):
+        result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "160"})
+        assert result.exit_code == 0 and all(w in result.output for w in words), result.output
