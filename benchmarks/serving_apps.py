@@ -16,12 +16,14 @@ import numpy as np
 
 from flywheel import registry
 from flywheel.config import get_settings
-from flywheel.serving import OnlineFeatures, Transaction, limit_threads, serving_matrix
+from flywheel.featurize import MODEL_FEATURES
+from flywheel.serving import OnlineFeatures, Transaction, limit_threads, serving_array
 from flywheel.spec import load_spec
 
 
 class Scorer:
-    """Features + model matrix + model, nothing else."""
+    """Features + model matrix + model, nothing else: the engine's own fast paths (the same
+    feature read, numpy featurisation and array scoring the Flywheel service uses)."""
 
     def __init__(self) -> None:
         from flywheel.features import feature_store
@@ -33,8 +35,8 @@ class Scorer:
         self.model = registry.load_alias(self.spec.model_name, settings=settings)
 
     def score(self, t: Transaction) -> dict[str, Any]:
-        online, misses = self.features.fetch([{"user_id": t.user_id, "merchant_id": t.merchant_id}])
-        p = float(np.asarray(self.model.predict_proba(serving_matrix([t], online)))[0])
+        online, misses = self.features.fetch_keys({"user_id": [t.user_id], "merchant_id": [t.merchant_id]})
+        p = float(np.asarray(self.model.predict_proba_array(serving_array([t], online), MODEL_FEATURES))[0])
         return {"transaction_id": t.transaction_id, "fraud_probability": p, "is_fraud": p >= self.model.threshold,
                 "model_version": self.model.version,
                 "unknown_entities": [e for e, flags in misses.items() if flags[0]]}
