@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -276,13 +277,12 @@ class _RedisHashReader:
         columns: dict[str, Any] = {}
         misses: dict[str, np.ndarray] = {}
         for k, view in enumerate(self.views):
-            block = replies[k * n_rows:(k + 1) * n_rows]
-            found = np.zeros(n_rows, dtype=bool)
-            for j, feature in enumerate(view.features):
-                raw = [r[j] for r in block]
-                columns[feature], present = _decode_values(raw)
-                found |= present
-            misses[view.entity] = ~found
+            rows = replies[k * n_rows:(k + 1) * n_rows]
+            # Missed = no feature of the view in the hash (the last field is Feast's timestamp).
+            misses[view.entity] = np.fromiter((not any(r[:-1]) for r in rows), dtype=bool, count=n_rows)
+            # Rows of HMGET replies to columns in C (zip), then decoded a column at a time.
+            for feature, raw in zip(view.features, zip(*rows, strict=True), strict=False):
+                columns[feature] = _decode_values(raw)
         return columns, misses
 
 
@@ -303,40 +303,45 @@ def _bytes(value: str | bytes) -> bytes:
 
 
 _DOUBLE_TAG = 0x29  # ValueProto field 5 (double_val), wire type 1 (64-bit): 1 tag byte + 8 bytes
-_INT64_TAG = 0x20  # ValueProto field 4 (int64_val), varint
 _unpack_double = struct.Struct("<d").unpack_from
 
 
-def _decode_values(raw: list[bytes | None]) -> tuple[Any, np.ndarray]:
-    """One column of Redis replies (serialized ``ValueProto`` or nothing) as Python values.
-
-    Returns the values — a float64 array (NaN where missing) when there are many and every
-    present one is a double, else a list with ``None`` where missing — and which rows had one.
-    """
-    values = [b for b in raw if b]
-    if len(raw) > 8 and values and all(len(b) == 9 and b[0] == _DOUBLE_TAG for b in values):
-        doubles = np.frombuffer(b"".join(values), dtype=np.uint8).reshape(-1, 9)[:, 1:].copy().view("<f8").ravel()
-        present = np.fromiter((bool(b) for b in raw), dtype=bool, count=len(raw))
-        if len(values) == len(raw):
-            return doubles, present
-        out = np.full(len(raw), np.nan)
-        out[present] = doubles
-        return out, present
-    decoded = [_decode_value(b) for b in raw]
-    return decoded, np.fromiter((v is not None for v in decoded), dtype=bool, count=len(decoded))
+def _decode_values(raw: Sequence[bytes | None]) -> Any:
+    """One column of Redis replies (serialized ``ValueProto`` or nothing) as Python values: a
+    float64 array (NaN where missing) when there are many and all present ones are doubles, else
+    a list with ``None`` where missing."""
+    if len(raw) > 8:
+        values = [b for b in raw if b]
+        if values and all(len(b) == 9 and b[0] == _DOUBLE_TAG for b in values):
+            doubles = np.frombuffer(b"".join(values), dtype=np.uint8).reshape(-1, 9)[:, 1:].copy().view("<f8")
+            if len(values) == len(raw):
+                return doubles.ravel()
+            out = np.full(len(raw), np.nan)
+            out[[bool(b) for b in raw]] = doubles.ravel()
+            return out
+    return [_decode_value(b) for b in raw]
 
 
 def _decode_value(raw: bytes | None) -> Any:
-    """One serialized ``ValueProto``: doubles and small ints by hand, anything else by protobuf."""
+    """One serialized ``ValueProto``: doubles by hand, others by protobuf, remembered by their
+    bytes (counts and country codes repeat endlessly; the memo is bounded)."""
     if not raw:
         return None
     if raw[0] == _DOUBLE_TAG and len(raw) == 9:
         return _unpack_double(raw, 1)[0]
-    if raw[0] == _INT64_TAG and len(raw) == 2 and raw[1] < 0x80:  # one-byte varint: 0..127
-        return raw[1]
-    from feast.protos.feast.types.Value_pb2 import Value
+    value = _DECODED.get(raw, _UNSEEN)
+    if value is _UNSEEN:
+        from feast.protos.feast.types.Value_pb2 import Value
 
-    return _python(Value.FromString(raw))
+        if len(_DECODED) >= _DECODED_MAX:
+            _DECODED.clear()
+        value = _DECODED[raw] = _python(Value.FromString(raw))
+    return value
+
+
+_DECODED: dict[bytes, Any] = {}  # serialized ValueProto -> its (immutable) Python value
+_DECODED_MAX = 65_536
+_UNSEEN = object()
 
 
 def _python(value: Any) -> Any:
@@ -493,11 +498,11 @@ class Scores:
     def __len__(self) -> int:
         return len(self.proba)
 
-    @property
+    @cached_property
     def is_fraud(self) -> np.ndarray:
         return self.proba >= self.model.threshold
 
-    @property
+    @cached_property
     def any_miss(self) -> np.ndarray:
         flags = list(self.misses.values())
         return np.logical_or.reduce(flags) if flags else np.zeros(len(self), dtype=bool)

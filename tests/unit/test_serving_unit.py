@@ -65,12 +65,11 @@ def test_online_values_decode_like_feast_protobuf():
               Value(int64_val=127), Value(int64_val=128), Value(int64_val=-5), Value(int64_val=2**62),
               Value(string_val="US"), Value(string_val=""), Value(bool_val=True), Value()]
     raw = [p.SerializeToString() for p in protos] + [None, b""]
-    values, present = _decode_values(raw)
-    assert values == [_python(p) for p in protos] + [None, None]
-    assert present.tolist() == [True] * 11 + [False] * 3
-    doubles = [Value(double_val=float(i) / 3).SerializeToString() for i in range(20)] + [None]
-    many, present = _decode_values(doubles)  # a double column: decoded in one numpy call
-    assert many[:20].tolist() == [i / 3 for i in range(20)] and np.isnan(many[20]) and not present[20]
+    assert _decode_values(raw) == [_python(p) for p in protos] + [None, None]
+    assert _decode_values(raw) == [_python(p) for p in protos] + [None, None]  # remembered values
+    doubles = [Value(double_val=float(i) / 3).SerializeToString() for i in range(20)] + [None, b""]
+    many = _decode_values(doubles)  # a double column: decoded in one numpy call
+    assert many[:20].tolist() == [i / 3 for i in range(20)] and np.isnan(many[20:]).all()
 
 
 def test_scores_serialize_like_the_prediction_model():
