@@ -77,10 +77,11 @@ class FlywheelHttpMiddleware:
 
 
 def _log(scope: dict[str, Any], status: int, started: float) -> None:
-    if access_log.isEnabledFor(logging.INFO):  # the line is formatted and written on the log thread
-        access_log.info({"ts": time.time(), "method": scope.get("method"), "path": scope["path"], "status": status,
-                         "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                         "client": (scope.get("client") or ("", 0))[0]})
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(json.dumps({
+            "ts": time.time(), "method": scope.get("method"), "path": scope["path"], "status": status,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            "client": (scope.get("client") or ("", 0))[0]}))
 
 
 async def _send(send: Any, status: int, payload: bytes) -> None:
@@ -151,28 +152,14 @@ async def predict_batch() -> None:
     """Score up to 1000 transactions with one online-feature round trip for all entities."""
 
 
-def _start_access_log() -> Any:
-    """JSON lines on stderr, written by a listener thread: a request only enqueues its record."""
-    import queue
-    from logging.handlers import QueueHandler, QueueListener
-
-    class Enqueue(QueueHandler):
-        def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-            return record  # formatted on the listener thread, not the request's
-
-    class JsonLine(logging.Formatter):
-        def format(self, record: logging.LogRecord) -> str:
-            return json.dumps(record.msg)
-
-    lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    out = logging.StreamHandler()
-    out.setFormatter(JsonLine())
-    listener = QueueListener(lines, out)
-    listener.start()
-    access_log.addHandler(Enqueue(lines))
+def _start_access_log() -> None:
+    """One JSON line per request on stderr, written inline: ~15 µs. (A writer thread cost more:
+    waking it after every request competed with the next request for the GIL.)"""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access_log.addHandler(handler)
     access_log.setLevel(logging.INFO if _settings.serving_access_log else logging.WARNING)
     access_log.propagate = False
-    return listener
 
 
 _settings = get_settings()
@@ -195,7 +182,8 @@ if _settings.serving_gpus:
 )
 class FraudDetector:
     def __init__(self) -> None:
-        self._access_log = _start_access_log() if not access_log.handlers else None
+        if not access_log.handlers:
+            _start_access_log()
         self.predictor = Predictor.from_settings()
         scoring.state.routes = ScoringRoutes(self.predictor)
         tune_gc()
@@ -206,8 +194,6 @@ class FraudDetector:
     @bentoml.on_shutdown
     def close(self) -> None:
         self.predictor.close()
-        if self._access_log is not None:
-            self._access_log.stop()  # writes what is queued
 
 
 _key = _settings.api_key
