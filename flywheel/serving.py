@@ -18,7 +18,7 @@ import uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
@@ -823,6 +823,9 @@ def tune_gc() -> None:
     sys.setswitchinterval(0.001)
 
 
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def _log_frame(scored: list[Scores]) -> pd.DataFrame:
     """Prediction-log rows of many requests, built column-wise (little Python per row: this runs
     on the logger thread and shares the GIL with requests)."""
@@ -830,7 +833,8 @@ def _log_frame(scored: list[Scores]) -> pd.DataFrame:
     frame = pd.DataFrame({
         "request_id": [r for s in scored for r in s.request_ids],
         "transaction_id": [t.transaction_id for t in txns],
-        "event_timestamp": pd.to_datetime([t.event_timestamp for t in txns], utc=True),
+        "event_timestamp": pd.to_datetime(np.fromiter(((t.event_timestamp - EARLIEST) // _MICROSECOND for t in txns),
+                                                      dtype="int64", count=len(txns)), unit="us", utc=True),
         "logged_at": pd.Timestamp(datetime.now(UTC)),
         "user_id": np.fromiter((t.user_id for t in txns), dtype="int64", count=len(txns)),
         "merchant_id": np.fromiter((t.merchant_id for t in txns), dtype="int64", count=len(txns)),
