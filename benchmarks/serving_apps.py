@@ -2,7 +2,9 @@
 online-feature lookups as the Flywheel service (``flywheel.serving`` pieces):
 
 * ``floor``  — a hand-written minimal FastAPI app, run with uvicorn (the floor);
-* ``DefaultBento`` — a default, untuned BentoML service (sync endpoint, default config).
+* ``DefaultBento`` — a default, untuned BentoML service (sync endpoint, default config);
+* ``null``   — a raw ASGI app under uvicorn that answers a constant body without reading
+  features or scoring: what this machine and load generator allow any Python server.
 
 Neither logs predictions nor exports metrics: they are the work a request cannot avoid.
 """
@@ -52,6 +54,24 @@ def create_floor() -> Any:
     @app.post("/predict")
     async def predict(transaction: Transaction) -> dict[str, Any]:  # inline, no thread hop: a true floor
         return scorer.score(transaction)
+
+    return app
+
+
+def create_null() -> Any:
+    """uvicorn --factory benchmarks.serving_apps:create_null"""
+    body = b'{"fraud_probability": 0.0}'
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":  # lifespan
+            message = await receive()
+            await send({"type": message["type"] + ".complete"})
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
 
     return app
 
