@@ -2,7 +2,9 @@
 online-feature lookups as the Flywheel service (``flywheel.serving`` pieces):
 
 * ``floor``  — a hand-written minimal FastAPI app, run with uvicorn (the floor);
-* ``DefaultBento`` — a default, untuned BentoML service (sync endpoint, default config).
+* ``DefaultBento`` — a default, untuned BentoML service (sync endpoint, default config);
+* ``null``   — a raw ASGI app under uvicorn that answers a constant body without reading
+  features or scoring: what this machine and load generator allow any Python server.
 
 Neither logs predictions nor exports metrics: they are the work a request cannot avoid.
 """
@@ -16,12 +18,14 @@ import numpy as np
 
 from flywheel import registry
 from flywheel.config import get_settings
-from flywheel.serving import OnlineFeatures, Transaction, limit_threads, serving_matrix
+from flywheel.featurize import MODEL_FEATURES
+from flywheel.serving import OnlineFeatures, Transaction, limit_threads, serving_array
 from flywheel.spec import load_spec
 
 
 class Scorer:
-    """Features + model matrix + model, nothing else."""
+    """Features + model matrix + model, nothing else: the engine's own fast paths (the same
+    feature read, numpy featurisation and array scoring the Flywheel service uses)."""
 
     def __init__(self) -> None:
         from flywheel.features import feature_store
@@ -33,8 +37,8 @@ class Scorer:
         self.model = registry.load_alias(self.spec.model_name, settings=settings)
 
     def score(self, t: Transaction) -> dict[str, Any]:
-        online, misses = self.features.fetch([{"user_id": t.user_id, "merchant_id": t.merchant_id}])
-        p = float(np.asarray(self.model.predict_proba(serving_matrix([t], online)))[0])
+        online, misses = self.features.fetch_keys({"user_id": [t.user_id], "merchant_id": [t.merchant_id]})
+        p = float(np.asarray(self.model.predict_proba_array(serving_array([t], online), MODEL_FEATURES))[0])
         return {"transaction_id": t.transaction_id, "fraud_probability": p, "is_fraud": p >= self.model.threshold,
                 "model_version": self.model.version,
                 "unknown_entities": [e for e, flags in misses.items() if flags[0]]}
@@ -50,6 +54,24 @@ def create_floor() -> Any:
     @app.post("/predict")
     async def predict(transaction: Transaction) -> dict[str, Any]:  # inline, no thread hop: a true floor
         return scorer.score(transaction)
+
+    return app
+
+
+def create_null() -> Any:
+    """uvicorn --factory benchmarks.serving_apps:create_null"""
+    body = b'{"fraud_probability": 0.0}'
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":  # lifespan
+            message = await receive()
+            await send({"type": message["type"] + ".complete"})
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
 
     return app
 

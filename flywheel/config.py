@@ -126,7 +126,10 @@ class Settings(BaseSettings):
 
     # Serving: seconds between checks of the champion alias.
     champion_refresh_s: float = 30.0
-    prediction_flush_rows: int = 200
+    # Prediction log: one Parquet object per event date every flush_s seconds, or sooner once
+    # flush_rows rows wait. Each flush holds the GIL for milliseconds (frame, Parquet, upload):
+    # at ~1000 requests/s a 200-row threshold meant 5 flushes a second landing in request tails.
+    prediction_flush_rows: int = 10_000
     prediction_flush_s: float = 5.0
     # Model server sizing: CPU and GPU variants are configuration, not copies of the service.
     # serving_gpus > 0 asks BentoML for GPUs; the PyTorch family then runs where torch_device says.

@@ -8,6 +8,7 @@ ordered feature list.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,9 +87,23 @@ class LoadedModel:
     features: list[str]
     scorer: Any = field(repr=False)  # the family (flywheel.families), resolved once at load: request path
 
+    _positions: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)
+
     def predict_proba(self, matrix: Any) -> Any:
         """Positive-class probabilities (1-d) of a model matrix."""
         return self.scorer.predict_proba(self.model, matrix[self.features])
+
+    def predict_proba_array(self, matrix: Any, columns: Sequence[str]) -> Any:
+        """``predict_proba`` of a float ndarray whose columns are ``columns`` (a superset of the
+        model's features, any order): the request path, without a DataFrame."""
+        key = tuple(columns)
+        if key not in self._positions:  # once per column layout: the model's features, in its order
+            index = {c: i for i, c in enumerate(key)}
+            wanted = [index[f] for f in self.features]
+            self._positions[key] = None if wanted == list(range(len(key))) else wanted
+        positions = self._positions[key]
+        x = matrix if positions is None else matrix[:, positions]
+        return self.scorer.predict_proba_array(self.model, x, self.features)
 
 
 def load_version(model_name: str, version: str, *, settings: Settings | None = None) -> LoadedModel:

@@ -60,6 +60,13 @@ class Family(ABC):
     def predict_proba(self, model: Any, x: pd.DataFrame) -> np.ndarray:
         """Positive-class probabilities (1-d)."""
 
+    def predict_proba_array(self, model: Any, x: np.ndarray, features: list[str]) -> np.ndarray:
+        """``predict_proba`` of a float matrix whose columns are ``features`` (the serving path).
+
+        Families override it to skip building a DataFrame; results must equal ``predict_proba``.
+        """
+        return self.predict_proba(model, pd.DataFrame(x, columns=features))
+
     @abstractmethod
     def log_model(self, model: Any, *, registered_model_name: str, example: pd.DataFrame) -> Any:
         """Log to the active MLflow run and register; returns MLflow's ModelInfo."""

@@ -69,6 +69,22 @@ def test_reader_matches_feast_on_redis_in_one_round_trip(redis_settings, spec):
     assert after - before == 2 * 202 + 1
 
 
+def test_redis_reader_reconnects_when_its_pooled_connection_was_dropped(redis_settings, spec):
+    import redis
+
+    reader = OnlineFeatures(features.feature_store(redis_settings), spec)
+    before, _ = reader.frame(_rows(5))
+    pool = reader.online._get_client(reader.config.online_store).connection_pool
+    conn = pool.get_connection()
+    conn.send_command("CLIENT", "ID")
+    own_id = conn.read_response()
+    pool.release(conn)
+    # Kill only this reader's own connection (the Redis server is shared with other suites).
+    redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).execute_command("CLIENT", "KILL", "ID", own_id)
+    after, _ = reader.frame(_rows(5))  # the stale connection is replaced, the read retried once
+    pd.testing.assert_frame_equal(before, after)
+
+
 def _predictor_with_store_down(services, spec):
     """A predictor whose prediction log writes to a closed port: the object store is down."""
     champion_version(spec, services)

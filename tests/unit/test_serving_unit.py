@@ -1,14 +1,15 @@
-"""Serving pieces that need no services: request validation, the 422 body, thread/GC tuning."""
+"""Serving pieces that need no services: request validation, the 422 body, value decoding, the
+column-wise response, array scoring equal to DataFrame scoring."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from flywheel.serving import MAX_BATCH, Transaction, TransactionBatch
-from serving.service import _field_paths, _unprocessable
+from flywheel.serving import MAX_BATCH, Transaction, TransactionBatch, field_paths, unprocessable
 
 pytestmark = pytest.mark.unit
 
@@ -28,7 +29,7 @@ def test_naive_timestamps_are_utc_and_out_of_range_ones_are_rejected_by_name():
 def test_invalid_fields_are_named(field, value):
     with pytest.raises(ValidationError) as info:
         Transaction(**GOOD | {field: value})
-    assert _field_paths(info.value.errors(include_context=False, include_input=False)) == [field]
+    assert field_paths(info.value.errors(include_context=False, include_input=False)) == [field]
 
 
 def test_batch_is_bounded():
@@ -40,16 +41,78 @@ def test_batch_is_bounded():
         adapter.validate_python([GOOD] * (MAX_BATCH + 1))
 
 
-def test_bentoml_400_body_becomes_a_422_body_naming_the_fields():
-    detail = [{"type": "greater_than_equal", "loc": ["root", 3, "amount"], "msg": "too small"},
-              {"type": "missing", "loc": ["user_id"], "msg": "Field required"}]
-    body = json.loads(_unprocessable(json.dumps({"error": "2 validation errors", "detail": detail}).encode()))
-    assert body["fields"] == ["3.amount", "user_id"]
-    assert body["error"] == "invalid field(s): 3.amount, user_id" and body["detail"] == detail
-    # BentoML's BadInput (e.g. broken JSON) carries no field list: the message is kept.
-    broken = json.loads(_unprocessable(json.dumps([{"error": "Expecting value: line 1"}]).encode()))
-    assert broken == {"error": "Expecting value: line 1", "fields": [], "detail": []}
-    assert json.loads(_unprocessable(b"not json"))["error"] == "not json"
+def test_validation_errors_become_a_422_body_naming_row_and_field():
+    rows = [GOOD, GOOD, GOOD, GOOD | {"amount": 0}, {k: v for k, v in GOOD.items() if k != "user_id"}]
+    with pytest.raises(ValidationError) as info:
+        TypeAdapter(TransactionBatch).validate_json(json.dumps(rows))
+    body = json.loads(unprocessable(info.value))
+    assert body["fields"] == ["3.amount", "4.user_id"]
+    assert body["error"] == "invalid field(s): 3.amount, 4.user_id"
+    assert [d["loc"] for d in body["detail"]] == [[3, "amount"], [4, "user_id"]]
+    # Broken JSON names no field: the parser's message is kept.
+    with pytest.raises(ValidationError) as info:
+        Transaction.model_validate_json(b"{not json")
+    broken = json.loads(unprocessable(info.value))
+    assert broken["fields"] == [] and "JSON" in broken["error"]
+
+
+def test_online_values_decode_like_feast_protobuf():
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from flywheel.serving import _decode_values, _python
+
+    protos = [Value(double_val=1.5), Value(double_val=0.0), Value(double_val=-3e300), Value(int64_val=0),
+              Value(int64_val=127), Value(int64_val=128), Value(int64_val=-5), Value(int64_val=2**62),
+              Value(string_val="US"), Value(string_val=""), Value(bool_val=True), Value()]
+    raw = [p.SerializeToString() for p in protos] + [None, b""]
+    assert _decode_values(raw) == [_python(p) for p in protos] + [None, None]
+    assert _decode_values(raw) == [_python(p) for p in protos] + [None, None]  # remembered values
+    doubles = [Value(double_val=float(i) / 3).SerializeToString() for i in range(20)] + [None, b""]
+    many = _decode_values(doubles)  # a double column: decoded in one numpy call
+    assert many[:20].tolist() == [i / 3 for i in range(20)] and np.isnan(many[20:]).all()
+
+
+def test_scores_serialize_like_the_prediction_model():
+    from flywheel.registry import LoadedModel
+    from flywheel.serving import Prediction, Scores, request_ids
+
+    model = LoadedModel(name="m", version="3", family="xgboost", model=None, threshold=0.5, features=[],
+                        scorer=None)
+    txns = [Transaction(**GOOD | {"transaction_id": f"t{i}"}) for i in range(3)]
+    misses = {"user": np.array([False, True, True]), "merchant": np.array([False, False, True])}
+    ids = request_ids(3)
+    assert len(set(ids)) == 3 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    scores = Scores(txns, np.zeros((3, 1)), np.array([0.1, 0.5, 0.9]), misses, ids, model)
+    expected = [Prediction(transaction_id=f"t{i}", request_id=ids[i], fraud_probability=p, is_fraud=p >= 0.5,
+                           threshold=0.5, model_name="m", model_version="3", unknown_entities=u,
+                           defaults_used=bool(u))
+                for i, (p, u) in enumerate(zip([0.1, 0.5, 0.9], [[], ["user"], ["user", "merchant"]], strict=True))]
+    assert json.loads(scores.to_json()) == [json.loads(p.model_dump_json()) for p in expected]
+    assert json.loads(scores.to_json(single=True)) == json.loads(expected[0].model_dump_json())
+    assert scores.predictions() == expected
+
+
+def test_xgboost_array_scoring_equals_dataframe_scoring():
+    import pandas as pd
+    from xgboost import XGBClassifier
+
+    from flywheel.families import get
+    from flywheel.registry import LoadedModel
+
+    rng = np.random.default_rng(5)
+    columns = ["a", "b", "c", "d"]
+    x = pd.DataFrame(rng.normal(size=(400, 4)), columns=columns)
+    x.loc[rng.random(400) < 0.1, "b"] = np.nan
+    y = (x["a"] + rng.normal(size=400) > 0).astype(int)
+    model = XGBClassifier(n_estimators=20, max_depth=3, n_jobs=1).fit(x, y)
+    family = get("xgboost")
+    loaded = LoadedModel(name="m", version="1", family="xgboost", model=model, threshold=0.5,
+                         features=columns, scorer=family)
+    # The request matrix has more columns, in another order: the model still gets its own.
+    wide = pd.concat([x, pd.DataFrame({"z": rng.normal(size=400)})], axis=1)[["z", "d", "a", "b", "c"]]
+    expected = loaded.predict_proba(wide.rename(columns=str))
+    got = loaded.predict_proba_array(wide.to_numpy(), list(wide.columns))
+    np.testing.assert_array_equal(got, np.asarray(expected))
 
 
 def test_serving_matrix_equals_the_training_featurisation():
@@ -87,5 +150,9 @@ def test_serving_matrix_equals_the_training_featurisation():
     frame = pd.DataFrame([t.model_dump() for t in txns])
     expected = model_matrix(frame, pd.DataFrame(online))
     pd.testing.assert_frame_equal(serving_matrix(txns, online), expected)
+    # Columns as OnlineFeatures returns them for a batch: float arrays with NaN where missing.
+    as_arrays = {k: np.array([np.nan if v is None else v for v in col], dtype="float64")
+                 if k != "user_top_country" else col for k, col in online.items()}
+    pd.testing.assert_frame_equal(serving_matrix(txns, as_arrays), expected)
     one = serving_matrix(txns[:1], {k: v[:1] for k, v in online.items()})
     pd.testing.assert_frame_equal(one, expected.iloc[:1])
