@@ -161,7 +161,8 @@ def retrain_through_airflow(client: AirflowClient) -> simulation.Retrain:
         known = {r.run_id for r in client.list_runs(f"{spec.name}_training")}
         client.emit_asset_event(f"{spec.name}.retrain_request", extra={
             "reason": decision.reason, "signals": decision.signals.get("fired", []), "window_end": decision.ds,
-            "drift_share": decision.signals.get("drift_share"), "source": "flywheel demo (simulated day)"})
+            "drift_share": decision.signals.get("drift_share"), "lookback_days": decision.signals.get("lookback_days"),
+            "source": "flywheel demo (simulated day)"})
         wait_for_retrain(client, spec, known)
         version = latest_version(settings, spec)
         mv = registry.client(settings).get_model_version(spec.model_name, version)

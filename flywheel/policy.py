@@ -105,6 +105,8 @@ def signals(spec: PipelineSpec, observed: dict[str, Any], *, champion_end: date 
     if age is not None and policy.max_model_age_days is not None and age > policy.max_model_age_days:
         fired.append("staleness")
     out["fired"] = fired
+    if "performance" in fired and policy.performance_lookback_days:
+        out["lookback_days"] = policy.performance_lookback_days  # the retrain's training window
     out["ignored"] = [name for name, on in seen.items() if on and name not in policy.signals]
     return out
 
@@ -148,6 +150,13 @@ def decide(spec: PipelineSpec, observed: dict[str, Any], *, run_id: str, new_lab
     if sum(1 for d in triggers if d.decided_at.startswith(day) and d.run_id != run_id) >= policy.max_per_day:
         return made("daily_cap", f"already {policy.max_per_day} retrain request(s) today")
     return made("triggered", f"{' + '.join(seen['fired'])} on {ds}")
+
+
+def retrain_spec(spec: PipelineSpec, request: dict[str, Any]) -> PipelineSpec:
+    """The spec a retrain request trains with: its ``lookback_days`` (set for performance
+    triggers) replaces the training window's length."""
+    days = request.get("lookback_days")
+    return spec if not days else spec.model_copy(update={"training": spec.training.with_lookback(int(days))})
 
 
 def champion_window_end(model_name: str, settings: Settings) -> tuple[str | None, date | None]:

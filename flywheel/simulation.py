@@ -240,9 +240,11 @@ def wait_for_version(settings: Settings, version: str, probe: dict[str, Any], *,
 
 def retrain_inline(settings: Settings, spec: PipelineSpec, decision: Decision) -> tuple[str, bool]:
     """What the asset-triggered training DAG does: train on the window ending at the day, gate."""
+    from flywheel.policy import retrain_spec
     from flywheel.training import train
 
-    result = train(spec, end=date.fromisoformat(decision.ds), reason="retrain_request", settings=settings)
+    result = train(retrain_spec(spec, decision.signals), end=date.fromisoformat(decision.ds),
+                   reason="retrain_request", settings=settings)
     return result.version, result.promoted
 
 

@@ -168,6 +168,10 @@ class TrainingSpec(_Strict):
                 raise ValueError(f"unknown model family {name!r} (known: {', '.join(sorted(FAMILIES))})")
         return self
 
+    def with_lookback(self, days: int | None) -> TrainingSpec:
+        """A copy training on the last ``days`` days (unchanged when ``days`` is None)."""
+        return self if days is None else self.model_copy(update={"lookback_days": int(days)})
+
     def with_params(self, family: str, **params: Any) -> TrainingSpec:
         """A copy whose ``family`` candidate uses ``params`` (merged) and no search."""
         current = self.candidates[family]
@@ -186,6 +190,9 @@ class RetrainPolicySpec(_Strict):
     max_per_day: int = Field(2, ge=1)
     min_new_labelled_rows: int = Field(1000, ge=0)
     max_model_age_days: int | None = Field(30, ge=1)
+    # A retrain the performance signal requested (the concept changed: older labels mislead)
+    # trains on only this many recent days; None keeps training.lookback_days.
+    performance_lookback_days: int | None = Field(None, ge=2)
     # Which monitoring signals may request a retrain (staleness is governed by max_model_age_days).
     signals: list[RetrainSignal] = Field(default_factory=lambda: list(DEFAULT_RETRAIN_SIGNALS))
 

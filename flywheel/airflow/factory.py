@@ -147,6 +147,12 @@ def _training_end(ctx: Any) -> date:
     return (moment - timedelta(days=1)).date()
 
 
+def _retrain_request(ctx: Any) -> dict[str, Any]:
+    """The ``extra`` of the newest retrain request that triggered this run ({} when manual)."""
+    events = [e for es in (ctx.get("triggering_asset_events") or {}).values() for e in es]
+    return dict(events[-1].extra or {}) if events else {}
+
+
 def training_dag(spec: PipelineSpec) -> DAG:
     """On a retrain request (or by hand): train → gate [→ human approval → promote] → package."""
     a = assets(spec)
@@ -162,11 +168,15 @@ def training_dag(spec: PipelineSpec) -> DAG:
     def pipeline() -> None:
         @task(outlets=[a["model"]])
         def train() -> dict[str, Any]:
+            from flywheel.policy import retrain_spec
             from flywheel.training import train as run_train
 
             ctx = get_current_context()
             reason = "retrain_request" if ctx.get("triggering_asset_events") else "manual"
-            return run_train(spec, end=_training_end(ctx), reason=reason).to_dict()
+            request = _retrain_request(ctx)
+            if request.get("lookback_days"):
+                print(f"retrain request: training on the last {request['lookback_days']} days")
+            return run_train(retrain_spec(spec, request), end=_training_end(ctx), reason=reason).to_dict()
 
         @task
         def package(result: dict[str, Any]) -> dict[str, Any]:
@@ -341,6 +351,7 @@ def monitoring_dag(spec: PipelineSpec) -> DAG:
                 "drift_share": result["drift_share"],
                 "drifted_columns": result["drifted_columns"],
                 "report": result["html_uri"],
+                "lookback_days": decision.get("signals", {}).get("lookback_days"),
             }
             ctx["outlet_events"][a["retrain"]].extra = extra
             return extra

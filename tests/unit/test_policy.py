@@ -74,6 +74,12 @@ def test_performance_drop_triggers_and_is_reported(spec):
     d = call(spec, drift(detected=False, performance=perf))
     assert d.triggered and d.signals["fired"] == ["performance"] and "performance" in d.reason
     assert d.signals["pr_auc_drop"] == 0.22 and d.signals["alerts"] == ["performance"]
+    days = spec.monitoring.retrain.performance_lookback_days
+    assert d.signals.get("lookback_days") == days
+    from flywheel.policy import retrain_spec
+
+    assert retrain_spec(spec, d.signals).training.lookback_days == (days or spec.training.lookback_days)
+    assert retrain_spec(spec, call(spec).signals) is spec  # a drift retrain keeps the spec's window
 
 
 def test_skew_alerts_but_retrains_only_when_the_policy_says_so(spec):
@@ -89,3 +95,14 @@ def test_quality_and_freshness_alerts_never_retrain(spec):
     alert = {"status": "alert", "alert": True}
     d = call(spec, drift(detected=False, quality=alert, freshness=alert))
     assert d.action == "no_signal" and d.signals["alerts"] == ["freshness", "quality"]
+
+
+def test_the_training_dag_reads_the_window_of_the_newest_retrain_request():
+    from types import SimpleNamespace
+
+    from flywheel.airflow.factory import _retrain_request
+
+    events = [SimpleNamespace(extra={"window_end": "2026-03-01"}),
+              SimpleNamespace(extra={"window_end": "2026-03-02", "lookback_days": 7})]
+    assert _retrain_request({"triggering_asset_events": {"fraud.retrain_request": events}})["lookback_days"] == 7
+    assert _retrain_request({"params": {"end": "2026-03-01"}}) == {}
