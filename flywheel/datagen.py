@@ -183,10 +183,11 @@ def generate_day(
     )
     concept = DriftKind.NEW_PATTERN in kinds
     if concept:
-        # Fraudsters change tactics: small, at-home purchases on mobile at pharmacies and grocers.
+        # Fraudsters change tactics: small night purchases on mobile at
+        # pharmacies, grocers, restaurants and fuel stations.
         # The old signals mostly stop working; the overall fraud rate stays the same.
-        target = (device == "mobile") & np.isin(category, ["pharmacy", "grocery"])
-        logit = 0.25 * logit + 3.5 * target
+        target = (device == "mobile") & np.isin(category, ["pharmacy", "grocery", "restaurant", "fuel"]) & night
+        logit = 0.25 * logit + 5.0 * target
     prob = _calibrate(logit, spec.fraud_rate)
     is_fraud = (rng.random(n) < prob).astype("int64")
     # Fraudsters spend more than the user usually does (the new pattern's blend in).
@@ -194,10 +195,14 @@ def generate_day(
     amount = np.where(inflate, amount * rng.uniform(1.5, 4.0, size=n), amount)
 
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    # Rows in time order, each keeping its own hour (the label depends on it: night use).
+    order = np.argsort(seconds, kind="stable")
+    users, merchants, category, amount = users[order], merchants[order], category[order], amount[order]
+    country, device, is_fraud, seconds = country[order], device[order], is_fraud[order], seconds[order]
     df = pd.DataFrame(
         {
             "transaction_id": [f"t{day:%Y%m%d}-{i:06d}" for i in range(n)],
-            "event_timestamp": pd.to_datetime(start) + pd.to_timedelta(np.sort(seconds), unit="s"),
+            "event_timestamp": pd.to_datetime(start) + pd.to_timedelta(seconds, unit="s"),
             "user_id": pd.array(users, dtype="Int64"),
             "merchant_id": pd.array(merchants, dtype="Int64"),
             "merchant_category": category.astype(object),
