@@ -272,6 +272,13 @@ def _champion_or_skip(spec: PipelineSpec) -> Any:
         raise AirflowSkipException(str(exc)) from exc
 
 
+def _logged(check: Any) -> dict[str, Any]:
+    """A check's outcome, printed in the task log (status, reason, report link) and returned."""
+    print(f"{check.name}: {check.status}: {check.reason}" + (f" ({check.metrics['report']})"
+                                                             if check.metrics.get("report") else ""))
+    return dict(check.to_dict())
+
+
 def monitoring_dag(spec: PipelineSpec) -> DAG:
     """Daily: drift, performance on delayed labels, skew and serving quality of the champion's
     traffic → the retraining policy → a retrain request (Asset event) when it says so."""
@@ -300,9 +307,8 @@ def monitoring_dag(spec: PipelineSpec) -> DAG:
             """The champion's PR-AUC on the predictions whose delayed labels have arrived."""
             from flywheel import checks
 
-            result = checks.performance_check(spec, date.fromisoformat(_interval_ds()), champion=_champion_or_skip(spec))
-            print(f"performance: {result.status}: {result.reason}")
-            return result.to_dict()
+            return _logged(checks.performance_check(spec, date.fromisoformat(_interval_ds()),
+                                                    champion=_champion_or_skip(spec)))
 
         @task
         def skew_check() -> dict[str, Any]:
@@ -310,9 +316,7 @@ def monitoring_dag(spec: PipelineSpec) -> DAG:
             from flywheel import checks
 
             _champion_or_skip(spec)
-            result = checks.skew_check(spec, date.fromisoformat(_interval_ds()))
-            print(f"skew: {result.status}: {result.reason}")
-            return result.to_dict()
+            return _logged(checks.skew_check(spec, date.fromisoformat(_interval_ds())))
 
         @task
         def serving_quality_check() -> dict[str, Any]:
