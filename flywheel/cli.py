@@ -122,14 +122,15 @@ def demo(
     history_days: Annotated[int, typer.Option(help="Days of normal history to load and train on")] = 14,
     stable_days: Annotated[int, typer.Option(help="Served days of normal traffic before the first shift "
                                                   "(false alarms are counted over them)")] = 7,
-    concept_days: Annotated[int, typer.Option(help="Days of the final concept shift")] = 8,
+    concept_days: Annotated[int, typer.Option(help="Days of the concept shift (the covariate episode "
+                                                   "follows; keep it beyond the retrain cooldown)")] = 14,
 ) -> None:
     """Run the whole loop through Airflow on the embedded stack, then weeks of simulated production.
 
     History is backfilled through the data DAG and the first champion comes from the training
     DAG; the first served day goes through the data, label and monitoring DAGs; the following
-    weeks (stable traffic, a covariate-shift episode, recovery, a concept shift seen only in
-    delayed labels) run day by day, and every retrain the policy triggers is an Asset event the
+    weeks (stable traffic, a concept shift seen only in delayed labels, then a covariate-shift
+    episode) run day by day, and every retrain the policy triggers is an Asset event the
     scheduler turns into a training run. Prints the outcome day by day, the detection delays
     and false alarms, and where to look. Leaves the stack running; stop it with `flywheel down`.
     """
