@@ -75,12 +75,11 @@ class Champion:
             return None
         client = registry.client(settings)
         metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
-        window = mv.tags.get("data.window", "")
         return cls(
             version=str(mv.version),
             threshold=float(mv.tags.get("threshold", 0.5)),
             holdout_pr_auc=metrics.get("holdout_pr_auc", metrics.get("pr_auc")),
-            window_end=date.fromisoformat(window.split("..")[1]) if ".." in window else None,
+            window_end=registry.window_end(mv),
             registered_at=datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=UTC)
             if mv.creation_timestamp else None,
         )
@@ -353,8 +352,7 @@ def drift_section(drift: dict[str, Any]) -> dict[str, Any]:
         "drift_detected": bool(drift.get("drift_detected")),
         "prediction_drift_score": drift.get("prediction_drift_score"),
         "drifted_columns": drift.get("drifted_columns", []),
-        "column_scores": {name: (c.get("score") if isinstance(c, dict) else getattr(c, "score", None))
-                          for name, c in scores.items()},
+        "column_scores": {name: column.get("score") for name, column in scores.items()},
         "report": drift.get("html_uri"),
     }
 
@@ -401,10 +399,11 @@ def current_champion(spec: PipelineSpec, settings: Settings) -> Champion:
     return champion
 
 
-def serving_checks(spec: PipelineSpec, ds: date, *, settings: Settings | None = None) -> dict[str, Any]:
+def serving_checks(spec: PipelineSpec, ds: date, *, champion: Champion | None = None,
+                   settings: Settings | None = None) -> dict[str, Any]:
     """Quality of ``ds``'s serving inputs and freshness (one task: both read the day's logs cheaply)."""
     settings = settings or get_settings()
-    champion = current_champion(spec, settings)
+    champion = champion or current_champion(spec, settings)
     return {"quality": quality_check(spec, ds, reference_version=champion.version, settings=settings).to_dict(),
             "freshness": freshness_check(spec, ds, champion=champion, settings=settings).to_dict()}
 
@@ -420,7 +419,7 @@ def run_checks(spec: PipelineSpec, ds: date, *, settings: Settings | None = None
         "drift": drift.to_dict(),
         "performance": performance_check(spec, ds, champion=champion, settings=settings).to_dict(),
         "skew": skew_check(spec, ds, settings=settings).to_dict(),
-        **serving_checks(spec, ds, settings=settings),
+        **serving_checks(spec, ds, champion=champion, settings=settings),
     }
 
 

@@ -1,8 +1,8 @@
 """The README's ``make demo``: the whole loop on the embedded stack, then weeks of production.
 
-1. start the stack; generate the scenario: two weeks of history, then a stable week, a
-   covariate-shift episode, a recovery and a concept shift (flywheel.simulation), with a
-   label feed whose labels arrive 1-3 days late;
+1. start the stack; generate the scenario: two weeks of history, then a stable week, two
+   weeks of concept shift and a covariate-shift episode (flywheel.simulation), with a label
+   feed whose labels arrive 1-3 days late;
 2. backfill the data DAG (ingest → validate → features) over the history;
 3. run the training DAG (train → gate → package); start the model server;
 4. the first served day through Airflow: traffic over HTTP, the data and label DAGs, and the
@@ -30,7 +30,7 @@ from flywheel import promotion, registry, simulation, stack, storage
 from flywheel.airflow_client import AirflowClient
 from flywheel.config import Settings, mask
 from flywheel.datagen import drift_label
-from flywheel.policy import Decision
+from flywheel.policy import Decision, retrain_request
 from flywheel.simulation import Scenario, valid_rows
 from flywheel.spec import PipelineSpec, load_spec
 
@@ -159,10 +159,8 @@ def retrain_through_airflow(client: AirflowClient) -> simulation.Retrain:
 
     def retrain(settings: Settings, spec: PipelineSpec, decision: Decision) -> tuple[str, bool]:
         known = {r.run_id for r in client.list_runs(f"{spec.name}_training")}
-        client.emit_asset_event(f"{spec.name}.retrain_request", extra={
-            "reason": decision.reason, "signals": decision.signals.get("fired", []), "window_end": decision.ds,
-            "drift_share": decision.signals.get("drift_share"), "lookback_days": decision.signals.get("lookback_days"),
-            "source": "flywheel demo (simulated day)"})
+        client.emit_asset_event(f"{spec.name}.retrain_request",
+                                extra=retrain_request(decision) | {"source": "flywheel demo (simulated day)"})
         wait_for_retrain(client, spec, known)
         version = latest_version(settings, spec)
         mv = registry.client(settings).get_model_version(spec.model_name, version)
@@ -287,8 +285,7 @@ def simulate_with_progress(settings: Settings, spec: PipelineSpec, plan: DemoPla
 def last_prediction(settings: Settings, spec: PipelineSpec, day: date) -> dict[str, Any]:
     """One more transaction of the last day, scored over HTTP: what a product service sees."""
     probe = simulation.probe(settings, spec, day)
-    headers = {"X-API-Key": settings.api_key.get_secret_value() if settings.api_key else ""}
-    with httpx.Client(base_url=str(settings.model_server_url), headers=headers, timeout=30) as http:
+    with simulation.http_client(settings) as http:
         resp = http.post("/predict", json=probe)
         resp.raise_for_status()
     body = resp.json()

@@ -152,6 +152,15 @@ def decide(spec: PipelineSpec, observed: dict[str, Any], *, run_id: str, new_lab
     return made("triggered", f"{' + '.join(seen['fired'])} on {ds}")
 
 
+def retrain_request(decision: Decision) -> dict[str, Any]:
+    """The ``extra`` of the retrain Asset event a triggered decision emits (what the training
+    DAG reads: the window end and, for performance triggers, the window length)."""
+    signals = decision.signals
+    return {"reason": decision.reason, "signals": signals.get("fired", []), "window_end": decision.ds,
+            "drift_share": signals.get("drift_share"), "drifted_columns": signals.get("drifted_columns", []),
+            "report": signals.get("report"), "lookback_days": signals.get("lookback_days")}
+
+
 def retrain_spec(spec: PipelineSpec, request: dict[str, Any]) -> PipelineSpec:
     """The spec a retrain request trains with: its ``lookback_days`` (set for performance
     triggers) replaces the training window's length."""
@@ -164,8 +173,7 @@ def champion_window_end(model_name: str, settings: Settings) -> tuple[str | None
     mv = registry.alias_version(model_name, registry.CHAMPION, settings=settings)
     if mv is None:
         return None, None
-    window = mv.tags.get("data.window", "")
-    return str(mv.version), (date.fromisoformat(window.split("..")[1]) if ".." in window else None)
+    return str(mv.version), registry.window_end(mv)
 
 
 def labelled_rows_since(spec: PipelineSpec, after: date | None, until: date, settings: Settings) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from flywheel.config import Settings, get_settings
@@ -71,6 +72,12 @@ def alias_version(model_name: str, alias: str, *, settings: Settings | None = No
         if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
             return None
         raise
+
+
+def window_end(mv: Any) -> date | None:
+    """The last day of a model version's training data (its ``data.window`` tag), if recorded."""
+    window = mv.tags.get("data.window", "")
+    return date.fromisoformat(window.split("..")[1]) if ".." in window else None
 
 
 def set_alias(model_name: str, alias: str, version: str, *, settings: Settings | None = None) -> None:

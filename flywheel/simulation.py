@@ -189,7 +189,7 @@ def send_traffic(settings: Settings, spec: PipelineSpec, day: date, *, batch_siz
                        user_id=rows["user_id"].astype("int64"), merchant_id=rows["merchant_id"].astype("int64"))
     records = rows.drop(columns=[spec.label]).to_dict("records")
     versions: set[str] = set()
-    with _http(settings) as http:
+    with http_client(settings) as http:
         for i in range(0, len(records), batch_size):
             resp = http.post("/predict_batch", json=records[i : i + batch_size])
             resp.raise_for_status()
@@ -207,7 +207,8 @@ def valid_rows(frame: pd.DataFrame, spec: PipelineSpec, day: date | None = None)
     return frame[ok].drop_duplicates(spec.dataset.key, keep=False)
 
 
-def _http(settings: Settings) -> httpx.Client:
+def http_client(settings: Settings) -> httpx.Client:
+    """A client of the model server with the API key."""
     headers = {"X-API-Key": settings.api_key.get_secret_value() if settings.api_key else ""}
     return httpx.Client(base_url=str(settings.model_server_url), headers=headers, timeout=60)
 
@@ -229,7 +230,7 @@ def wait_for_logs(settings: Settings, spec: PipelineSpec, day: date, rows: int, 
 def wait_for_version(settings: Settings, version: str, probe: dict[str, Any], *, timeout: float = 120) -> None:
     """Wait until the model server answers with ``version`` (it follows the alias by itself)."""
     deadline = clock.monotonic() + timeout
-    with _http(settings) as http:
+    with http_client(settings) as http:
         while clock.monotonic() < deadline:
             resp = http.post("/predict", json=probe)
             if resp.status_code == 200 and resp.json()["model_version"] == version:

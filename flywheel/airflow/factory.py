@@ -345,24 +345,19 @@ def monitoring_dag(spec: PipelineSpec) -> DAG:
             return bool(decision.triggered)
 
         @task(outlets=[a["retrain"]])
-        def request_retrain(result: dict[str, Any]) -> dict[str, Any]:
+        def request_retrain() -> dict[str, Any]:
+            from flywheel.policy import Decision, retrain_request
+
             ctx = get_current_context()
-            decision = ctx["ti"].xcom_pull(task_ids="retrain_policy", key="decision") or {}
-            extra = {
-                "reason": decision.get("reason", "data_drift"),
-                "signals": decision.get("signals", {}).get("fired", []),
-                "window_end": str(result["ds"]),
-                "drift_share": result["drift_share"],
-                "drifted_columns": result["drifted_columns"],
-                "report": result["html_uri"],
-                "lookback_days": decision.get("signals", {}).get("lookback_days"),
-            }
+            decided = dict(ctx["ti"].xcom_pull(task_ids="retrain_policy", key="decision"))
+            decided.pop("triggered", None)
+            extra = retrain_request(Decision(**decided))
             ctx["outlet_events"][a["retrain"]].extra = extra
             return extra
 
         result = drift_check()
         decided = retrain_policy(result, performance_check(), skew_check(), serving_quality_check())
-        decided >> request_retrain(result)
+        decided >> request_retrain()
 
     return pipeline()
 

@@ -106,3 +106,13 @@ def test_the_training_dag_reads_the_window_of_the_newest_retrain_request():
               SimpleNamespace(extra={"window_end": "2026-03-02", "lookback_days": 7})]
     assert _retrain_request({"triggering_asset_events": {"fraud.retrain_request": events}})["lookback_days"] == 7
     assert _retrain_request({"params": {"end": "2026-03-01"}}) == {}
+
+
+def test_a_trigger_becomes_the_retrain_request_the_training_dag_reads(spec):
+    from flywheel.policy import retrain_request
+
+    perf = {"status": "alert", "alert": True, "pr_auc": 0.1, "pr_auc_drop": 0.3, "labelled_rows": 4000}
+    request = retrain_request(call(spec, drift(performance=perf)))
+    assert request["window_end"] == DS.isoformat() and request["drifted_columns"] == ["amount"]
+    assert request["signals"] == ["data_drift", "performance"] and request["report"] == "s3://r/x.html"
+    assert request["lookback_days"] == spec.monitoring.retrain.performance_lookback_days
