@@ -31,7 +31,7 @@ FILE_ROWS = 1_000_000
 
 
 def _settings(home: Path):  # type: ignore[no-untyped-def]
-    from flywheel.config import Ports, Settings
+    from flywheel.core.config import Ports, Settings
 
     offset = int(os.environ.get("FLYWHEEL_TEST_PORT_OFFSET", "0"))
     ports = Ports(s3=27333 + offset, weed_master=27334 + offset, weed_volume=27335 + offset,
@@ -48,8 +48,8 @@ def make_source(folder: Path, rows: int) -> None:
     """
     import pandas as pd
 
+    from flywheel.core.spec import GeneratorSpec
     from flywheel.datagen import generate_day
-    from flywheel.spec import GeneratorSpec
 
     folder.mkdir(parents=True, exist_ok=True)
     base_path = folder.parent / "base.parquet"
@@ -67,10 +67,10 @@ def make_source(folder: Path, rows: int) -> None:
 
 
 def run_flywheel(home: Path, source: Path, rows: int) -> dict:
-    from flywheel import features
-    from flywheel.ingest import ingest
-    from flywheel.spec import load_spec_file
-    from flywheel.validation import validate_partition
+    from flywheel.core.spec import load_spec_file
+    from flywheel.data.ingest import ingest
+    from flywheel.data.validation import validate_partition
+    from flywheel.features import store as features
 
     settings = _settings(home)
     spec = load_spec_file(ROOT / "models" / "fraud.yaml")
@@ -91,10 +91,10 @@ def run_plain(home: Path, source: Path, rows: int) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from flywheel.featurize import merchant_aggregates, user_aggregates
-    from flywheel.spec import load_spec_file
-    from flywheel.storage import s3_client
-    from flywheel.validation import build_expectations
+    from flywheel.core.spec import load_spec_file
+    from flywheel.core.storage import s3_client
+    from flywheel.data.validation import build_expectations
+    from flywheel.features.featurize import merchant_aggregates, user_aggregates
 
     settings = _settings(home)
     spec = load_spec_file(ROOT / "models" / "fraud.yaml")
@@ -159,7 +159,8 @@ def main() -> None:
     args = parser.parse_args()
     import pyarrow.parquet as pq
 
-    from flywheel import stack, storage
+    from flywheel.core import storage
+    from flywheel.stack import launcher as stack
 
     work = Path(args.work or tempfile.mkdtemp(prefix="flywheel-bench-"))
     home = work / "home"

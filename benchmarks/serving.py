@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from flywheel.config import PROJECT_ROOT, Ports, Settings
+from flywheel.core.config import PROJECT_ROOT, Ports, Settings
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "serving.json"
 FIRST_DAY, DAYS = date(2026, 1, 1), 9
@@ -48,12 +48,14 @@ def xgboost_only(spec: Any) -> Any:
 
 def prepare(home: Path, offset: int, redis_db: int) -> Settings:
     """SeaweedFS + MLflow, DAYS of data through ingest/validate/features into Redis, a champion."""
-    from flywheel import features, registry, stack
+    from flywheel.core.spec import load_spec
+    from flywheel.data.ingest import ingest
+    from flywheel.data.validation import validate_partition
     from flywheel.datagen import write_landing
-    from flywheel.ingest import ingest
-    from flywheel.spec import load_spec
-    from flywheel.training import train
-    from flywheel.validation import validate_partition
+    from flywheel.features import store as features
+    from flywheel.stack import launcher as stack
+    from flywheel.training import registry
+    from flywheel.training.trainer import train
 
     settings = Settings(home=home, ports=Ports().shifted(offset),
                         online_store={"type": "redis", "connection_string": f"{HOST}:6379,db={redis_db}"})
@@ -117,7 +119,7 @@ class Server:
 
 
 def servers(settings: Settings, version: str, base_port: int) -> list[tuple[Server, str]]:
-    from flywheel.packaging import bentoml_env
+    from flywheel.training.packaging import bentoml_env
 
     env = bentoml_env(settings)
     env["FLYWHEEL_ONLINE_STORE"] = json.dumps(settings.online_store)
@@ -188,7 +190,7 @@ async def _load(url: str, payloads: list[Any], headers: dict[str, str], concurre
 def mlflow_payloads(settings: Settings, raw: list[dict[str, Any]]) -> list[bytes]:
     """mlflow serve cannot look features up: it gets the finished model matrix (a head start)."""
     from benchmarks.serving_apps import Scorer
-    from flywheel.serving import Transaction, serving_matrix
+    from flywheel.serving.predictor import Transaction, serving_matrix
 
     scorer = Scorer()
     out = []
@@ -228,9 +230,9 @@ def _timeit_pair(a: Any, b: Any, n: int) -> tuple[float, float]:
 def feature_fetch(settings: Settings, redis_db: int, n: int) -> dict[str, Any]:
     import redis
 
-    from flywheel.features import feature_store, online_features
-    from flywheel.serving import OnlineFeatures
-    from flywheel.spec import load_spec
+    from flywheel.core.spec import load_spec
+    from flywheel.features.store import feature_store, online_features
+    from flywheel.serving.predictor import OnlineFeatures
 
     spec = load_spec(settings=settings)
     store = feature_store(settings)
@@ -254,8 +256,14 @@ def profile(settings: Settings, raw: list[dict[str, Any]], n: int) -> dict[str, 
     """Where one /predict spends its time in the engine (median µs per stage)."""
     import pandas as pd
 
-    from flywheel.featurize import MODEL_FEATURES, model_matrix
-    from flywheel.serving import Predictor, ScoringRoutes, Transaction, serving_array, serving_matrix
+    from flywheel.features.featurize import MODEL_FEATURES, model_matrix
+    from flywheel.serving.predictor import (
+        Predictor,
+        ScoringRoutes,
+        Transaction,
+        serving_array,
+        serving_matrix,
+    )
 
     predictor = Predictor.from_settings(settings, watch=False, log_predictions=False)
     routes = ScoringRoutes(predictor)
@@ -295,8 +303,8 @@ def batch_scoring(settings: Settings, raw: list[dict[str, Any]], url: str, key: 
     their entities — measured alone."""
     from pydantic import TypeAdapter
 
-    from flywheel.featurize import MODEL_FEATURES
-    from flywheel.serving import Predictor, TransactionBatch, serving_array
+    from flywheel.features.featurize import MODEL_FEATURES
+    from flywheel.serving.predictor import Predictor, TransactionBatch, serving_array
 
     batch = [raw[i % len(raw)] | {"transaction_id": f"r{i}"} for i in range(rows)]
     payload = json.dumps(batch)
@@ -404,8 +412,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--keep-stack", action="store_true")
     args = ap.parse_args(argv)
 
-    from flywheel import registry, stack
-    from flywheel.spec import load_spec
+    from flywheel.core.spec import load_spec
+    from flywheel.stack import launcher as stack
+    from flywheel.training import registry
 
     load_at_start = os.getloadavg()
     settings = prepare(args.home.resolve(), args.port_offset, args.redis_db)

@@ -1,5 +1,5 @@
 """The comparison services of ``benchmarks/serving.py``, with the same model and the same
-online-feature lookups as the Flywheel service (``flywheel.serving`` pieces):
+online-feature lookups as the Flywheel service (``flywheel.serving.predictor`` pieces):
 
 * ``floor``  — a hand-written minimal FastAPI app, run with uvicorn (the floor);
 * ``DefaultBento`` — a default, untuned BentoML service (sync endpoint, default config);
@@ -16,11 +16,11 @@ from typing import Any
 import bentoml
 import numpy as np
 
-from flywheel import registry
-from flywheel.config import get_settings
-from flywheel.featurize import MODEL_FEATURES
-from flywheel.serving import OnlineFeatures, Transaction, limit_threads, serving_array
-from flywheel.spec import load_spec
+from flywheel.core.config import get_settings
+from flywheel.core.spec import load_spec
+from flywheel.features.featurize import MODEL_FEATURES
+from flywheel.serving.predictor import OnlineFeatures, Transaction, limit_threads, serving_array
+from flywheel.training import registry
 
 
 class Scorer:
@@ -28,7 +28,7 @@ class Scorer:
     feature read, numpy featurisation and array scoring the Flywheel service uses)."""
 
     def __init__(self) -> None:
-        from flywheel.features import feature_store
+        from flywheel.features.store import feature_store
 
         settings = get_settings()
         limit_threads(settings.serving_threads)  # same model runtime as the Flywheel service

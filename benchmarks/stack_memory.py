@@ -1,6 +1,6 @@
 """Memory per component: the embedded stack vs the production-like stack, measured in one run.
 
-Starts each stack natively (``flywheel.stack.up``) on its own home and ports, lets it settle,
+Starts each stack natively (``flywheel.stack.launcher.up``) on its own home and ports, lets it settle,
 samples every service's PSS (proportional set size, summed over the service's session:
 Airflow task processes and BentoML workers included) a few times and keeps the median,
 then stops it. The production stack uses the shared PostgreSQL/Redis given by
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import psutil
 
-from flywheel import stack
-from flywheel.config import Ports, ProductionServices, Profile, Settings
+from flywheel.core.config import Ports, ProductionServices, Profile, Settings
+from flywheel.stack import launcher as stack
 
 SETTLE_S, SAMPLES, EVERY_S = 20.0, 5, 2.0
 
@@ -88,7 +88,7 @@ def main() -> None:
         try:
             results["production"] = measure(prod)
         finally:
-            from flywheel.provision import drop_databases
+            from flywheel.stack.provision import drop_databases
 
             drop_databases(prod)
     names = sorted({n for r in results.values() for n in r} - {"total", "start_s"})

@@ -5,8 +5,8 @@ A new use case is a new spec file; nothing here changes. See flywheel.airflow.fa
 """
 
 from flywheel.airflow.factory import build_all
-from flywheel.config import get_settings
-from flywheel.spec import load_any_spec_file
+from flywheel.core.config import get_settings
+from flywheel.core.spec import load_any_spec_file
 
 for _spec_file in sorted(get_settings().specs_dir.glob("*.yaml")):
     globals().update(build_all(load_any_spec_file(_spec_file)))

@@ -2,10 +2,10 @@
 
 Entities: user and merchant. Feature views: per-entity aggregates over 1 h / 24 h /
 7 d windows (counts, amount statistics, time since the last transaction, the
-merchant's fraud rate over labels older than the label lag), computed daily from curated data by ``flywheel.features`` and stored as
+merchant's fraud rate over labels older than the label lag), computed daily from curated data by ``flywheel.features.store`` and stored as
 Parquet in the object store (the offline source). The feature service groups what
 the fraud model reads. Locations come from the settings object, so the same
-definitions serve every profile: ``flywheel.features.apply`` calls :func:`build`
+definitions serve every profile: ``flywheel.features.store.apply`` calls :func:`build`
 with its settings; the module-level names let the ``feast`` CLI read this repo too
 (``flywheel features-apply`` renders its feature_store.yaml).
 """
@@ -17,12 +17,12 @@ from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueT
 from feast.data_format import ParquetFormat
 from feast.types import Float64, Int64, String
 
-from flywheel.config import Settings, get_settings
-from flywheel.featurize import MERCHANT_FEATURES, USER_FEATURES
-from flywheel.spec import PipelineSpec, load_spec
+from flywheel.core.config import Settings, get_settings
+from flywheel.features.featurize import MERCHANT_FEATURES, USER_FEATURES
+from flywheel.core.spec import PipelineSpec, load_spec
 
 # Aggregates of day D are stamped D+1 00:00. An entity's latest row stays valid until a newer
-# one replaces it (an inactive entity's last row is its drop-out row, see flywheel.featurize):
+# one replaces it (an inactive entity's last row is its drop-out row, see flywheel.features.featurize):
 # the online store keeps the latest row forever, so the point-in-time join must too, or training
 # would see NaN where serving sees the row (the skew check found exactly that with a 2-day TTL).
 TTL = timedelta(days=365)

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from flywheel.config import Profile, get_settings
+from flywheel.core.config import Profile, get_settings
 
 app = typer.Typer(
     help=__doc__,
@@ -43,7 +43,7 @@ def up(
     Idempotent: running services are left alone. Fails with a clear message if a port is taken.
     The production profile first creates the databases it needs and checks Redis and the broker.
     """
-    from flywheel import stack
+    from flywheel.stack import launcher as stack
 
     settings = get_settings()
     if profile is not None and profile is not settings.profile:
@@ -58,7 +58,7 @@ def up(
 @app.command()
 def down() -> None:
     """Stop every service of the embedded stack (SIGTERM, then SIGKILL after a grace period)."""
-    from flywheel import stack
+    from flywheel.stack import launcher as stack
 
     stopped = stack.down(get_settings(), console=console)
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
@@ -71,7 +71,7 @@ def status() -> None:
 
 
 def _print_status(settings: object) -> None:
-    from flywheel import stack
+    from flywheel.stack import launcher as stack
 
     table = Table(title="Flywheel stack")
     for column in ("service", "pid", "url", "healthy", "log"):
@@ -106,7 +106,7 @@ def exporter(
     """
     import logging
 
-    from flywheel import exporter as exporter_mod
+    from flywheel.monitoring import exporter as exporter_mod
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
@@ -152,8 +152,8 @@ def generate(
     drift: Annotated[str, typer.Option(help="Drift kind: amount_shift or new_pattern")] = "amount_shift",
 ) -> None:
     """Write synthetic daily transaction partitions into the landing area (FLYWHEEL_HOME/landing)."""
+    from flywheel.core.spec import load_spec
     from flywheel.datagen import DriftKind, write_landing
-    from flywheel.spec import load_spec
 
     settings = get_settings()
     spec = load_spec(settings=settings)
@@ -168,8 +168,8 @@ def generate(
 @app.command()
 def train(end: Annotated[str, typer.Option(help="Last day of training data, YYYY-MM-DD")]) -> None:
     """Train, register and gate a model outside Airflow (same code as the training DAG)."""
-    from flywheel.spec import load_spec
-    from flywheel.training import train as run_train
+    from flywheel.core.spec import load_spec
+    from flywheel.training.trainer import train as run_train
 
     result = run_train(load_spec(), end=date.fromisoformat(end), reason="cli")
     table = Table(title=f"candidates (selected: {result.family}, registered as v{result.version})")
@@ -190,8 +190,8 @@ def train(end: Annotated[str, typer.Option(help="Last day of training data, YYYY
 @app.command()
 def package(version: Annotated[str, typer.Option(help="Model version the bento is labelled with")]) -> None:
     """Build the BentoML bento of the model server (`bentoml build`)."""
-    from flywheel.packaging import build_bento
-    from flywheel.spec import load_spec
+    from flywheel.core.spec import load_spec
+    from flywheel.training.packaging import build_bento
 
     console.print(build_bento(load_spec(), version=version))
 
@@ -202,8 +202,8 @@ def promote(
     reason: Annotated[str, typer.Option(help="Why (kept in the audit log)")],
 ) -> None:
     """Move the `champion` alias to a version by hand; the model server follows within its refresh interval."""
-    from flywheel import promotion
-    from flywheel.spec import load_spec
+    from flywheel.core.spec import load_spec
+    from flywheel.training import promotion
 
     record = promotion.promote(load_spec().model_name, version, reason=reason)
     console.print(f"champion {record.from_version} → {record.to_version} by {record.actor}: {record.reason}")
@@ -212,8 +212,8 @@ def promote(
 @app.command()
 def rollback(reason: Annotated[str, typer.Option(help="Why (kept in the audit log)")]) -> None:
     """Restore the previous champion (from the audit log) in one command."""
-    from flywheel import promotion
-    from flywheel.spec import load_spec
+    from flywheel.core.spec import load_spec
+    from flywheel.training import promotion
 
     record = promotion.rollback(load_spec().model_name, reason=reason)
     console.print(f"champion {record.from_version} → {record.to_version} by {record.actor}: {record.reason}")
@@ -227,8 +227,8 @@ def approve(
 
     The same request shows in the Airflow UI under Browse → Required Actions.
     """
-    from flywheel.airflow_client import AirflowClient
-    from flywheel.spec import load_spec
+    from flywheel.airflow.client import AirflowClient
+    from flywheel.core.spec import load_spec
 
     spec = load_spec()
     with AirflowClient() as client:
@@ -244,8 +244,8 @@ def approve(
 @app.command()
 def decisions(limit: Annotated[int, typer.Option(help="How many of the latest decisions")] = 30) -> None:
     """The retraining policy's decisions: triggered or suppressed (cooldown, duplicate, cap, labels)."""
-    from flywheel import policy
-    from flywheel.spec import load_spec
+    from flywheel.core.spec import load_spec
+    from flywheel.monitoring import policy
 
     table = Table(title="retraining policy decisions")
     for column in ("decided at", "monitored day", "action", "signals", "reason", "champion"):
@@ -264,8 +264,8 @@ def monitoring(
     freshness and the retraining decision of each day (what `fraud_monitoring` wrote; the same
     numbers `flywheel exporter` serves to Prometheus). Reports: s3://<prefix>-reports/{drift,performance}/.
     """
-    from flywheel import checks
-    from flywheel.spec import load_spec
+    from flywheel.core.spec import load_spec
+    from flywheel.monitoring import checks
 
     def cell(section: dict | None, key: str, fmt: str = "{:.3f}") -> str:
         if not section:
@@ -290,8 +290,8 @@ def monitoring(
 @app.command()
 def audit() -> None:
     """Every move of the champion alias: when, who, why, from → to."""
-    from flywheel import promotion
-    from flywheel.spec import load_spec
+    from flywheel.core.spec import load_spec
+    from flywheel.training import promotion
 
     table = Table(title="champion alias history")
     for column in ("at", "action", "from", "to", "actor", "reason"):
@@ -304,7 +304,7 @@ def audit() -> None:
 @app.command("features-apply")
 def features_apply() -> None:
     """`feast apply` the feature repo for the current profile (and render feature_store.yaml)."""
-    from flywheel import features
+    from flywheel.features import store as features
 
     console.print(f"rendered {features.render_feature_store_yaml()}")
     console.print(f"applied {features.apply()}")
@@ -320,8 +320,8 @@ def replay(
 
     DATASET is any dataset of a spec under models/ (a use case or a `kind: dataset` spec).
     """
-    from flywheel.contracts import replay as run_replay
-    from flywheel.spec import SpecError, find_dataset_spec
+    from flywheel.core.spec import SpecError, find_dataset_spec
+    from flywheel.data.contracts import replay as run_replay
 
     try:
         spec = find_dataset_spec(dataset)
@@ -353,7 +353,7 @@ def init_dataset(
 
     import yaml
 
-    from flywheel.contracts import draft_spec
+    from flywheel.data.contracts import draft_spec
 
     drafted = {"kind": "dataset", "name": name, "owner": owner,
                "dataset": draft_spec(Path(sample), name=name, source=source, timestamp=timestamp, key=key)}

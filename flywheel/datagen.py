@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flywheel.spec import GeneratorSpec
+from flywheel.core.spec import GeneratorSpec
 
 CATEGORIES = [
     "grocery", "fuel", "restaurant", "travel", "electronics", "online_retail", "gambling", "pharmacy",

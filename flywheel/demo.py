@@ -26,13 +26,16 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from flywheel import promotion, registry, simulation, stack, storage
-from flywheel.airflow_client import AirflowClient
-from flywheel.config import Settings, mask
+from flywheel import simulation
+from flywheel.airflow.client import AirflowClient
+from flywheel.core import storage
+from flywheel.core.config import Settings, mask
+from flywheel.core.spec import PipelineSpec, load_spec
 from flywheel.datagen import drift_label
-from flywheel.policy import Decision, retrain_request
+from flywheel.monitoring.policy import Decision, retrain_request
 from flywheel.simulation import Scenario, valid_rows
-from flywheel.spec import PipelineSpec, load_spec
+from flywheel.stack import launcher as stack
+from flywheel.training import promotion, registry
 
 START = date(2026, 1, 1)
 
@@ -140,7 +143,7 @@ def reset_simulation(settings: Settings, spec: PipelineSpec, plan: DemoPlan, con
     the online store (rebuilt in date order), and the prediction logs, monitoring summaries and
     retraining decisions of the scenario's days (decisions of a day would read as duplicates).
     Data, models, reports and the promotion audit log are kept."""
-    from flywheel import features
+    from flywheel.features import store as features
 
     stack.down(settings, services=["model-server"], console=console)
     features.reset_online_store(settings)

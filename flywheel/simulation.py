@@ -30,11 +30,13 @@ from typing import Any
 import httpx
 import pandas as pd
 
-from flywheel import checks, registry, storage
-from flywheel.config import Settings
+from flywheel.core import storage
+from flywheel.core.config import Settings
+from flywheel.core.spec import DataSpec, PipelineSpec, find_dataset_spec
 from flywheel.datagen import DriftKind, Phase, drift_label, drift_on, write_landing
-from flywheel.policy import Decision
-from flywheel.spec import DataSpec, PipelineSpec, find_dataset_spec
+from flywheel.monitoring import checks
+from flywheel.monitoring.policy import Decision
+from flywheel.training import registry
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +166,9 @@ def write_data(settings: Settings, spec: PipelineSpec, scenario: Scenario) -> No
 
 def process_data(settings: Settings, spec: PipelineSpec, day: date, *, run_id: str) -> dict[str, Any]:
     """The data DAG's tasks for one day (ingest → validate → features), then the label feed's."""
-    from flywheel import features
-    from flywheel.ingest import ingest
-    from flywheel.validation import validate_partition
+    from flywheel.data.ingest import ingest
+    from flywheel.data.validation import validate_partition
+    from flywheel.features import store as features
 
     ds = day.isoformat()
     ingest(spec, ds, run_id=run_id, settings=settings)
@@ -215,7 +217,7 @@ def http_client(settings: Settings) -> httpx.Client:
 
 def wait_for_logs(settings: Settings, spec: PipelineSpec, day: date, rows: int, *, timeout: float = 60) -> int:
     """Prediction logs are flushed off the request path: wait until the day's rows have landed."""
-    from flywheel.monitoring import load_predictions
+    from flywheel.monitoring.drift import load_predictions
 
     deadline = clock.monotonic() + timeout
     logged = 0
@@ -241,8 +243,8 @@ def wait_for_version(settings: Settings, version: str, probe: dict[str, Any], *,
 
 def retrain_inline(settings: Settings, spec: PipelineSpec, decision: Decision) -> tuple[str, bool]:
     """What the asset-triggered training DAG does: train on the window ending at the day, gate."""
-    from flywheel.policy import retrain_spec
-    from flywheel.training import train
+    from flywheel.monitoring.policy import retrain_spec
+    from flywheel.training.trainer import train
 
     result = train(retrain_spec(spec, decision.signals), end=date.fromisoformat(decision.ds),
                    reason="retrain_request", settings=settings)
@@ -268,7 +270,7 @@ Retrain = Callable[[Settings, PipelineSpec, Decision], tuple[str, bool]]
 def prepare_history(settings: Settings, spec: PipelineSpec, scenario: Scenario,
                     progress: Callable[[str], None] | None = None) -> None:
     """Land the scenario's files and run the data pipeline over its history (in-process)."""
-    from flywheel import features
+    from flywheel.features import store as features
 
     write_data(settings, spec, scenario)
     features.apply(settings)  # the feature definitions (the data DAG applies them on every run)

@@ -3,7 +3,7 @@
 The module is self-contained: imputation values, scaling and the category vocabularies are
 buffers and attributes, so a saved module scores raw model-matrix columns anywhere. MLflow
 logs this file with the model (``code_paths``), so serving needs nothing else from the repo.
-Training lives in ``flywheel.families.torch_mlp``.
+Training lives in ``flywheel.training.families.torch_mlp``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Airflow 3 navigation ("Browse" menu).
 
 from airflow.plugins_manager import AirflowPlugin
 
-from flywheel.config import get_settings
+from flywheel.core.config import get_settings
 
 
 def _views() -> list[dict[str, str]]:

@@ -1,4 +1,4 @@
-"""The Flywheel model server: a thin BentoML shell around ``flywheel.serving``.
+"""The Flywheel model server: a thin BentoML shell around ``flywheel.serving.predictor``.
 
 Endpoints: ``POST /predict`` (one transaction), ``POST /predict_batch`` (a list),
 plus BentoML's ``/healthz``, ``/readyz`` (ready once the champion is loaded),
@@ -9,7 +9,7 @@ that names the offending fields. CPU or GPU is configuration (``FLYWHEEL_SERVING
 
 The two prediction routes are a small FastAPI app mounted in the bento
 (``@bentoml.asgi_app``): a request goes from the middleware straight to
-``flywheel.serving.ScoringRoutes`` (bytes in, bytes out), skipping BentoML's per-API IO layer,
+``flywheel.serving.predictor.ScoringRoutes`` (bytes in, bytes out), skipping BentoML's per-API IO layer,
 while the bento still builds, serves the probes and /metrics, and publishes the routes in its
 OpenAPI document.
 """
@@ -26,8 +26,8 @@ import bentoml
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from flywheel.config import get_settings
-from flywheel.serving import MAX_BATCH, Prediction, Predictor, ScoringRoutes, Transaction, tune_gc
+from flywheel.core.config import get_settings
+from flywheel.serving.predictor import MAX_BATCH, Prediction, Predictor, ScoringRoutes, Transaction, tune_gc
 
 QUIET = ("/metrics", "/healthz", "/readyz", "/livez")
 access_log = logging.getLogger("flywheel.access")

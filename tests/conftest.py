@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.config import get_settings
-from flywheel.spec import PipelineSpec, load_spec_file
+from flywheel.core.config import get_settings
+from flywheel.core.spec import PipelineSpec, load_spec_file
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from flywheel.config import Ports
+from flywheel.core.config import Ports
 
 OFFSET = int(os.environ.get("FLYWHEEL_TEST_PORT_OFFSET", "0"))
 

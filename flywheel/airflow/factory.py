@@ -23,7 +23,7 @@ from airflow.sdk import (
     task,
 )
 
-from flywheel.spec import DataSpec, PipelineSpec
+from flywheel.core.spec import DataSpec, PipelineSpec
 
 START = datetime(2026, 1, 1)  # earliest data date; history is loaded with backfills
 
@@ -78,15 +78,15 @@ def data_dag(spec: DataSpec) -> DAG:
         # slot between pokes) instead of failing; time out after a day with a clear error.
         @task.sensor(poke_interval=120, timeout=24 * 3600, mode="reschedule")
         def source_arrived() -> PokeReturnValue:
-            from flywheel.config import get_settings
-            from flywheel.ingest import source_files
+            from flywheel.core.config import get_settings
+            from flywheel.data.ingest import source_files
 
             files = source_files(spec, _interval_ds(), get_settings())
             return PokeReturnValue(is_done=bool(files), xcom_value=[str(f) for f in files])
 
         @task
         def ingest(_: list[str]) -> dict[str, Any]:
-            from flywheel.ingest import ingest as run_ingest
+            from flywheel.data.ingest import ingest as run_ingest
 
             ctx = get_current_context()
             with _contract_failures_do_not_retry():
@@ -94,7 +94,7 @@ def data_dag(spec: DataSpec) -> DAG:
 
         @task(outlets=[a["curated"]])
         def validate(_: dict[str, Any]) -> dict[str, Any]:
-            from flywheel.validation import validate_partition
+            from flywheel.data.validation import validate_partition
 
             ctx = get_current_context()
             with _contract_failures_do_not_retry():
@@ -105,7 +105,7 @@ def data_dag(spec: DataSpec) -> DAG:
         # Aggregates read the trailing window: wait for the previous day's run.
         @task(depends_on_past=True)
         def features(_: dict[str, Any]) -> dict[str, Any]:
-            from flywheel import features as feats
+            from flywheel.features import store as feats
 
             ds = date.fromisoformat(_interval_ds())
             feats.apply()
@@ -126,7 +126,7 @@ def _contract_failures_do_not_retry() -> Iterator[None]:
     error, naming dataset, partition and rule, is the cause shown in the log."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from flywheel.validation import ContractViolation
+    from flywheel.data.validation import ContractViolation
 
     try:
         yield
@@ -168,8 +168,8 @@ def training_dag(spec: PipelineSpec) -> DAG:
     def pipeline() -> None:
         @task(outlets=[a["model"]])
         def train() -> dict[str, Any]:
-            from flywheel.policy import retrain_spec
-            from flywheel.training import train as run_train
+            from flywheel.monitoring.policy import retrain_spec
+            from flywheel.training.trainer import train as run_train
 
             ctx = get_current_context()
             reason = "retrain_request" if ctx.get("triggering_asset_events") else "manual"
@@ -180,7 +180,7 @@ def training_dag(spec: PipelineSpec) -> DAG:
 
         @task
         def package(result: dict[str, Any]) -> dict[str, Any]:
-            from flywheel.packaging import build_bento
+            from flywheel.training.packaging import build_bento
 
             return {"bento": build_bento(spec, version=result["version"]), **result}
 
@@ -212,7 +212,7 @@ def _approval_path(spec: PipelineSpec, trained: Any) -> None:
 
     @task
     def promote_approved(result: dict[str, Any]) -> dict[str, Any]:
-        from flywheel import promotion
+        from flywheel.training import promotion
 
         answer = get_current_context()["ti"].xcom_pull(task_ids="approve") or {}
         user = answer.get("responded_by_user") or {}
@@ -241,7 +241,7 @@ def registry_dag(spec: PipelineSpec) -> DAG:
     def pipeline() -> None:
         @task
         def move_alias() -> dict[str, Any]:
-            from flywheel import promotion
+            from flywheel.training import promotion
 
             ctx = get_current_context()
             params, run = ctx["params"], ctx["dag_run"]
@@ -264,7 +264,8 @@ def _champion_or_skip(spec: PipelineSpec) -> Any:
     """The champion a monitoring task watches; the task is skipped while nothing is served."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from flywheel import checks, config
+    from flywheel.core import config
+    from flywheel.monitoring import checks
 
     try:
         return checks.current_champion(spec, config.get_settings())
@@ -293,7 +294,7 @@ def monitoring_dag(spec: PipelineSpec) -> DAG:
     def pipeline() -> None:
         @task
         def drift_check() -> dict[str, Any]:
-            from flywheel import monitoring
+            from flywheel.monitoring import drift as monitoring
 
             champion = _champion_or_skip(spec)
             ds = date.fromisoformat(_interval_ds())
@@ -305,7 +306,7 @@ def monitoring_dag(spec: PipelineSpec) -> DAG:
         @task
         def performance_check() -> dict[str, Any]:
             """The champion's PR-AUC on the predictions whose delayed labels have arrived."""
-            from flywheel import checks
+            from flywheel.monitoring import checks
 
             return _logged(checks.performance_check(spec, date.fromisoformat(_interval_ds()),
                                                     champion=_champion_or_skip(spec)))
@@ -313,7 +314,7 @@ def monitoring_dag(spec: PipelineSpec) -> DAG:
         @task
         def skew_check() -> dict[str, Any]:
             """Served features vs the offline features of the same transactions."""
-            from flywheel import checks
+            from flywheel.monitoring import checks
 
             _champion_or_skip(spec)
             return _logged(checks.skew_check(spec, date.fromisoformat(_interval_ds())))
@@ -321,7 +322,7 @@ def monitoring_dag(spec: PipelineSpec) -> DAG:
         @task
         def serving_quality_check() -> dict[str, Any]:
             """Serving input quality, online feature freshness and model age."""
-            from flywheel import checks
+            from flywheel.monitoring import checks
 
             _champion_or_skip(spec)
             result = checks.serving_checks(spec, date.fromisoformat(_interval_ds()))
@@ -335,7 +336,7 @@ def monitoring_dag(spec: PipelineSpec) -> DAG:
         @task.short_circuit
         def retrain_policy(result: dict[str, Any], performance: dict[str, Any], skew: dict[str, Any],
                            serving: dict[str, Any]) -> bool:
-            from flywheel import checks
+            from flywheel.monitoring import checks
 
             ctx = get_current_context()
             observed = {"ds": result["ds"], "drift": result, "performance": performance, "skew": skew, **serving}
@@ -346,7 +347,7 @@ def monitoring_dag(spec: PipelineSpec) -> DAG:
 
         @task(outlets=[a["retrain"]])
         def request_retrain() -> dict[str, Any]:
-            from flywheel.policy import Decision, retrain_request
+            from flywheel.monitoring.policy import Decision, retrain_request
 
             ctx = get_current_context()
             decided = dict(ctx["ti"].xcom_pull(task_ids="retrain_policy", key="decision"))

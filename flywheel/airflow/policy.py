@@ -12,7 +12,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from typing import Any
 
-from flywheel.config import Settings, get_settings
+from flywheel.core.config import Settings, get_settings
 
 
 def gpu_queue_for(dag_id: str, task_id: str, settings: Settings | None = None) -> str | None:

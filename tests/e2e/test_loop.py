@@ -19,10 +19,12 @@ import httpx
 import pandas as pd
 import pytest
 
-from flywheel import registry, stack, storage
-from flywheel.config import Settings
+from flywheel.core import storage
+from flywheel.core.config import Settings
 from flywheel.datagen import DriftKind, write_landing
 from flywheel.demo import valid_rows, wait_for_prediction_logs
+from flywheel.stack import launcher as stack
+from flywheel.training import registry
 from tests.ports import ports
 
 pytestmark = pytest.mark.e2e
@@ -140,7 +142,7 @@ def test_the_loop_closes(env, spec):
     assert all(states[t] == "success" for t in ("performance_check", "skew_check", "serving_quality_check",
                                                 "retrain_policy")), states
     assert states["request_retrain"] == "skipped", (normal["drift_share"], normal["drifted_columns"])
-    from flywheel import checks
+    from flywheel.monitoring import checks
 
     summary = {s["ds"]: s for s in checks.read_summaries(spec, settings=settings)}[last_normal.isoformat()]
     # No label feed landed in this test and the day's batch is not ingested yet: both say so.
@@ -166,7 +168,7 @@ def test_the_loop_closes(env, spec):
         queued = conn.execute("select target_dag_id from asset_dag_run_queue").fetchall()
     assert extra and json.loads(extra[-1][0])["window_end"] == drift_day.isoformat()
     assert ("fraud_training",) in queued  # the scheduler would start the training DAG now
-    from flywheel import policy
+    from flywheel.monitoring import policy
 
     decisions = {d.ds: d for d in policy.history(spec.model_name, settings=settings)}
     assert decisions[last_normal.isoformat()].action == "no_signal"
@@ -188,7 +190,7 @@ def test_the_loop_closes(env, spec):
     assert task_states(airflow_env, "fraud_registry") == {"move_alias": "success"}
     restored = registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings).version
     assert restored != approved
-    from flywheel import promotion
+    from flywheel.training import promotion
 
     last = promotion.history(spec.model_name, settings=settings)[-1]
     assert (last.action, last.from_version, last.to_version) == ("rollback", str(approved), str(restored))
@@ -201,8 +203,8 @@ def approval_promotes_after_a_human_says_yes(settings: Settings, airflow_env: di
 
     import yaml
 
-    from flywheel import promotion
-    from flywheel.airflow_client import AirflowClient
+    from flywheel.airflow.client import AirflowClient
+    from flywheel.training import promotion
 
     specs = settings.home / "specs-approval"
     specs.mkdir()

@@ -15,9 +15,8 @@ from datetime import timedelta
 
 import pytest
 
-from flywheel import checks, policy, registry, stack
-from flywheel.config import Settings
-from flywheel.packaging import build_bento
+from flywheel.core.config import Settings
+from flywheel.monitoring import checks, policy
 from flywheel.simulation import (
     CONCEPT,
     COVARIATE,
@@ -28,7 +27,10 @@ from flywheel.simulation import (
     prepare_history,
     simulate,
 )
-from flywheel.training import train
+from flywheel.stack import launcher as stack
+from flywheel.training import registry
+from flywheel.training.packaging import build_bento
+from flywheel.training.trainer import train
 from tests.ports import ports
 
 pytestmark = pytest.mark.e2e

@@ -7,8 +7,8 @@ from datetime import date, timedelta
 
 import pytest
 
-from flywheel import stack
-from flywheel.config import Settings
+from flywheel.core.config import Settings
+from flywheel.stack import launcher as stack
 from tests.ports import ports
 
 TEST_PORTS = ports(24000)
@@ -30,10 +30,10 @@ def services(tmp_path_factory) -> Iterator[Settings]:
 @pytest.fixture(scope="session")
 def loaded(services: Settings, spec) -> dict:
     """DAYS days of generated data taken through ingest → validate → features, in-process."""
-    from flywheel import features
+    from flywheel.data.ingest import ingest
+    from flywheel.data.validation import validate_partition
     from flywheel.datagen import write_landing
-    from flywheel.ingest import ingest
-    from flywheel.validation import validate_partition
+    from flywheel.features import store as features
 
     write_landing(services.home / "landing", FIRST_DAY, DAYS, spec.generator)
     features.apply(services)

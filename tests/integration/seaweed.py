@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from flywheel import storage
-from flywheel.config import Settings
+from flywheel.core import storage
+from flywheel.core.config import Settings
 
 WEED = Path(sys.executable).parent / "weed"
 

@@ -6,9 +6,10 @@ from datetime import timedelta
 
 import httpx
 
-from flywheel import registry, stack
-from flywheel.packaging import build_bento
-from flywheel.training import train
+from flywheel.stack import launcher as stack
+from flywheel.training import registry
+from flywheel.training.packaging import build_bento
+from flywheel.training.trainer import train
 
 from .conftest import DAYS, FIRST_DAY
 

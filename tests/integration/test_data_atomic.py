@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flywheel import storage
+from flywheel.core import storage
 
 pytestmark = pytest.mark.integration
 DS = "2026-03-01"
@@ -20,7 +20,7 @@ DS = "2026-03-01"
 # Writes ~48 MiB of incompressible rows (a multipart upload of three parts) over the partition.
 WRITER = """
 import numpy as np, pandas as pd, sys
-from flywheel import storage
+from flywheel.core import storage
 DS = sys.argv[1]
 rng = np.random.default_rng(1)
 frame = pd.DataFrame({"v": rng.random(6_000_000), "w": rng.random(6_000_000)})

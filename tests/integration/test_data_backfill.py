@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from flywheel import features, stack, storage
-from flywheel.airflow_client import AirflowClient
-from flywheel.config import Settings
+from flywheel.airflow.client import AirflowClient
+from flywheel.core import storage
+from flywheel.core.config import Settings
 from flywheel.datagen import write_landing
+from flywheel.features import store as features
+from flywheel.stack import launcher as stack
 from tests.ports import ports
 
 pytestmark = pytest.mark.integration

@@ -15,11 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flywheel import storage
+from flywheel.core import storage
+from flywheel.core.spec import PipelineSpec
+from flywheel.data.ingest import ingest
+from flywheel.data.validation import REASONS, ContractViolation, validate_partition
 from flywheel.datagen import generate_day
-from flywheel.ingest import ingest
-from flywheel.spec import PipelineSpec
-from flywheel.validation import REASONS, ContractViolation, validate_partition
 
 pytestmark = pytest.mark.integration
 DS = "2026-02-10"
@@ -35,7 +35,7 @@ def _spec(spec: PipelineSpec, case: str, fmt: str = "parquet", **contract: objec
 
 
 def _clean(rows: int = 400) -> pd.DataFrame:
-    from flywheel.spec import GeneratorSpec
+    from flywheel.core.spec import GeneratorSpec
 
     return generate_day(DAY, GeneratorSpec(rows_per_day=rows), bad_records=False)
 
@@ -144,7 +144,7 @@ def test_label_present_where_it_must_not_be(services, spec):
 
 
 def test_volume_anomaly_relative_to_recent_history(services, spec):
-    from flywheel.spec import VolumeRule
+    from flywheel.core.spec import VolumeRule
 
     s = _spec(spec, "volume", volume=VolumeRule(history=7, min_history=3, min_ratio=0.5, max_ratio=2.0))
     for back in (3, 2, 1):
@@ -232,7 +232,7 @@ def test_large_file_is_validated_in_chunks(services, spec):
 # --- replay: a quarantined batch is processed again once the data are fixed ---------------------
 
 def test_replay_after_the_data_is_fixed(services, spec):
-    from flywheel.contracts import replay
+    from flywheel.data.contracts import replay
 
     s = _spec(spec, "replay")
     frame = _clean()

@@ -5,10 +5,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flywheel import storage
-from flywheel.ingest import ingest
-from flywheel.spec import load_any_spec_file
-from flywheel.validation import validate_partition
+from flywheel.core import storage
+from flywheel.core.spec import load_any_spec_file
+from flywheel.data.ingest import ingest
+from flywheel.data.validation import validate_partition
 from tests.unit.test_dataset_onboarding import draft
 
 pytestmark = pytest.mark.integration

@@ -5,10 +5,11 @@ from datetime import date, timedelta
 import pandas as pd
 import pytest
 
-from flywheel import features, storage
-from flywheel.featurize import feature_timestamp
-from flywheel.ingest import SourceNotFound, ingest
-from flywheel.validation import REASONS
+from flywheel.core import storage
+from flywheel.data.ingest import SourceNotFound, ingest
+from flywheel.data.validation import REASONS
+from flywheel.features import store as features
+from flywheel.features.featurize import feature_timestamp
 
 from .conftest import DAYS, FIRST_DAY
 
@@ -37,7 +38,7 @@ def test_rerun_of_a_date_replaces_its_partition_byte_for_byte(services, loaded, 
 
 def test_rerun_of_every_stage_is_byte_identical(services, loaded, spec):
     """Validate and features of a date again: same content hashes, one object per partition."""
-    from flywheel.validation import validate_partition
+    from flywheel.data.validation import validate_partition
 
     day = FIRST_DAY + timedelta(days=1)
     ds = day.isoformat()

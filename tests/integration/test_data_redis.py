@@ -8,7 +8,8 @@ from datetime import timedelta
 import pytest
 import redis
 
-from flywheel import features, storage
+from flywheel.core import storage
+from flywheel.features import store as features
 
 from .conftest import DAYS, FIRST_DAY
 

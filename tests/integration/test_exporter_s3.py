@@ -14,8 +14,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from flywheel import exporter, stack, storage
-from flywheel.config import SECRETS_FILE, Settings
+from flywheel.core import storage
+from flywheel.core.config import SECRETS_FILE, Settings
+from flywheel.monitoring import exporter
+from flywheel.stack import launcher as stack
 from tests.integration.seaweed import free_ports, private_seaweedfs
 
 pytestmark = pytest.mark.integration
@@ -123,7 +125,7 @@ def test_an_unreachable_store_is_up_0_not_a_failed_scrape(tmp_path: Path, caplog
                     s3_secret_key=secret, bucket_prefix="exp")
     server, thread = exporter.start(dead, host="127.0.0.1", port=0, cache_s=0)
     try:
-        with caplog.at_level("WARNING", logger="flywheel.exporter"):
+        with caplog.at_level("WARNING", logger="flywheel.monitoring.exporter"):
             series = scrape(f"http://127.0.0.1:{server.server_port}/metrics")
     finally:
         server.shutdown()

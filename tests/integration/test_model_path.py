@@ -7,9 +7,11 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from flywheel import registry, stack, storage
-from flywheel.packaging import build_bento
-from flywheel.training import train
+from flywheel.core import storage
+from flywheel.stack import launcher as stack
+from flywheel.training import registry
+from flywheel.training.packaging import build_bento
+from flywheel.training.trainer import train
 
 from .conftest import DAYS, FIRST_DAY
 
@@ -121,7 +123,7 @@ def test_batch_endpoint_and_prediction_log(served, spec):
     resp = http.post("/predict_batch", json=batch)
     assert resp.status_code == 200
     assert [p["transaction_id"] for p in resp.json()] == [f"b-{i}" for i in range(25)]
-    from flywheel.monitoring import load_predictions
+    from flywheel.monitoring.drift import load_predictions
 
     # earlier tests' predictions may already be in the store: wait for these 25 rows
     deadline = time.monotonic() + 30
@@ -149,7 +151,7 @@ def test_training_run_records_its_data(services, first, spec):
 
 
 def test_promotion_and_rollback_are_audited(services, first, spec):
-    from flywheel import promotion
+    from flywheel.training import promotion
 
     other = train(only(spec, "xgboost", n_estimators=3, max_depth=1), end=END, reason="test", settings=services)
     moved = promotion.promote(spec.model_name, other.version, reason="manual test", actor="tester",
@@ -243,7 +245,7 @@ def _without_timings(result) -> dict:
 
 
 def test_gate_accepts_a_challenger_that_beats_the_champion(services, first, spec):
-    from flywheel import promotion
+    from flywheel.training import promotion
 
     weak = train(only(spec, "xgboost", n_estimators=2, max_depth=1), end=END, reason="test", settings=services)
     promotion.promote(spec.model_name, weak.version, reason="test: a weak champion", actor="tester",

@@ -13,10 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flywheel import storage
-from flywheel.config import PROJECT_ROOT, Settings
-from flywheel.featurize import MODEL_FEATURES
-from flywheel.monitoring import (
+from flywheel.core import storage
+from flywheel.core.config import PROJECT_ROOT, Settings
+from flywheel.core.spec import PipelineSpec, load_spec_file
+from flywheel.features.featurize import MODEL_FEATURES
+from flywheel.monitoring.drift import (
     LOG_DTYPES,
     ReferenceNotFound,
     load_predictions,
@@ -26,7 +27,6 @@ from flywheel.monitoring import (
     run_drift_check,
     workspace_path,
 )
-from flywheel.spec import PipelineSpec, load_spec_file
 from tests.integration.seaweed import private_seaweedfs
 
 pytestmark = pytest.mark.integration

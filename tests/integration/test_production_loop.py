@@ -4,7 +4,7 @@ Airflow runs with the CeleryExecutor (broker: Redis DB 3, results in PostgreSQL)
 ``airflow celery worker`` processes; the second also serves the ``gpu`` queue, to which the
 cluster policy routes ``fraud_training.train`` by configuration. Metadata of Airflow,
 MLflow and the Feast registry live in PostgreSQL databases ``flywheel_prod_test_<id>_*``
-that ``flywheel.provision`` creates (and this test drops); the Feast online store is Redis
+that ``flywheel.stack.provision`` creates (and this test drops); the Feast online store is Redis
 DB 2. The loop, as the README demo runs it but shorter (5 normal days, 1 drifted day):
 backfill the data DAG, train (next to the drifted day's data run), serve the champion,
 replay the drifted day, drift check → retrain request → asset-triggered retraining.
@@ -29,13 +29,16 @@ import psycopg2
 import pytest
 import redis
 
-from flywheel import features, registry, stack, storage
-from flywheel.airflow_client import AirflowClient
-from flywheel.config import ProductionServices, Profile, Settings
+from flywheel.airflow.client import AirflowClient
+from flywheel.core import storage
+from flywheel.core.config import ProductionServices, Profile, Settings
+from flywheel.core.profiles import admin_dsn, database_name
 from flywheel.datagen import DriftKind, write_landing
 from flywheel.demo import START, replay, run_monitoring, wait_for_prediction_logs, wait_for_retrain
-from flywheel.profiles import admin_dsn, database_name
-from flywheel.provision import drop_databases
+from flywheel.features import store as features
+from flywheel.stack import launcher as stack
+from flywheel.stack.provision import drop_databases
+from flywheel.training import registry
 from tests.ports import ports
 
 # ~7.5 min on the shared 2-core box (6.2 min loop + 1.3 min embedded reference): e2e only (`pytest -m e2e`), like tests/e2e/test_loop.py.
@@ -123,9 +126,9 @@ def _flush_redis() -> None:
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory, spec) -> Iterator[Settings]:
     """The same pipeline code in the embedded profile, in-process, over the same data."""
-    from flywheel.ingest import ingest
-    from flywheel.training import train
-    from flywheel.validation import validate_partition
+    from flywheel.data.ingest import ingest
+    from flywheel.data.validation import validate_partition
+    from flywheel.training.trainer import train
 
     home = tmp_path_factory.mktemp("emb-home")
     settings = stack.up(Settings(home=home, ports=ports(27000)), services=["seaweedfs", "mlflow"])

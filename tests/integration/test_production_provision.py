@@ -12,9 +12,15 @@ from collections.abc import Iterator
 import psycopg2
 import pytest
 
-from flywheel.config import ConfigError, ProductionServices, Profile, Settings
-from flywheel.profiles import admin_dsn, database_name, database_url, redact
-from flywheel.provision import ProvisionError, check_broker, check_redis, drop_databases, ensure_databases
+from flywheel.core.config import ConfigError, ProductionServices, Profile, Settings
+from flywheel.core.profiles import admin_dsn, database_name, database_url, redact
+from flywheel.stack.provision import (
+    ProvisionError,
+    check_broker,
+    check_redis,
+    drop_databases,
+    ensure_databases,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +88,7 @@ def test_cluster_policy_routes_configured_tasks_to_the_gpu_queue(monkeypatch: py
     """The real DAGs, parsed the way the dag-processor parses them, with the policy installed."""
     from airflow.dag_processing.dagbag import DagBag
 
-    from flywheel.config import PROJECT_ROOT, get_settings
+    from flywheel.core.config import PROJECT_ROOT, get_settings
 
     monkeypatch.setenv("FLYWHEEL_PRODUCTION__GPU_TASKS", '["fraud_training.train", "*.drift_check"]')
     monkeypatch.setenv("FLYWHEEL_PRODUCTION__GPU_QUEUE", "gpu")
@@ -103,7 +109,8 @@ def test_cluster_policy_routes_configured_tasks_to_the_gpu_queue(monkeypatch: py
 
 def test_feast_registry_in_the_object_store(services: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """``production.feast_registry = "s3"``: the registry is an object in the features bucket."""
-    from flywheel import features, storage
+    from flywheel.core import storage
+    from flywheel.features import store as features
 
     settings = services.model_copy(update={
         "profile": Profile.PRODUCTION,

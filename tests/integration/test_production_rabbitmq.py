@@ -12,11 +12,11 @@ from datetime import date
 
 import pytest
 
-from flywheel import stack
-from flywheel.airflow_client import AirflowClient
-from flywheel.config import ProductionServices, Profile, Settings
+from flywheel.airflow.client import AirflowClient
+from flywheel.core.config import ProductionServices, Profile, Settings
 from flywheel.datagen import write_landing
-from flywheel.provision import drop_databases
+from flywheel.stack import launcher as stack
+from flywheel.stack.provision import drop_databases
 from tests.ports import ports
 
 pytestmark = pytest.mark.e2e

@@ -10,8 +10,9 @@ import time
 import httpx
 import pytest
 
-from flywheel import promotion, stack
-from flywheel.training import train
+from flywheel.stack import launcher as stack
+from flywheel.training import promotion
+from flywheel.training.trainer import train
 
 from .serving_support import END, champion_version, only, serve, txn
 

@@ -8,7 +8,7 @@ import hypothesis
 import pytest
 import schemathesis
 
-from flywheel import stack
+from flywheel.stack import launcher as stack
 
 from .serving_support import champion_version, serve, txn
 

@@ -9,8 +9,9 @@ import os
 import pandas as pd
 import pytest
 
-from flywheel import features, storage
-from flywheel.serving import OnlineFeatures, Predictor, Transaction
+from flywheel.core import storage
+from flywheel.features import store as features
+from flywheel.serving.predictor import OnlineFeatures, Predictor, Transaction
 
 from .serving_support import END, champion_version, txn
 
@@ -110,7 +111,7 @@ def test_predictions_survive_a_down_object_store_and_logs_are_retried(services, 
         predictor.close()
     keys = storage.list_keys("predictions", f"{spec.model_name}/dt={END.isoformat()}/", settings=services)
     assert keys
-    from flywheel.monitoring import load_predictions
+    from flywheel.monitoring.drift import load_predictions
 
     logged = load_predictions(spec, start=END, end=END, settings=services).set_index("request_id")
     ours = logged.loc[[p.request_id for p in scored]]
@@ -120,7 +121,7 @@ def test_predictions_survive_a_down_object_store_and_logs_are_retried(services, 
 
 
 def test_full_queue_and_backlog_are_counted_never_silent(services, loaded, spec):
-    from flywheel.serving import PredictionLogger
+    from flywheel.serving.predictor import PredictionLogger
 
     predictor, down = _predictor_with_store_down(services, spec)
     predictor.logger.close()

@@ -8,9 +8,10 @@ import re
 import httpx
 import pytest
 
-from flywheel import promotion, stack
-from flywheel.packaging import build_bento
-from flywheel.training import train
+from flywheel.stack import launcher as stack
+from flywheel.training import promotion
+from flywheel.training.packaging import build_bento
+from flywheel.training.trainer import train
 
 from .serving_support import END, champion_version, only, txn
 

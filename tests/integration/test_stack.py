@@ -18,10 +18,10 @@ import psutil
 import pytest
 from pydantic import SecretStr
 
-from flywheel import stack
-from flywheel.airflow_client import AirflowAuthError, AirflowClient
-from flywheel.config import Ports, Settings
-from flywheel.storage import ZONES, s3_client
+from flywheel.airflow.client import AirflowAuthError, AirflowClient
+from flywheel.core.config import Ports, Settings
+from flywheel.core.storage import ZONES, s3_client
+from flywheel.stack import launcher as stack
 from tests.ports import OFFSET, ports
 
 pytestmark = pytest.mark.integration

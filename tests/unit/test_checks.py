@@ -5,8 +5,8 @@ from datetime import date, timedelta
 import numpy as np
 import pytest
 
-from flywheel.checks import Check, _mismatches, drift_section
 from flywheel.datagen import DriftKind
+from flywheel.monitoring.checks import Check, _mismatches, drift_section
 from flywheel.simulation import CONCEPT, COVARIATE, STABLE, DayOutcome, Scenario, SimulationResult
 
 pytestmark = pytest.mark.unit

@@ -480,14 +480,14 @@ def test_prometheus_scrapes_the_model_server_and_grafana_reads_prometheus() -> N
 
 
 # ---------------------------------------------------------------------------
-# compose == native production profile (flywheel.profiles, flywheel.stack)
+# compose == native production profile (flywheel.core.profiles, flywheel.stack.launcher)
 # ---------------------------------------------------------------------------
 
 
 @pytest.fixture()
 def compose_settings(services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch):
     """The Settings a Flywheel process inside the compose stack builds from its environment."""
-    from flywheel.config import Settings
+    from flywheel.core.config import Settings
 
     for key in list(__import__("os").environ):
         if key.startswith("FLYWHEEL_"):
@@ -503,8 +503,8 @@ def test_compose_airflow_env_is_what_the_native_profile_sets(
 ) -> None:
     """Executor, metadata DB, broker, result backend, queues: the same values as
     ``flywheel up --profile production`` derives, for every Airflow container."""
-    from flywheel.config import Profile
-    from flywheel.profiles import airflow_production_env, production_env
+    from flywheel.core.config import Profile
+    from flywheel.core.profiles import airflow_production_env, production_env
 
     assert compose_settings.profile is Profile.PRODUCTION
     expected = airflow_production_env(compose_settings) | production_env(compose_settings)
@@ -512,7 +512,7 @@ def test_compose_airflow_env_is_what_the_native_profile_sets(
     for name in [*AIRFLOW_COMMANDS, "airflow-init", "airflow-worker-gpu"]:
         env = environment_of(services[name])
         drift = {key: (env.get(key), value) for key, value in expected.items() if env.get(key) != value}
-        assert not drift, f"{name} differs from flywheel.profiles: {drift}"
+        assert not drift, f"{name} differs from flywheel.core.profiles: {drift}"
     init_url = environment_of(services["airflow-init"])["FLYWHEEL_PRODUCTION__POSTGRES_URL"]
     assert init_url.startswith("postgresql://postgres:") and init_url.endswith("@postgres:5432/postgres")
 
@@ -520,7 +520,7 @@ def test_compose_airflow_env_is_what_the_native_profile_sets(
 def test_compose_mlflow_runs_the_native_backend_and_artifact_store(
     services: dict[str, dict[str, Any]], compose_settings
 ) -> None:
-    from flywheel import stack
+    from flywheel.stack import launcher as stack
 
     env = environment_of(services["mlflow"])
     assert env["MLFLOW_BACKEND_STORE_URI"] == stack.mlflow_backend_store_uri(compose_settings)
@@ -534,7 +534,7 @@ def test_compose_commands_are_the_native_commands(
 ) -> None:
     """Each Airflow container runs the subcommand the native stack runs (the image's
     entrypoint is `airflow`); workers listen on the queues the settings name."""
-    from flywheel import stack
+    from flywheel.stack import launcher as stack
 
     for name, subcommand in AIRFLOW_COMMANDS.items():
         native_name = "airflow-worker-1" if name == "airflow-worker" else name
@@ -563,7 +563,7 @@ def test_airflow_image_installs_the_cluster_policy_the_native_stack_installs() -
 
 def test_airflow_init_provisions_with_the_native_code(services: dict[str, dict[str, Any]]) -> None:
     script = services["airflow-init"]["command"][-1]
-    assert script.index("python -m flywheel.provision") < script.index("airflow db migrate")
+    assert script.index("python -m flywheel.stack.provision") < script.index("airflow db migrate")
     assert services["mlflow"]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
 
 
@@ -600,7 +600,7 @@ def test_grafana_provisions_the_model_server_dashboard(services: dict[str, dict[
 def test_evidently_ui_serves_the_workspace_the_monitoring_dag_writes(
     services: dict[str, dict[str, Any]], compose_settings
 ) -> None:
-    from flywheel.monitoring import workspace_path
+    from flywheel.monitoring.drift import workspace_path
 
     ui = services["evidently-ui"]
     argv = [*ui["entrypoint"], *ui["command"]]
@@ -616,7 +616,7 @@ def test_prometheus_scrapes_the_monitoring_exporter_and_grafana_charts_its_metri
 ) -> None:
     import json
 
-    from flywheel.exporter import NAMESPACE, summary_samples
+    from flywheel.monitoring.exporter import NAMESPACE, summary_samples
     from tests.unit.test_exporter import SUMMARY
 
     exporter = services["exporter"]

@@ -4,8 +4,8 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
-from flywheel.config import Profile, Settings, mask
-from flywheel.spec import SpecError, load_spec_file
+from flywheel.core.config import Profile, Settings, mask
+from flywheel.core.spec import SpecError, load_spec_file
 
 pytestmark = pytest.mark.unit
 

@@ -3,7 +3,7 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from flywheel.featurize import (
+from flywheel.features.featurize import (
     ENTITY_DEFAULTS,
     MODEL_FEATURES,
     feature_timestamp,

@@ -13,7 +13,7 @@ from flywheel.datagen import (
     labels_arriving,
     write_landing,
 )
-from flywheel.featurize import MODEL_FEATURES, feature_timestamp, model_matrix, user_aggregates
+from flywheel.features.featurize import MODEL_FEATURES, feature_timestamp, model_matrix, user_aggregates
 
 pytestmark = pytest.mark.unit
 DAY = date(2026, 1, 5)
@@ -120,7 +120,7 @@ def test_model_matrix_handles_unknown_entities(spec):
 
 
 def test_an_entity_that_drops_out_of_the_window_gets_an_inactive_row():
-    from flywheel.featurize import merchant_aggregates
+    from flywheel.features.featurize import merchant_aggregates
 
     def txn(user: int, merchant: int, when: str) -> dict:
         return {"user_id": user, "merchant_id": merchant, "amount": 10.0, "country": "US", "is_fraud": 0,

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from flywheel.airflow.factory import build_all
 from flywheel.cli import app
-from flywheel.spec import DataSpec, PipelineSpec, SpecError, load_any_spec_file, load_spec_file
+from flywheel.core.spec import DataSpec, PipelineSpec, SpecError, load_any_spec_file, load_spec_file
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]

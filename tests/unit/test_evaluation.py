@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flywheel.evaluation import (
+from flywheel.training.evaluation import (
     Costs,
     calibration_error,
     cost_threshold,

@@ -12,9 +12,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 from typer.testing import CliRunner
 
-from flywheel import exporter, stack
-from flywheel.config import Ports, Settings
-from flywheel.exporter import MonitoringCollector, StoreRead, metric_name, summary_samples
+from flywheel.core.config import Ports, Settings
+from flywheel.monitoring import exporter
+from flywheel.monitoring.exporter import MonitoringCollector, StoreRead, metric_name, summary_samples
+from flywheel.stack import launcher as stack
 from tests.ports import OFFSET, ports
 
 pytestmark = pytest.mark.unit
@@ -185,7 +186,7 @@ def test_a_partial_read_exports_what_was_read_and_is_not_up() -> None:
 def test_store_without_credentials_is_up_0_not_an_exception(tmp_path, caplog) -> None:
     settings = Settings(home=tmp_path, s3_endpoint_url="http://127.0.0.1:9")  # no keys anywhere
     collector = MonitoringCollector(exporter.SummaryStore(settings).read, cache_s=0)
-    with caplog.at_level("WARNING", logger="flywheel.exporter"):
+    with caplog.at_level("WARNING", logger="flywheel.monitoring.exporter"):
         series = scrape(collector)
     assert series["flywheel_monitoring_up"] == {(): 0.0}
     assert "no S3 credentials" in caplog.text

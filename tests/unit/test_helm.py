@@ -7,7 +7,7 @@ machine, so the manifests are checked against strict JSON schemas of the fields 
 official chart that Flywheel sets. With a cluster at hand, docs/deploy.md gives the
 ``helm template`` / ``kubectl apply --dry-run=server`` commands.
 
-The environment of every pod is compared with what ``flywheel.profiles`` derives, as
+The environment of every pod is compared with what ``flywheel.core.profiles`` derives, as
 tests/unit/test_compose.py does for docker-compose.yml.
 """
 
@@ -201,7 +201,7 @@ def test_values_use_only_known_chart_keys_and_a_supported_executor(values: dict[
 @pytest.fixture()
 def chart_settings(values: dict[str, Any], monkeypatch: pytest.MonkeyPatch):
     """Settings a Flywheel process in a chart pod builds (non-secret env; secrets from flywheel-env)."""
-    from flywheel.config import Settings
+    from flywheel.core.config import Settings
 
     for key in list(os.environ):
         if key.startswith("FLYWHEEL_"):
@@ -213,8 +213,8 @@ def chart_settings(values: dict[str, Any], monkeypatch: pytest.MonkeyPatch):
 
 
 def test_chart_env_is_what_the_native_profile_sets(values: dict[str, Any], chart_settings) -> None:
-    from flywheel.config import Profile
-    from flywheel.profiles import airflow_production_env, production_env
+    from flywheel.core.config import Profile
+    from flywheel.core.profiles import airflow_production_env, production_env
 
     assert chart_settings.profile is Profile.PRODUCTION
     env = env_of(values["env"])
@@ -225,7 +225,7 @@ def test_chart_env_is_what_the_native_profile_sets(values: dict[str, Any], chart
     expected = {k: v for k, v in (airflow_production_env(chart_settings) | production_env(chart_settings)).items()
                 if k not in secret_keys and k != "AIRFLOW__CORE__EXECUTOR"}
     drift = {k: (env.get(k), v) for k, v in expected.items() if env.get(k) != v}
-    assert not drift, f"infra/helm/airflow-values.yaml differs from flywheel.profiles: {drift}"
+    assert not drift, f"infra/helm/airflow-values.yaml differs from flywheel.core.profiles: {drift}"
     assert values["executor"] == airflow_production_env(chart_settings)["AIRFLOW__CORE__EXECUTOR"]
     # The secret-bearing ones come from Secrets the chart mounts, never literal values.
     assert not secret_keys & set(env)
@@ -264,11 +264,11 @@ def test_secret_template_holds_placeholders_only() -> None:
 
 
 def test_provision_job_and_mlflow_match_the_native_profile(objects: list[dict[str, Any]], chart_settings) -> None:
-    from flywheel import stack
-    from flywheel.profiles import database_name
+    from flywheel.core.profiles import database_name
+    from flywheel.stack import launcher as stack
 
     job = next(o for o in objects if o["kind"] == "Job")
-    assert container(job)["command"] == ["python", "-m", "flywheel.provision"]
+    assert container(job)["command"] == ["python", "-m", "flywheel.stack.provision"]
     assert env_of(container(job)["env"])["FLYWHEEL_PROFILE"] == "production"
     mlflow = container(by_kind(objects, "Deployment")["mlflow"])
     native = stack.get_service("mlflow").command(chart_settings)

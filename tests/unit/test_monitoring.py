@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flywheel.config import PROJECT_ROOT
-from flywheel.monitoring import (
+from flywheel.core.config import PROJECT_ROOT
+from flywheel.core.spec import PipelineSpec, load_spec_file
+from flywheel.monitoring.drift import (
     PREDICTION_COLUMN,
     ColumnDrift,
     DriftInputError,
@@ -22,7 +23,6 @@ from flywheel.monitoring import (
     comparable_frame,
     summarize_drift,
 )
-from flywheel.spec import PipelineSpec, load_spec_file
 
 pytestmark = pytest.mark.unit
 

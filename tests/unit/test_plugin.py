@@ -8,7 +8,7 @@ pytestmark = pytest.mark.unit
 
 def test_plugin_links_follow_settings(monkeypatch):
     monkeypatch.setenv("FLYWHEEL_MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
-    from flywheel.config import get_settings
+    from flywheel.core.config import get_settings
 
     get_settings.cache_clear()
     module = runpy.run_path(str(Path(__file__).resolve().parents[2] / "plugins" / "flywheel_links.py"))

@@ -4,7 +4,7 @@ from datetime import date, timedelta
 
 import pytest
 
-from flywheel.policy import Decision, decide
+from flywheel.monitoring.policy import Decision, decide
 
 pytestmark = pytest.mark.unit
 DS = date(2026, 3, 10)
@@ -76,7 +76,7 @@ def test_performance_drop_triggers_and_is_reported(spec):
     assert d.signals["pr_auc_drop"] == 0.22 and d.signals["alerts"] == ["performance"]
     days = spec.monitoring.retrain.performance_lookback_days
     assert d.signals.get("lookback_days") == days
-    from flywheel.policy import retrain_spec
+    from flywheel.monitoring.policy import retrain_spec
 
     assert retrain_spec(spec, d.signals).training.lookback_days == (days or spec.training.lookback_days)
     assert retrain_spec(spec, call(spec).signals) is spec  # a drift retrain keeps the spec's window
@@ -109,7 +109,7 @@ def test_the_training_dag_reads_the_window_of_the_newest_retrain_request():
 
 
 def test_a_trigger_becomes_the_retrain_request_the_training_dag_reads(spec):
-    from flywheel.policy import retrain_request
+    from flywheel.monitoring.policy import retrain_request
 
     perf = {"status": "alert", "alert": True, "pr_auc": 0.1, "pr_auc_drop": 0.3, "labelled_rows": 4000}
     request = retrain_request(call(spec, drift(performance=perf)))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from flywheel import profiles, stack, storage
-from flywheel.config import ConfigError, ProductionServices, Profile, Settings
+from flywheel.core import profiles, storage
+from flywheel.core.config import ConfigError, ProductionServices, Profile, Settings
+from flywheel.stack import launcher as stack
 
 pytestmark = pytest.mark.unit
 

@@ -1,7 +1,7 @@
 import pytest
 
-from flywheel.lineage import code_version, package_versions, spec_digest
-from flywheel.promotion import AuditRecord, _previous_champion
+from flywheel.training.lineage import code_version, package_versions, spec_digest
+from flywheel.training.promotion import AuditRecord, _previous_champion
 
 pytestmark = pytest.mark.unit
 

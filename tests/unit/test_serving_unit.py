@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from flywheel.serving import MAX_BATCH, Transaction, TransactionBatch, field_paths, unprocessable
+from flywheel.serving.predictor import MAX_BATCH, Transaction, TransactionBatch, field_paths, unprocessable
 
 pytestmark = pytest.mark.unit
 
@@ -59,7 +59,7 @@ def test_validation_errors_become_a_422_body_naming_row_and_field():
 def test_online_values_decode_like_feast_protobuf():
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from flywheel.serving import _decode_values, _python
+    from flywheel.serving.predictor import _decode_values, _python
 
     protos = [Value(double_val=1.5), Value(double_val=0.0), Value(double_val=-3e300), Value(int64_val=0),
               Value(int64_val=127), Value(int64_val=128), Value(int64_val=-5), Value(int64_val=2**62),
@@ -73,8 +73,8 @@ def test_online_values_decode_like_feast_protobuf():
 
 
 def test_scores_serialize_like_the_prediction_model():
-    from flywheel.registry import LoadedModel
-    from flywheel.serving import Prediction, Scores, request_ids
+    from flywheel.serving.predictor import Prediction, Scores, request_ids
+    from flywheel.training.registry import LoadedModel
 
     model = LoadedModel(name="m", version="3", family="xgboost", model=None, threshold=0.5, features=[],
                         scorer=None)
@@ -96,8 +96,8 @@ def test_xgboost_array_scoring_equals_dataframe_scoring():
     import pandas as pd
     from xgboost import XGBClassifier
 
-    from flywheel.families import get
-    from flywheel.registry import LoadedModel
+    from flywheel.training.families import get
+    from flywheel.training.registry import LoadedModel
 
     rng = np.random.default_rng(5)
     columns = ["a", "b", "c", "d"]
@@ -121,8 +121,8 @@ def test_serving_matrix_equals_the_training_featurisation():
     import pandas as pd
 
     from flywheel.datagen import CATEGORIES
-    from flywheel.featurize import model_matrix
-    from flywheel.serving import serving_matrix
+    from flywheel.features.featurize import model_matrix
+    from flywheel.serving.predictor import serving_matrix
 
     rng = np.random.default_rng(3)
     n = 300

@@ -2,12 +2,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flywheel import families
-from flywheel.config import Settings
-from flywheel.families.base import FitData
-from flywheel.registry import decide
-from flywheel.spec import SpecError, load_spec_file
-from flywheel.training import select, temporal_split
+from flywheel.core.config import Settings
+from flywheel.core.spec import SpecError, load_spec_file
+from flywheel.training import families
+from flywheel.training.families.base import FitData
+from flywheel.training.registry import decide
+from flywheel.training.trainer import select, temporal_split
 
 pytestmark = pytest.mark.unit
 
@@ -84,7 +84,7 @@ def test_torch_mlp_scores_unseen_categories_and_missing_values():
 def test_cuda_demanded_without_a_gpu_is_a_clear_error():
     import torch
 
-    from flywheel.families.torch_mlp import TorchDeviceError, device
+    from flywheel.training.families.torch_mlp import TorchDeviceError, device
 
     assert device("cpu") == "cpu"
     if torch.cuda.is_available():

@@ -1,0 +1,344 @@
+"""Pipeline specs: one YAML file per use case under ``models/``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from flywheel.core.config import Settings, get_settings
+
+
+class SpecError(ValueError):
+    """A pipeline spec is missing or invalid; the message names the file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+ColumnType = Literal["string", "int", "float", "datetime", "bool"]
+
+
+class ColumnRule(_Strict):
+    type: ColumnType
+    nullable: bool = True
+    unique: bool = False
+    min: float | None = None
+    max: float | None = None
+    allowed: list[Any] | None = None
+
+
+class VolumeRule(_Strict):
+    """Row-count bounds relative to the median of the last ``history`` committed batches."""
+
+    history: int = Field(7, ge=1)
+    min_history: int = Field(3, ge=1)
+    min_ratio: float = Field(0.5, ge=0)
+    max_ratio: float = Field(2.0, gt=0)
+
+
+class Contract(_Strict):
+    columns: dict[str, ColumnRule]
+    timestamp_in_interval: bool = True
+    # Columns that must not arrive in this dataset (e.g. the label in a scoring feed).
+    forbidden_columns: list[str] = Field(default_factory=list)
+    # The newest row must be at most this many hours older than the interval's end.
+    freshness_hours: float | None = Field(None, gt=0)
+    volume: VolumeRule | None = None
+
+
+class DatasetSpec(_Strict):
+    name: str
+    source: str
+    format: Literal["parquet", "csv", "jsonl"] = "parquet"
+    encoding: str = "utf8"
+    timestamp: str
+    key: str
+    contract: Contract
+    # Rows validated per Great Expectations batch (bounded memory for large partitions).
+    chunk_rows: int = Field(500_000, ge=1)
+    # Let the scheduler create the runs of every missed interval since the DAG's start.
+    catchup: bool = False
+
+    @model_validator(mode="after")
+    def _key_and_timestamp_in_contract(self) -> DatasetSpec:
+        for col in (self.timestamp, self.key):
+            if col not in self.contract.columns:
+                raise ValueError(f"column {col!r} is not in the dataset contract")
+        return self
+
+
+class FeatureSpec(_Strict):
+    entities: dict[str, str]
+    service: str
+    request: list[str]
+    window_days: int = Field(7, ge=1)
+    # Labels become known this many days after the transaction (fraud rates lag by it).
+    label_lag_days: int = Field(1, ge=0)
+
+
+class SplitSpec(_Strict):
+    train: float = Field(gt=0)
+    validation: float = Field(gt=0)
+    holdout: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitSpec:
+        total = self.train + self.validation + self.holdout
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions sum to {total}, not 1")
+        return self
+
+
+class CostSpec(_Strict):
+    """Business cost of each error kind, per transaction (any consistent unit)."""
+
+    false_positive: float = Field(5.0, ge=0)
+    false_negative: float = Field(100.0, ge=0)
+
+
+class ParamRange(_Strict):
+    """One dimension of a hyperparameter search: a numeric range or a list of choices."""
+
+    type: Literal["int", "float", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ParamRange:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical range needs a non-empty 'choices' list")
+        elif self.low is None or self.high is None or self.low >= self.high:
+            raise ValueError(f"a {self.type} range needs low < high (got low={self.low}, high={self.high})")
+        elif self.log and self.low <= 0:
+            raise ValueError("a log-scaled range needs low > 0")
+        return self
+
+
+class CandidateSpec(_Strict):
+    """A model family competing for promotion: fixed params and an optional search space."""
+
+    params: dict[str, Any] = Field(default_factory=dict)
+    search: dict[str, ParamRange] = Field(default_factory=dict)
+
+
+class SearchSpec(_Strict):
+    """Bounded hyperparameter search (Optuna TPE, seeded): per candidate family, at most
+    ``trials`` trials and ``timeout_s`` seconds. ``trials: 0`` trains the fixed params once.
+    The timeout is a safety cap: a search cut by it is not reproducible (the run says so)."""
+
+    trials: int = Field(0, ge=0, le=200)
+    timeout_s: float = Field(600, gt=0)
+
+
+class ApprovalSpec(_Strict):
+    """Human approval (Airflow's ApprovalOperator) between the gate and the promotion."""
+
+    required: bool = False
+    timeout_hours: float = Field(72, gt=0)
+
+
+class TrainingSpec(_Strict):
+    lookback_days: int = Field(30, ge=1)
+    split: SplitSpec
+    seed: int = 42
+    metric: Literal["pr_auc", "roc_auc"] = "pr_auc"
+    min_improvement: float = 0.0
+    costs: CostSpec = Field(default_factory=CostSpec)
+    precision_target: float = Field(0.5, gt=0, lt=1)
+    slice_tolerance: float = Field(0.05, ge=0)
+    baseline: str = "logistic_regression"
+    candidates: dict[str, CandidateSpec] = Field(
+        default_factory=lambda: {"xgboost": CandidateSpec()}, min_length=1)
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    approval: ApprovalSpec = Field(default_factory=ApprovalSpec)
+
+    @model_validator(mode="after")
+    def _known_families(self) -> TrainingSpec:
+        from flywheel.training.families import FAMILIES
+
+        for name in [self.baseline, *self.candidates]:
+            if name not in FAMILIES:
+                raise ValueError(f"unknown model family {name!r} (known: {', '.join(sorted(FAMILIES))})")
+        return self
+
+    def with_lookback(self, days: int | None) -> TrainingSpec:
+        """A copy training on the last ``days`` days (unchanged when ``days`` is None)."""
+        return self if days is None else self.model_copy(update={"lookback_days": int(days)})
+
+    def with_params(self, family: str, **params: Any) -> TrainingSpec:
+        """A copy whose ``family`` candidate uses ``params`` (merged) and no search."""
+        current = self.candidates[family]
+        changed = current.model_copy(update={"params": {**current.params, **params}, "search": {}})
+        return self.model_copy(update={"candidates": {**self.candidates, family: changed}})
+
+
+RetrainSignal = Literal["data_drift", "performance", "skew"]
+DEFAULT_RETRAIN_SIGNALS: tuple[RetrainSignal, ...] = ("data_drift", "performance")
+
+
+class RetrainPolicySpec(_Strict):
+    """When monitoring may request a retrain (see flywheel.monitoring.policy). Days are data days."""
+
+    cooldown_days: int = Field(3, ge=0)
+    max_per_day: int = Field(2, ge=1)
+    min_new_labelled_rows: int = Field(1000, ge=0)
+    max_model_age_days: int | None = Field(30, ge=1)
+    # A retrain the performance signal requested (the concept changed: older labels mislead)
+    # trains on only this many recent days; None keeps training.lookback_days.
+    performance_lookback_days: int | None = Field(None, ge=2)
+    # Which monitoring signals may request a retrain (staleness is governed by max_model_age_days).
+    signals: list[RetrainSignal] = Field(default_factory=lambda: list(DEFAULT_RETRAIN_SIGNALS))
+
+
+class LabelFeedSpec(_Strict):
+    """Where delayed labels arrive: a dataset spec's curated partitions, joined on ``key``."""
+
+    dataset: str
+    key: str = "transaction_id"
+    label: str = "is_fraud"
+
+
+class PerformanceSpec(_Strict):
+    """Model performance on labelled predictions of the trailing ``window_days``."""
+
+    window_days: int = Field(7, ge=1)
+    min_labelled_rows: int = Field(500, ge=1)
+    min_positives: int = Field(30, ge=1)
+    # Alert when PR-AUC falls this much below the champion's holdout PR-AUC...
+    max_pr_auc_drop: float = Field(0.15, gt=0, le=1)
+    # ...or below this floor, whatever the holdout said (a champion promoted on a holdout it
+    # also failed, e.g. right after a concept shift, would otherwise be its own low bar).
+    min_pr_auc: float | None = Field(None, ge=0, le=1)
+
+
+class SkewSpec(_Strict):
+    """Training/serving skew: served features vs the offline features of the same rows."""
+
+    sample_rows: int = Field(1000, ge=10)
+    # A value is skewed when |served - offline| > abs_tol + rel_tol * |offline|.
+    rel_tol: float = Field(1e-6, ge=0)
+    abs_tol: float = Field(1e-6, ge=0)
+    # Alert when more than this share of the sampled rows differ in any feature.
+    max_mismatch_share: float = Field(0.01, ge=0, le=1)
+
+
+class QualitySpec(_Strict):
+    """Serving input quality: entity misses, missing features, values outside the reference."""
+
+    max_feature_miss_rate: float = Field(0.2, ge=0, le=1)
+    max_missing_rate: float = Field(0.2, ge=0, le=1)
+    max_out_of_range_rate: float = Field(0.05, ge=0, le=1)
+    # A value is out of range outside [min, max] of the training reference widened by this
+    # share of (max - min) on each side.
+    range_margin: float = Field(0.5, ge=0)
+    # The online store is stale when its newest features are older than this (data time).
+    max_online_age_hours: float = Field(48, gt=0)
+
+
+class MonitoringSpec(_Strict):
+    drift_share_threshold: float = Field(0.3, gt=0, le=1)
+    # Days of logged traffic one drift check compares with the reference (ending at the day).
+    drift_window_days: int = Field(1, ge=1)
+    min_rows: int = Field(200, ge=1)
+    features: list[str]
+    labels: LabelFeedSpec | None = None
+    performance: PerformanceSpec = Field(default_factory=PerformanceSpec)
+    skew: SkewSpec = Field(default_factory=SkewSpec)
+    quality: QualitySpec = Field(default_factory=QualitySpec)
+    retrain: RetrainPolicySpec = Field(default_factory=RetrainPolicySpec)
+
+
+class GeneratorSpec(_Strict):
+    seed: int = 7
+    users: int = 2000
+    merchants: int = 300
+    rows_per_day: int = 2500
+    fraud_rate: float = 0.015
+    bad_record_rate: float = 0.004
+    # Labels (chargebacks) arrive 1..label_delay_days days after the transaction.
+    label_delay_days: int = Field(3, ge=1)
+
+
+class DataSpec(_Strict):
+    """A dataset on its own (``kind: dataset`` in its YAML): a daily data DAG that ingests
+    and validates it (contract, quarantine, replay), with no features or model. Onboarding a
+    dataset is writing this file (``flywheel init-dataset`` drafts it from a sample)."""
+
+    name: str
+    owner: str
+    dataset: DatasetSpec
+    generator: GeneratorSpec = Field(default_factory=GeneratorSpec)
+
+    def source_for(self, ds: str, settings: Settings) -> str:
+        """The source location of one daily partition."""
+        return self.dataset.source.format(home=settings.home, ds=ds)
+
+
+class PipelineSpec(DataSpec):
+    """A use case: its dataset plus label, features, training and monitoring."""
+
+    model_name: str
+    label: str
+    features: FeatureSpec
+    training: TrainingSpec
+    monitoring: MonitoringSpec
+
+    @model_validator(mode="after")
+    def _label_in_contract(self) -> PipelineSpec:
+        if self.label not in self.dataset.contract.columns:
+            raise ValueError(f"label {self.label!r} is not in the dataset contract")
+        return self
+
+
+def load_spec(name: str | None = None, *, settings: Settings | None = None) -> PipelineSpec:
+    """Load ``models/<name>.yaml``; raises :class:`SpecError` naming the file and field."""
+    settings = settings or get_settings()
+    path = Path(settings.specs_dir) / f"{name or settings.use_case}.yaml"
+    return load_spec_file(path)
+
+
+def find_dataset_spec(dataset: str, *, settings: Settings | None = None) -> DataSpec:
+    """The spec under ``specs_dir`` whose dataset is named ``dataset``."""
+    settings = settings or get_settings()
+    specs = [load_any_spec_file(p) for p in sorted(Path(settings.specs_dir).glob("*.yaml"))]
+    for spec in specs:
+        if spec.dataset.name == dataset:
+            return spec
+    known = ", ".join(sorted(s.dataset.name for s in specs)) or "none"
+    raise SpecError(f"no spec in {settings.specs_dir} has dataset {dataset!r} (known: {known})")
+
+
+def load_spec_file(path: Path) -> PipelineSpec:
+    """A use-case spec; a dataset-only spec here is a :class:`SpecError`."""
+    spec = load_any_spec_file(path)
+    if not isinstance(spec, PipelineSpec):
+        raise SpecError(f"{path} is a dataset spec (kind: dataset), not a use case with a model")
+    return spec
+
+
+def load_any_spec_file(path: Path) -> DataSpec:
+    """A use-case spec, or a dataset-only spec when the file says ``kind: dataset``."""
+    if not path.is_file():
+        raise SpecError(f"pipeline spec {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+        if isinstance(raw, dict) and raw.get("kind", "pipeline") == "dataset":
+            return DataSpec.model_validate({k: v for k, v in raw.items() if k != "kind"})
+        if isinstance(raw, dict) and raw.get("kind", "pipeline") != "pipeline":
+            raise SpecError(f"invalid pipeline spec {path}: kind: {raw['kind']!r} is not 'pipeline' or 'dataset'")
+        return PipelineSpec.model_validate({k: v for k, v in (raw or {}).items() if k != "kind"})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SpecError(f"invalid pipeline spec {path}: {problems}") from exc
+    except yaml.YAMLError as exc:
+        raise SpecError(f"pipeline spec {path} is not valid YAML: {exc}") from exc

@@ -1,0 +1,300 @@
+"""Feast: apply the repo, compute entity aggregates, materialize, build training sets.
+
+The offline source of each feature view is a set of daily Parquet partitions in
+the ``features`` zone (``<view>/ds=<date>/``), written atomically with a manifest.
+Materialization is keyed on the data interval (not "now"), so backfills are safe.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import yaml
+
+from flywheel.core import storage
+from flywheel.core.config import Settings, get_settings
+from flywheel.core.spec import PipelineSpec, load_spec
+from flywheel.features.featurize import feature_timestamp, merchant_aggregates, user_aggregates
+
+if TYPE_CHECKING:
+    from feast import FeatureStore, RepoConfig
+
+log = logging.getLogger(__name__)
+PROJECT = "flywheel"  # the default project; ``Settings.feast_project`` names the one in use
+VIEWS = ("user_stats", "merchant_stats")
+
+
+class FeatureError(RuntimeError):
+    """Features could not be computed or served; the message names the view and date."""
+
+
+def repo_config(settings: Settings) -> RepoConfig:
+    from feast import RepoConfig
+
+    return RepoConfig(
+        project=settings.feast_project,
+        provider="local",
+        registry=settings.feast_registry_config(),
+        offline_store={"type": "file"},
+        online_store=settings.online_store_config(),
+        entity_key_serialization_version=3,
+        repo_path=settings.feature_repo,
+    )
+
+
+def render_feature_store_yaml(settings: Settings | None = None) -> str:
+    """Write ``feature_repo/feature_store.yaml`` for this profile so the feast CLI works too."""
+    settings = settings or get_settings()
+    content = {
+        "project": settings.feast_project,
+        "provider": "local",
+        "registry": settings.feast_registry_config(),
+        "offline_store": {"type": "file"},
+        "online_store": settings.online_store_config(),
+        "entity_key_serialization_version": 3,
+    }
+    path = settings.feature_repo / "feature_store.yaml"
+    path.write_text("# Rendered by flywheel for profile " + settings.profile.value + "\n"
+                    + yaml.safe_dump(content, sort_keys=False))
+    return str(path)
+
+
+def feature_store(settings: Settings | None = None) -> FeatureStore:
+    """A FeatureStore for the configured profile (exports S3 settings for Feast's readers)."""
+    from feast import FeatureStore
+
+    settings = settings or get_settings()
+    settings.feast_dir.mkdir(parents=True, exist_ok=True)
+    # Feast's file source reads S3 through s3fs/pyarrow, which take credentials from env.
+    os.environ.update(settings.aws_env())
+    _forget_s3_listings()
+    return FeatureStore(config=repo_config(settings))
+
+
+def _forget_s3_listings() -> None:
+    """s3fs caches directory listings per process; a rewritten partition would look stale."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def load_definitions(settings: Settings) -> list[Any]:
+    """Import ``feature_repo/definitions.py`` and collect its Feast objects."""
+    from feast import Entity, FeatureService, FeatureView
+
+    path = settings.feature_repo / "definitions.py"
+    module_spec = importlib.util.spec_from_file_location("flywheel_feature_repo", path)
+    if module_spec is None or module_spec.loader is None:
+        raise FeatureError(f"cannot load Feast definitions from {path}")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    objects: list[Any] = module.build(settings, load_spec(settings=settings))
+    kinds = (Entity, FeatureView, FeatureService)
+    return [obj for obj in objects if isinstance(obj, kinds)]
+
+
+def apply(settings: Settings | None = None) -> list[str]:
+    """``feast apply`` of the repo (idempotent); returns the names of the applied objects."""
+    settings = settings or get_settings()
+    store = feature_store(settings)
+    objects = load_definitions(settings)
+    store.apply(objects)
+    return sorted(obj.name for obj in objects)
+
+
+@dataclass(frozen=True)
+class FeatureRun:
+    ds: str
+    window: list[str]
+    missing_days: list[str]
+    rows: dict[str, int]
+    manifests: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ds": self.ds, "window": self.window, "missing_days": self.missing_days,
+                "rows": self.rows, "manifests": self.manifests}
+
+
+def read_curated_window(
+    spec: PipelineSpec, *, start: date, end: date, settings: Settings
+) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Curated rows of [start, end]; returns (frame, days read, days missing)."""
+    client = storage.s3_client(settings)
+    available = set(storage.list_partitions(zone="curated", dataset=spec.dataset.name,
+                                            settings=settings, client=client))
+    days = [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
+    read = [d for d in days if d in available]
+    frames = [storage.read_partition(zone="curated", dataset=spec.dataset.name, ds=d,
+                                     settings=settings, client=client) for d in read]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return frame, read, [d for d in days if d not in available]
+
+
+def compute_aggregates(spec: PipelineSpec, ds: date, *, settings: Settings | None = None) -> FeatureRun:
+    """Aggregates over the curated window ending at ``ds``, written to the features zone.
+
+    The curated partitions are streamed to local files and scanned by duckdb, so
+    memory stays bounded by the aggregates, not by the rows of the window.
+    """
+    import tempfile
+
+    settings = settings or get_settings()
+    # The window, the label lag, and at least one day before the window (drop-out rows).
+    span = spec.features.window_days - 1 + max(spec.features.label_lag_days, 1)
+    start = ds - timedelta(days=span)
+    client = storage.s3_client(settings)
+    name = spec.dataset.name
+    available = set(storage.list_partitions(zone="curated", dataset=name, settings=settings, client=client))
+    days = [(start + timedelta(days=i)).isoformat() for i in range(span + 1)]
+    read = [d for d in days if d in available]
+    missing = [d for d in days if d not in available]
+    if ds.isoformat() not in read:
+        raise FeatureError(f"no curated partition {name} ds={ds}: validate it first")
+    if missing:
+        log.warning("feature window %s..%s lacks curated days %s", start, ds, missing)
+    with tempfile.TemporaryDirectory(prefix="flywheel-features-") as tmp:
+        files = [str(p) for d in read for p in storage.download_partition(
+            zone="curated", dataset=name, ds=d, dest=Path(tmp), settings=settings, client=client)[1]]
+        tables = {
+            "user_stats": user_aggregates(files, ds),
+            "merchant_stats": merchant_aggregates(files, ds, label=spec.label,
+                                                  label_lag_days=spec.features.label_lag_days),
+        }
+        newest = _newest_event(files, spec.dataset.timestamp)
+    manifests = {}
+    stamp = feature_timestamp(ds)
+    freshness = {"feature_timestamp": stamp.isoformat(), "newest_event": newest,
+                 "window": [read[0], read[-1]], "missing_days": missing}
+    for view, table in tables.items():
+        manifest = storage.write_partition(table, zone="features", dataset=view, ds=ds.isoformat(),
+                                           source=f"curated/{name}", extra={"freshness": freshness},
+                                           settings=settings, client=client)
+        manifests[view] = manifest.content_hash
+    return FeatureRun(ds=ds.isoformat(), window=read, missing_days=missing,
+                      rows={v: len(t) for v, t in tables.items()}, manifests=manifests)
+
+
+def _newest_event(files: list[str], column: str) -> str | None:
+    import duckdb
+
+    from flywheel.features.featurize import parquet_source
+
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        row = con.execute(f'SELECT max("{column}") FROM {parquet_source(files)}').fetchone()
+    return row[0].isoformat() if row and row[0] is not None else None
+
+
+def materialize(ds: date, *, settings: Settings | None = None) -> dict[str, Any]:
+    """Load the aggregates stamped for ``ds`` into the online store (keyed on the interval).
+
+    Records the run's feature freshness (the aggregates' timestamp and the newest
+    source event they include) in the reports zone: ``feature-freshness/ds=<ds>.json``.
+    """
+    import json
+
+    settings = settings or get_settings()
+    store = feature_store(settings)  # a fresh store: no stale S3 listings
+    stamp = feature_timestamp(ds)
+    start, end = stamp - timedelta(hours=12), stamp + timedelta(hours=12)
+    store.materialize(start_date=start, end_date=end, feature_views=list(VIEWS))
+    client = storage.s3_client(settings)
+    views = {}
+    for view in VIEWS:
+        manifest = storage.read_manifest(zone="features", dataset=view, ds=ds.isoformat(),
+                                         settings=settings, client=client)
+        views[view] = {"rows": manifest.rows, "content_hash": manifest.content_hash,
+                       **manifest.extra.get("freshness", {})}
+    record = {"ds": ds.isoformat(), "online_store": settings.online_store_config()["type"],
+              "start": start.isoformat(), "end": end.isoformat(), "views": views}
+    storage.put_bytes("reports", f"feature-freshness/ds={ds.isoformat()}.json",
+                      json.dumps(record, indent=2, sort_keys=True).encode(),
+                      content_type="application/json", settings=settings, client=client)
+    return record
+
+
+def training_frame(
+    spec: PipelineSpec, *, end: date, settings: Settings | None = None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Point-in-time correct training rows for the lookback window ending at ``end``.
+
+    Returns the frame (transactions + entity features, sorted by time) and the data
+    identity (curated partitions read with their content hashes).
+    """
+    settings = settings or get_settings()
+    start = end - timedelta(days=spec.training.lookback_days - 1)
+    tx, read, _ = read_curated_window(spec, start=start, end=end, settings=settings)
+    if tx.empty:
+        raise FeatureError(f"no curated data for {spec.dataset.name} in {start}..{end}")
+    keys = list(spec.features.entities.values())
+    for key in keys:
+        tx[key] = tx[key].astype("int64")
+    joined = historical_features(feature_store(settings), spec, tx)
+    joined = joined.sort_values([spec.dataset.timestamp, spec.dataset.key]).reset_index(drop=True)
+    client = storage.s3_client(settings)
+    identity = {
+        "dataset": spec.dataset.name,
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "partitions": {
+            d: storage.read_manifest(zone="curated", dataset=spec.dataset.name, ds=d,
+                                     settings=settings, client=client).content_hash
+            for d in read
+        },
+        "feature_service": spec.features.service,
+        "rows": len(joined),
+    }
+    return joined, identity
+
+
+def historical_features(store: FeatureStore, spec: PipelineSpec, rows: pd.DataFrame) -> pd.DataFrame:
+    """Left point-in-time join of the feature service onto ``rows`` (one row out per row in).
+
+    Feast's file offline store drops entity rows for which a view has no feature
+    row in its TTL, and it can swap passthrough columns between entity rows that
+    share a timestamp. So each view is joined on the unique (join keys, timestamp)
+    pairs alone, and the result is merged back on those natural keys: every row is
+    kept, with NaN for features that did not exist yet.
+    """
+    ts = spec.dataset.timestamp
+    service = store.get_feature_service(spec.features.service)
+    out = rows.assign(**{ts: pd.to_datetime(rows[ts], utc=True)})
+    for projection in service.feature_view_projections:
+        view = store.get_feature_view(projection.name)
+        keys = [ts, *(store.get_entity(e).join_key for e in view.entities)]
+        refs = [f"{projection.name}:{f.name}" for f in projection.features]
+        entity_df = out[keys].drop_duplicates().reset_index(drop=True)
+        got = store.get_historical_features(entity_df=entity_df, features=refs).to_df()
+        got[ts] = pd.to_datetime(got[ts], utc=True).astype(out[ts].dtype)
+        names = [f.name for f in projection.features]
+        out = out.merge(got[[*keys, *names]], on=keys, how="left", validate="many_to_one")
+    if len(out) != len(rows):
+        raise FeatureError(f"historical join returned {len(out)} rows for {len(rows)}")
+    return out
+
+
+def reset_online_store(settings: Settings | None = None) -> None:
+    """Empty the online store (it is rebuilt by materializing the data intervals again).
+
+    Processes holding the store open (the model server) must be restarted afterwards.
+    """
+    settings = settings or get_settings()
+    config = settings.online_store_config()
+    if config["type"] == "sqlite":
+        Path(config["path"]).unlink(missing_ok=True)
+        return
+    store = feature_store(settings)
+    store._get_provider().teardown_infra(settings.feast_project, store.list_feature_views(), store.list_entities())
+
+
+def online_features(store: FeatureStore, spec: PipelineSpec, rows: list[dict[str, int]]) -> pd.DataFrame:
+    """Entity features for each row, in one online-store round trip."""
+    service = store.get_feature_service(spec.features.service)
+    return store.get_online_features(features=service, entity_rows=rows).to_df()
