@@ -134,7 +134,7 @@ def run_plain(home: Path, source: Path, rows: int) -> dict:
                 offset += len(frame)
         client.upload_file(str(curated), bucket, f"plain/{rows}/curated.parquet")
         users = user_aggregates([str(curated)], DAY)
-        merchants = merchant_aggregates([str(curated)], DAY, label=spec.label)
+        merchants = merchant_aggregates([str(curated)], DAY, label=spec.target)
         for name, table in (("users", users), ("merchants", merchants)):
             out = Path(tmp) / f"{name}.parquet"
             table.to_parquet(out, index=False)

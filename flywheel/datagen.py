@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from flywheel.core.spec import GeneratorSpec
+from pydantic import BaseModel, ConfigDict, Field
 
 CATEGORIES = [
     "grocery", "fuel", "restaurant", "travel", "electronics", "online_retail", "gambling", "pharmacy",
@@ -45,6 +45,24 @@ RISKY = {"electronics", "online_retail", "gambling"}
 COUNTRIES = ["US", "GB", "DE", "FR", "CA", "BR", "IN", "NG"]
 COUNTRY_P = [0.55, 0.1, 0.08, 0.07, 0.07, 0.05, 0.05, 0.03]
 DEVICES = ["mobile", "desktop", "pos", "unknown"]
+
+
+class GeneratorSpec(BaseModel):
+    """The ``generator:`` section of the fraud spec (parameters of this generator only)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    seed: int = 7
+    users: int = 2000
+    merchants: int = 300
+    rows_per_day: int = 2500
+    fraud_rate: float = 0.015
+    bad_record_rate: float = 0.004
+    # Labels (chargebacks) arrive 1..label_delay_days days after the transaction.
+    label_delay_days: int = Field(3, ge=1)
+
+
+def generator_spec(params: GeneratorSpec | dict[str, Any]) -> GeneratorSpec:
+    return params if isinstance(params, GeneratorSpec) else GeneratorSpec.model_validate(params)
 
 
 class DriftKind(StrEnum):
@@ -104,8 +122,9 @@ def _rng(*parts: object) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def population(spec: GeneratorSpec) -> Population:
+def population(spec: GeneratorSpec | dict[str, Any]) -> Population:
     """Users and merchants: fixed for a seed."""
+    spec = generator_spec(spec)
     rng = _rng(spec.seed, "population")
     users, merchants = spec.users, spec.merchants
     return Population(
@@ -137,12 +156,13 @@ def _calibrate(logit: np.ndarray, target: float) -> np.ndarray:
 
 def generate_day(
     day: date,
-    spec: GeneratorSpec,
+    spec: GeneratorSpec | dict[str, Any],
     *,
     drift: Drift = DriftKind.NONE,
     bad_records: bool = True,
 ) -> pd.DataFrame:
     """One day of transactions; the same (seed, day, drift) gives the same frame."""
+    spec = generator_spec(spec)
     kinds = drift_set(drift)
     pop = population(spec)
     rng = _rng(spec.seed, day.isoformat(), drift_label(kinds))
@@ -243,13 +263,14 @@ def inject_bad_records(df: pd.DataFrame, *, rate: float, rng: np.random.Generato
     return df
 
 
-def labels_arriving(day: date, spec: GeneratorSpec, schedule: Sequence[Phase] = ()) -> pd.DataFrame:
+def labels_arriving(day: date, spec: GeneratorSpec | dict[str, Any], schedule: Sequence[Phase] = ()) -> pd.DataFrame:
     """The labels that arrive on ``day``: each transaction of the ``label_delay_days`` days
     before gets its label on one of them (seeded per transaction day), stamped inside ``day``.
 
     Columns: ``transaction_id``, ``is_fraud``, ``labelled_at``. Labels come from the clean
     transactions (a label feed names real transactions, not the feed's corrupted copies).
     """
+    spec = generator_spec(spec)
     frames = []
     for lag in range(1, spec.label_delay_days + 1):
         source = day - timedelta(days=lag)
@@ -277,7 +298,7 @@ def write_landing(
     root: Path,
     start: date,
     days: int,
-    spec: GeneratorSpec,
+    spec: GeneratorSpec | dict[str, Any],
     *,
     drift_from: date | None = None,
     drift: Drift = DriftKind.AMOUNT_SHIFT,
@@ -290,6 +311,7 @@ def write_landing(
     Drift follows ``schedule`` when given, else ``drift`` from ``drift_from`` on. With
     ``labels_dataset``, each day's arriving labels go to ``root/<labels_dataset>/ds=<date>/``.
     """
+    spec = generator_spec(spec)
     if schedule is None:
         schedule = [Phase(drift_from, drift_set(drift))] if drift_from is not None else []
     written = []

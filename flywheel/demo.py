@@ -74,7 +74,7 @@ def replay(settings: Settings, spec: PipelineSpec, day: date, *, batch_size: int
     rows = valid_rows(pd.read_parquet(path), spec)
     rows = rows.assign(event_timestamp=rows["event_timestamp"].map(lambda t: t.isoformat()),
                        user_id=rows["user_id"].astype("int64"), merchant_id=rows["merchant_id"].astype("int64"))
-    records = rows.drop(columns=[spec.label]).to_dict("records")
+    records = rows.drop(columns=[spec.target]).to_dict("records")
     headers = {"X-API-Key": settings.api_key.get_secret_value() if settings.api_key else ""}
     versions: set[str] = set()
     flagged = 0

@@ -189,7 +189,7 @@ def send_traffic(settings: Settings, spec: PipelineSpec, day: date, *, batch_siz
     rows = valid_rows(pd.read_parquet(path), spec, day)
     rows = rows.assign(event_timestamp=rows["event_timestamp"].map(lambda t: t.isoformat()),
                        user_id=rows["user_id"].astype("int64"), merchant_id=rows["merchant_id"].astype("int64"))
-    records = rows.drop(columns=[spec.label]).to_dict("records")
+    records = rows.drop(columns=[spec.target]).to_dict("records")
     versions: set[str] = set()
     with http_client(settings) as http:
         for i in range(0, len(records), batch_size):

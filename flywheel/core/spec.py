@@ -19,6 +19,30 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+NAME = r"^[a-z][a-z0-9_]{0,62}$"
+"""Use-case, dataset, entity and feature names: they become DAG ids, object keys, Feast names,
+routes and metric labels, so only lower-case letters, digits and underscores (no path parts)."""
+
+TaskType = Literal["binary", "multiclass", "regression"]
+Metric = Literal["pr_auc", "roc_auc", "log_loss", "macro_f1", "accuracy", "rmse", "mae", "r2"]
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("pr_auc", "roc_auc"),
+    "multiclass": ("macro_f1", "log_loss", "accuracy"),
+    "regression": ("rmse", "mae", "r2"),
+}
+LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae"})
+AggregationFn = Literal["count", "sum", "mean", "min", "max", "std", "distinct_count", "last", "mode",
+                        "share", "seconds_since_last", "sql"]
+RequestFn = Literal["value", "log1p", "hour", "day_of_week", "is_weekend", "category", "ratio",
+                    "difference", "differs", "missing", "python"]
+WINDOW = r"^[1-9][0-9]*[hd]$"
+
+
+def window_hours(window: str) -> int:
+    """``"24h"`` -> 24, ``"7d"`` -> 168."""
+    return int(window[:-1]) * (24 if window.endswith("d") else 1)
+
+
 ColumnType = Literal["string", "int", "float", "datetime", "bool"]
 
 
@@ -51,33 +75,133 @@ class Contract(_Strict):
 
 
 class DatasetSpec(_Strict):
-    name: str
+    name: str = Field(pattern=NAME)
     source: str
     format: Literal["parquet", "csv", "jsonl"] = "parquet"
     encoding: str = "utf8"
     timestamp: str
-    key: str
+    # The row key: one column, several (composite), or none (rows are keyed by a hash of the row).
+    key: str | list[str] | None = None
     contract: Contract
     # Rows validated per Great Expectations batch (bounded memory for large partitions).
     chunk_rows: int = Field(500_000, ge=1)
     # Let the scheduler create the runs of every missed interval since the DAG's start.
     catchup: bool = False
 
+    @property
+    def key_columns(self) -> list[str]:
+        """The key's columns ([] when rows are keyed by their hash)."""
+        return [] if self.key is None else [self.key] if isinstance(self.key, str) else list(self.key)
+
     @model_validator(mode="after")
     def _key_and_timestamp_in_contract(self) -> DatasetSpec:
-        for col in (self.timestamp, self.key):
+        for col in (self.timestamp, *self.key_columns):
             if col not in self.contract.columns:
                 raise ValueError(f"column {col!r} is not in the dataset contract")
         return self
 
 
+class AggregationSpec(_Strict):
+    """One windowed aggregate of an entity's rows, as of the end of each data interval.
+
+    ``window`` (``"1h"``, ``"7d"``) counts back from the interval's end; ``delay`` shifts the
+    window back (e.g. a label rate over rows whose label is already known); ``where`` is a SQL
+    condition on the dataset's columns that filters the rows (for ``share``: the condition whose
+    share of rows is computed). ``default`` replaces NULL (no rows in the window).
+    """
+
+    fn: AggregationFn
+    column: str | None = None
+    window: str | None = Field(None, pattern=WINDOW)
+    delay: str | None = Field(None, pattern=WINDOW)
+    where: str | None = None
+    default: float | None = None
+    # fn: sql — an aggregate SQL expression over the entity's rows (the escape hatch).
+    expr: str | None = None
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _arguments(self) -> AggregationSpec:
+        needs_column = {"sum", "mean", "min", "max", "std", "distinct_count", "last", "mode"}
+        if self.fn in needs_column and not self.column:
+            raise ValueError(f"fn: {self.fn} needs 'column'")
+        if self.fn == "share" and not self.where:
+            raise ValueError("fn: share needs 'where' (the condition whose share of rows it is)")
+        if self.fn == "sql" and not self.expr:
+            raise ValueError("fn: sql needs 'expr' (an aggregate SQL expression)")
+        if self.fn != "sql" and self.expr:
+            raise ValueError(f"'expr' is only for fn: sql (got fn: {self.fn})")
+        return self
+
+
+class EntitySpec(_Strict):
+    """An entity: its join keys (one or several columns of the dataset) and its aggregates."""
+
+    keys: list[str] = Field(min_length=1)
+    description: str | None = None
+    aggregations: dict[str, AggregationSpec] = Field(default_factory=dict)
+
+
+class RequestFeatureSpec(_Strict):
+    """A feature computed from the request row itself (and the entity aggregates it names).
+
+    value / log1p / missing: of ``column``; hour / day_of_week / is_weekend: of ``column``
+    (default: the dataset's timestamp); category: the code of ``column``'s value in the
+    contract's allowed set (an unknown value gets the reserved code -1 and is flagged);
+    ratio / difference / differs: ``column`` against ``other`` (an aggregate or a request
+    feature); python: ``function`` (``path/to/file.py:name``, relative to the spec's folder)
+    called with the arrays of ``inputs`` (columns or features), returning one array.
+    """
+
+    fn: RequestFn
+    column: str | None = None
+    other: str | None = None
+    function: str | None = None
+    inputs: list[str] = Field(default_factory=list)
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _arguments(self) -> RequestFeatureSpec:
+        if self.fn in {"value", "log1p", "category", "missing", "ratio", "difference", "differs"} and not self.column:
+            raise ValueError(f"fn: {self.fn} needs 'column'")
+        if self.fn in {"ratio", "difference", "differs"} and not self.other:
+            raise ValueError(f"fn: {self.fn} needs 'other' (an aggregate or request feature)")
+        if self.fn == "python" and (not self.function or ":" not in self.function or not self.inputs):
+            raise ValueError("fn: python needs 'function: file.py:name' and 'inputs'")
+        return self
+
+
 class FeatureSpec(_Strict):
-    entities: dict[str, str]
-    service: str
-    request: list[str]
-    window_days: int = Field(7, ge=1)
-    # Labels become known this many days after the transaction (fraud rates lag by it).
-    label_lag_days: int = Field(1, ge=0)
+    """Declarative features: compiled to duckdb SQL, Feast objects and the one featurizer."""
+
+    entities: dict[str, EntitySpec] = Field(min_length=1)
+    request: dict[str, RequestFeatureSpec] = Field(default_factory=dict)
+    # The Feast feature service; default: the use case's name.
+    service: str | None = None
+    # Model inputs in order; default: every numeric request feature and aggregate.
+    model: list[str] | None = None
+
+
+class LabelSpec(_Strict):
+    """The label: a column, or a SQL expression on columns (``arr_delay > 15``) named ``name``."""
+
+    column: str | None = None
+    expr: str | None = None
+    name: str | None = None
+    # Labels become known this long after the event (aggregates over labels must lag by it).
+    delay: str | None = Field(None, pattern=WINDOW)
+
+    @model_validator(mode="after")
+    def _one(self) -> LabelSpec:
+        if bool(self.column) == bool(self.expr):
+            raise ValueError("label needs exactly one of 'column' or 'expr'")
+        if self.expr and not self.name:
+            raise ValueError("a label expression needs a 'name'")
+        return self
+
+    @property
+    def output(self) -> str:
+        return self.name or self.column or ""
 
 
 class SplitSpec(_Strict):
@@ -148,7 +272,9 @@ class TrainingSpec(_Strict):
     lookback_days: int = Field(30, ge=1)
     split: SplitSpec
     seed: int = 42
-    metric: Literal["pr_auc", "roc_auc"] = "pr_auc"
+    # The selection and gate metric; default per task (binary: pr_auc, multiclass: macro_f1,
+    # regression: rmse). Lower is better for log_loss, rmse and mae.
+    metric: Metric | None = None
     min_improvement: float = 0.0
     costs: CostSpec = Field(default_factory=CostSpec)
     precision_target: float = Field(0.5, gt=0, lt=1)
@@ -198,11 +324,12 @@ class RetrainPolicySpec(_Strict):
 
 
 class LabelFeedSpec(_Strict):
-    """Where delayed labels arrive: a dataset spec's curated partitions, joined on ``key``."""
+    """Where delayed labels arrive: a dataset spec's curated partitions, joined on ``key``
+    (a column the prediction log carries: the dataset's key) to the label column ``label``."""
 
     dataset: str
-    key: str = "transaction_id"
-    label: str = "is_fraud"
+    key: str
+    label: str
 
 
 class PerformanceSpec(_Strict):
@@ -255,26 +382,17 @@ class MonitoringSpec(_Strict):
     retrain: RetrainPolicySpec = Field(default_factory=RetrainPolicySpec)
 
 
-class GeneratorSpec(_Strict):
-    seed: int = 7
-    users: int = 2000
-    merchants: int = 300
-    rows_per_day: int = 2500
-    fraud_rate: float = 0.015
-    bad_record_rate: float = 0.004
-    # Labels (chargebacks) arrive 1..label_delay_days days after the transaction.
-    label_delay_days: int = Field(3, ge=1)
-
-
 class DataSpec(_Strict):
     """A dataset on its own (``kind: dataset`` in its YAML): a daily data DAG that ingests
     and validates it (contract, quarantine, replay), with no features or model. Onboarding a
     dataset is writing this file (``flywheel init-dataset`` drafts it from a sample)."""
 
-    name: str
+    name: str = Field(pattern=NAME)
     owner: str
     dataset: DatasetSpec
-    generator: GeneratorSpec = Field(default_factory=GeneratorSpec)
+    # Parameters of the use case's own synthetic generator, if it has one (examples/<use case>/);
+    # the engine does not read them.
+    generator: dict[str, Any] = Field(default_factory=dict)
 
     def source_for(self, ds: str, settings: Settings) -> str:
         """The source location of one daily partition."""
@@ -282,18 +400,36 @@ class DataSpec(_Strict):
 
 
 class PipelineSpec(DataSpec):
-    """A use case: its dataset plus label, features, training and monitoring."""
+    """A use case: its dataset plus task, label, features, training and monitoring."""
 
-    model_name: str
-    label: str
+    model_name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
+    task: TaskType = "binary"
+    label: LabelSpec
     features: FeatureSpec
     training: TrainingSpec
     monitoring: MonitoringSpec
 
+    @model_validator(mode="before")
+    @classmethod
+    def _label_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("label"), str):
+            data = {**data, "label": {"column": data["label"]}}
+        return data
+
+    @property
+    def target(self) -> str:
+        """The label's column in training frames (the label column, or the expression's name)."""
+        return self.label.output
+
+    @property
+    def feature_service(self) -> str:
+        return self.features.service or self.name
+
     @model_validator(mode="after")
-    def _label_in_contract(self) -> PipelineSpec:
-        if self.label not in self.dataset.contract.columns:
-            raise ValueError(f"label {self.label!r} is not in the dataset contract")
+    def _references(self) -> PipelineSpec:
+        from flywheel.core.compile import check_references
+
+        check_references(self)
         return self
 
 

@@ -47,7 +47,9 @@ def source_objects(spec: DataSpec, ds: str, settings: Settings) -> list[SourceOb
     """The input objects of the partition of ``ds`` (empty while it has not arrived)."""
     where = sources.location(spec, ds, settings)
     if where.startswith("generator://"):
-        gen = spec.generator
+        from flywheel.datagen import generator_spec
+
+        gen = generator_spec(spec.generator)
         return [SourceObject(uri=f"generator://{spec.dataset.name}/ds={ds}", size=0,
                              version=f"seed={gen.seed},rows_per_day={gen.rows_per_day}")]
     return sources.list_objects(spec.dataset, where, settings)
@@ -62,9 +64,9 @@ def _batches(
     spec: DataSpec, ds: str, obj: SourceObject, tmp: Path, settings: Settings
 ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     if obj.uri.startswith("generator://"):
-        from flywheel.datagen import generate_day
+        from flywheel.datagen import generate_day, generator_spec
 
-        table = pa.Table.from_pandas(generate_day(date.fromisoformat(ds), spec.generator), preserve_index=False)
+        table = pa.Table.from_pandas(generate_day(date.fromisoformat(ds), generator_spec(spec.generator)), preserve_index=False)
         return table.schema, iter(table.to_batches(max_chunksize=BATCH_ROWS))
     path = sources.fetch(obj, tmp, settings)
     return sources.open_batches(path, spec.dataset, ds=ds, uri=obj.uri, batch_rows=BATCH_ROWS)

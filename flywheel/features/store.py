@@ -164,7 +164,7 @@ def compute_aggregates(spec: PipelineSpec, ds: date, *, settings: Settings | Non
             zone="curated", dataset=name, ds=d, dest=Path(tmp), settings=settings, client=client)[1]]
         tables = {
             "user_stats": user_aggregates(files, ds),
-            "merchant_stats": merchant_aggregates(files, ds, label=spec.label,
+            "merchant_stats": merchant_aggregates(files, ds, label=spec.target,
                                                   label_lag_days=spec.features.label_lag_days),
         }
         newest = _newest_event(files, spec.dataset.timestamp)
@@ -248,7 +248,7 @@ def training_frame(
                                      settings=settings, client=client).content_hash
             for d in read
         },
-        "feature_service": spec.features.service,
+        "feature_service": spec.feature_service,
         "rows": len(joined),
     }
     return joined, identity
@@ -264,7 +264,7 @@ def historical_features(store: FeatureStore, spec: PipelineSpec, rows: pd.DataFr
     kept, with NaN for features that did not exist yet.
     """
     ts = spec.dataset.timestamp
-    service = store.get_feature_service(spec.features.service)
+    service = store.get_feature_service(spec.feature_service)
     out = rows.assign(**{ts: pd.to_datetime(rows[ts], utc=True)})
     for projection in service.feature_view_projections:
         view = store.get_feature_view(projection.name)
@@ -296,5 +296,5 @@ def reset_online_store(settings: Settings | None = None) -> None:
 
 def online_features(store: FeatureStore, spec: PipelineSpec, rows: list[dict[str, int]]) -> pd.DataFrame:
     """Entity features for each row, in one online-store round trip."""
-    service = store.get_feature_service(spec.features.service)
+    service = store.get_feature_service(spec.feature_service)
     return store.get_online_features(features=service, entity_rows=rows).to_df()

@@ -171,7 +171,7 @@ def _performance_report(spec: PipelineSpec, ds: date, current: pd.DataFrame, cha
     from evidently.metrics import ValueDrift
     from evidently.presets import ClassificationPreset
 
-    label, proba = spec.label, monitoring.PREDICTION_COLUMN
+    label, proba = spec.target, monitoring.PREDICTION_COLUMN
     feed = spec.monitoring.labels
     assert feed is not None
     current = current.rename(columns={feed.label: label})[[label, proba]]

@@ -148,7 +148,7 @@ class OnlineFeatures:
     """
 
     def __init__(self, store: Any, spec: PipelineSpec) -> None:
-        service = store.get_feature_service(spec.features.service)
+        service = store.get_feature_service(spec.feature_service)
         entities = {e.name: e for e in store.list_entities()}
         self.store, self.config = store, store.config
         self.online = store._get_provider().online_store

@@ -64,6 +64,6 @@ def lineage_tags(spec: PipelineSpec, settings: Settings, *, seed: int) -> dict[s
         "lineage.seed": str(seed),
         "lineage.spec.sha256": spec_digest(spec),
         "lineage.feast.registry.sha256": feast_registry_digest(settings),
-        "lineage.feast.feature_service": spec.features.service,
+        "lineage.feast.feature_service": spec.feature_service,
     }
     return {k: str(v) for k, v in tags.items()}

@@ -178,7 +178,7 @@ def train(spec: PipelineSpec, *, end: date, reason: str = "scheduled",
     split = temporal_split(frame, spec)
     seed = spec.training.seed
     x = {name: features_of(part) for name, part in asdict_split(split).items()}
-    y = {name: part[spec.label].astype("int64") for name, part in asdict_split(split).items()}
+    y = {name: part[spec.target].astype("int64") for name, part in asdict_split(split).items()}
     data = FitData(x["train"], y["train"], x["validation"], y["validation"])
     registry.client(settings)
     mlflow.set_experiment(spec.model_name)
@@ -224,7 +224,7 @@ def log_run(spec: PipelineSpec, *, end: date, reason: str, frame: pd.DataFrame, 
     import mlflow
 
     mlflow.set_tags({"trigger": reason, "data.end": end.isoformat(), "family": model.name,
-                     "data.feature_service": spec.features.service,
+                     "data.feature_service": spec.feature_service,
                      "gate.promote": str(decision.promote).lower(), "gate.reason": decision.reason})
     mlflow.log_params({"family": model.name, "seed": spec.training.seed, "rows": len(frame),
                        "threshold": round(ev.threshold, 6), "baseline": spec.training.baseline,
@@ -253,7 +253,7 @@ def _dataset(frame: pd.DataFrame, spec: PipelineSpec, identity: dict[str, Any], 
 
     source = f"s3://{bucket}/{spec.dataset.name}/ds={identity['start']}..{identity['end']}"
     return from_pandas(frame, source=source, name=f"{spec.dataset.name}-{identity['end']}",
-                                   targets=spec.label)
+                                   targets=spec.target)
 
 
 def asdict_split(split: Split) -> dict[str, pd.DataFrame]:
@@ -298,6 +298,6 @@ def write_reference(spec: PipelineSpec, version: str, frame: pd.DataFrame, model
     sample = frame.sample(n=min(REFERENCE_ROWS, len(frame)), random_state=spec.training.seed)
     matrix = features_of(sample)
     reference = matrix.assign(probability=model.predict_proba(matrix),
-                              **{spec.label: sample[spec.label].to_numpy()})
+                              **{spec.target: sample[spec.target].to_numpy()})
     key = f"reference/{spec.model_name}/v{version}.parquet"
     return storage.put_bytes("features", key, storage.df_to_parquet_bytes(reference), settings=settings)

@@ -87,7 +87,7 @@ def run_data_day(airflow_env: dict[str, str], offset: int) -> None:
 
 def replay(settings: Settings, spec, when: date) -> int:
     path = settings.home / "landing" / "transactions" / f"ds={when}" / "part-0.parquet"
-    rows = valid_rows(pd.read_parquet(path), spec).drop(columns=[spec.label])
+    rows = valid_rows(pd.read_parquet(path), spec).drop(columns=[spec.target])
     rows = rows.assign(event_timestamp=rows.event_timestamp.map(lambda t: t.isoformat()),
                        user_id=rows.user_id.astype("int64"), merchant_id=rows.merchant_id.astype("int64"))
     records = rows.to_dict("records")

@@ -112,7 +112,7 @@ def write_day(settings: Settings, spec: PipelineSpec, day: date, logs: pd.DataFr
 def data(settings: Settings, spec: PipelineSpec) -> None:
     rng = np.random.default_rng(11)
     reference = features(3000, rng)
-    reference[spec.label] = (rng.random(3000) < 0.02).astype("int64")
+    reference[spec.target] = (rng.random(3000) < 0.02).astype("int64")
     put_parquet(settings, "features", reference_key(spec, VERSION), reference)
     write_day(settings, spec, QUIET_DAY, prediction_logs(QUIET_DAY, DAY_ROWS, seed=12), parts=3)
     write_day(settings, spec, DRIFT_DAY, prediction_logs(DRIFT_DAY, DAY_ROWS, seed=13, shift=2.5), parts=2)

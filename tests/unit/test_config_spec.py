@@ -41,7 +41,7 @@ def test_missing_config_file_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_spec_loads_and_names_bad_fields(tmp_path, spec):
     assert spec.model_name == "fraud-detector"
-    assert spec.label in spec.dataset.contract.columns
+    assert spec.target in spec.dataset.contract.columns
     bad = tmp_path / "bad.yaml"
     text = yaml.safe_dump(spec.model_dump(mode="json"))
     bad.write_text(text.replace("train: 0.7", "train: 0.9"))
