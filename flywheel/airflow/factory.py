@@ -108,9 +108,9 @@ def data_dag(spec: DataSpec) -> DAG:
             from flywheel.features import store as feats
 
             ds = date.fromisoformat(_interval_ds())
-            feats.apply()
+            feats.apply(spec)
             result = feats.compute_aggregates(spec, ds).to_dict()
-            result["materialized"] = feats.materialize(ds)
+            result["materialized"] = feats.materialize(spec, ds)
             return result
 
         validated = validate(ingest(source_arrived()))

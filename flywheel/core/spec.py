@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from flywheel.core.config import Settings, get_settings
 
@@ -116,7 +116,8 @@ class AggregationSpec(_Strict):
     delay: str | None = Field(None, pattern=WINDOW)
     where: str | None = None
     default: float | None = None
-    # fn: sql — an aggregate SQL expression over the entity's rows (the escape hatch).
+    # fn: sql — one aggregate call over the entity's rows (the escape hatch), e.g.
+    # "quantile_cont(minutes, 0.9)"; the window and where apply as its FILTER clause.
     expr: str | None = None
     description: str | None = None
 
@@ -393,6 +394,12 @@ class DataSpec(_Strict):
     # Parameters of the use case's own synthetic generator, if it has one (examples/<use case>/);
     # the engine does not read them.
     generator: dict[str, Any] = Field(default_factory=dict)
+    # The file the spec was loaded from (custom feature code is found relative to its folder).
+    _path: Path | None = PrivateAttr(None)
+
+    @property
+    def source_dir(self) -> Path | None:
+        return self._path.parent if self._path else None
 
     def source_for(self, ds: str, settings: Settings) -> str:
         """The source location of one daily partition."""
@@ -440,6 +447,13 @@ def load_spec(name: str | None = None, *, settings: Settings | None = None) -> P
     return load_spec_file(path)
 
 
+def use_case_specs(*, settings: Settings | None = None) -> list[PipelineSpec]:
+    """Every use-case spec (``kind: pipeline``) under ``specs_dir``, sorted by file name."""
+    settings = settings or get_settings()
+    specs = [load_any_spec_file(p) for p in sorted(Path(settings.specs_dir).glob("*.yaml"))]
+    return [s for s in specs if isinstance(s, PipelineSpec)]
+
+
 def find_dataset_spec(dataset: str, *, settings: Settings | None = None) -> DataSpec:
     """The spec under ``specs_dir`` whose dataset is named ``dataset``."""
     settings = settings or get_settings()
@@ -466,10 +480,14 @@ def load_any_spec_file(path: Path) -> DataSpec:
     try:
         raw = yaml.safe_load(path.read_text())
         if isinstance(raw, dict) and raw.get("kind", "pipeline") == "dataset":
-            return DataSpec.model_validate({k: v for k, v in raw.items() if k != "kind"})
+            data = DataSpec.model_validate({k: v for k, v in raw.items() if k != "kind"})
+            data._path = path.resolve()
+            return data
         if isinstance(raw, dict) and raw.get("kind", "pipeline") != "pipeline":
             raise SpecError(f"invalid pipeline spec {path}: kind: {raw['kind']!r} is not 'pipeline' or 'dataset'")
-        return PipelineSpec.model_validate({k: v for k, v in (raw or {}).items() if k != "kind"})
+        spec = PipelineSpec.model_validate({k: v for k, v in (raw or {}).items() if k != "kind"})
+        spec._path = path.resolve()
+        return spec
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"

@@ -298,7 +298,7 @@ def download_partition(
     dest.mkdir(parents=True, exist_ok=True)
     paths = []
     for entry in manifest.files:
-        target = dest / f"{dataset}-{ds}-{entry['sha256'][:16]}.parquet"
+        target = dest / f"{dataset.replace('/', '_')}-{ds}-{entry['sha256'][:16]}.parquet"
         if not (target.is_file() and file_sha256(target) == entry["sha256"]):
             client.download_file(settings.bucket(zone), entry["key"], str(target))
             if file_sha256(target) != entry["sha256"]:
