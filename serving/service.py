@@ -1,17 +1,20 @@
-"""The Flywheel model server: a thin BentoML shell around ``flywheel.serving.predictor``.
+"""The Flywheel model server: a thin BentoML shell around ``flywheel.serving.server.ModelServer``.
 
-Endpoints: ``POST /predict`` (one transaction), ``POST /predict_batch`` (a list),
-plus BentoML's ``/healthz``, ``/readyz`` (ready once the champion is loaded),
-``/metrics`` (Prometheus) and the Swagger UI at ``/`` (OpenAPI at ``/docs.json``).
-Every prediction endpoint requires the ``X-API-Key`` header; invalid input is a 422
-that names the offending fields. CPU or GPU is configuration (``FLYWHEEL_SERVING_GPUS``,
-``FLYWHEEL_TORCH_DEVICE``), not a second service: see docs/serving.md.
+Endpoints, per served use case (the spec's ``name``): ``POST /<use case>/predict`` (one request)
+and ``POST /<use case>/predict_batch`` (a list), with request/response schemas generated from
+the spec; ``/predict`` and ``/predict_batch`` too when exactly one use case is served. Plus
+BentoML's ``/healthz``, ``/readyz`` (ready once every served champion is loaded), ``/metrics``
+(Prometheus, labelled by use case) and the Swagger UI at ``/`` (OpenAPI at ``/docs.json``).
+Every prediction endpoint requires the ``X-API-Key`` header; invalid input is a 422 that names
+the offending fields. Which use cases: ``FLYWHEEL_SERVING_USE_CASES`` (default: every one with a
+champion). CPU or GPU is configuration (``FLYWHEEL_SERVING_GPUS``, ``FLYWHEEL_TORCH_DEVICE``),
+not a second service: see docs/serving.md.
 
-The two prediction routes are a small FastAPI app mounted in the bento
-(``@bentoml.asgi_app``): a request goes from the middleware straight to
-``flywheel.serving.predictor.ScoringRoutes`` (bytes in, bytes out), skipping BentoML's per-API IO layer,
-while the bento still builds, serves the probes and /metrics, and publishes the routes in its
-OpenAPI document.
+The prediction routes are a small FastAPI app mounted in the bento (``@bentoml.asgi_app``),
+registered when the worker has loaded its use cases: a request goes from the middleware straight
+to ``flywheel.serving.routes.ScoringRoutes`` (bytes in, bytes out), skipping BentoML's per-API IO
+layer, while the bento still builds, serves the probes and /metrics, and publishes the routes in
+its OpenAPI document.
 """
 
 from __future__ import annotations
@@ -27,10 +30,21 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from flywheel.core.config import get_settings
-from flywheel.serving.predictor import MAX_BATCH, Prediction, Predictor, ScoringRoutes, Transaction, tune_gc
+from flywheel.serving.schemas import MAX_BATCH
+from flywheel.serving.server import ModelServer, Route
+from flywheel.serving.predictor import tune_gc
 
 QUIET = ("/metrics", "/healthz", "/readyz", "/livez")
+NOT_LOADED = b'{"error": "the models are not loaded yet"}'
 access_log = logging.getLogger("flywheel.access")
+
+
+def _server() -> ModelServer | None:
+    return getattr(scoring.state, "server", None)
+
+
+def _is_prediction_path(path: str) -> bool:
+    return path.endswith(("/predict", "/predict_batch"))
 
 
 class FlywheelHttpMiddleware:
@@ -39,7 +53,7 @@ class FlywheelHttpMiddleware:
     or any other header.
 
     BentoML places this middleware inside its own (metrics, tracing, timeout, concurrency
-    limit). The two prediction routes are answered here by the very ASGI handlers the mounted
+    limit). The prediction routes are answered here by the very ASGI handlers the mounted
     ``scoring`` app routes them to: the request skips the context middleware, two routers and
     FastAPI's request/response layer (~0.1 ms of a ~0.6 ms request), nothing else.
     """
@@ -53,14 +67,16 @@ class FlywheelHttpMiddleware:
             return await self.app(scope, receive, send)
         started = time.perf_counter()
         path = scope["path"]
-        handler = HANDLERS.get(path)
-        if handler is not None and self.api_key:
+        server = _server()
+        handler = server.handler(path) if server is not None else None
+        guarded = handler is not None or (server is None and _is_prediction_path(path))
+        if guarded and self.api_key:
             given = next((v for k, v in scope.get("headers") or () if k == b"x-api-key"), b"")
             if not hmac.compare_digest(given, self.api_key):
                 await _send(send, 401, b'{"error": "missing or wrong X-API-Key header"}')
                 return _log(scope, 401, started)
-        if handler is not None and scope["method"] == "POST":
-            return _log(scope, await handler(scope, receive, send), started)
+        if guarded and scope["method"] == "POST":
+            return _log(scope, await _answer(handler, receive, send), started)
         if path in QUIET:
             return await self.app(scope, receive, send)
         status = [0]
@@ -74,6 +90,19 @@ class FlywheelHttpMiddleware:
             await self.app(scope, receive, record)
         finally:
             _log(scope, status[0], started)
+
+
+async def _answer(handler: Any, receive: Any, send: Any) -> int:
+    """Read the body, call the route's ``bytes -> (status, bytes)`` handler, send its answer."""
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    status, payload = (503, NOT_LOADED) if handler is None else handler(b"".join(chunks))
+    await _send(send, status, payload)
+    return status
 
 
 def _log(scope: dict[str, Any], status: int, started: float) -> None:
@@ -93,63 +122,61 @@ async def _send(send: Any, status: int, payload: bytes) -> None:
 # ---- the prediction routes ----------------------------------------------------------------------
 # Bytes in, bytes out: ScoringRoutes validates the JSON body in pydantic-core and serializes the
 # response from column arrays. Each route is a FastAPI APIRoute, so FastAPI documents it (request
-# schema below = what ScoringRoutes validates against; response model) and BentoML publishes it
-# in /docs.json, but it is *served* by a plain ASGI handler: FastAPI neither parses nor serializes.
-
-def _handler(name: str) -> Any:
-    async def handle(scope: Any, receive: Any, send: Any) -> int:
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        routes: ScoringRoutes | None = getattr(scoring.state, "routes", None)
-        if routes is None:  # not started yet (the readiness probe says so too)
-            status, payload = 503, b'{"error": "the model is not loaded yet"}'
-        else:
-            status, payload = getattr(routes, name)(b"".join(chunks))
-        await _send(send, status, payload)
-        return status
-
-    return handle
-
-
-HANDLERS = {"/predict": _handler("predict"), "/predict_batch": _handler("predict_batch")}
-
+# schema = what ScoringRoutes validates against; response model, both generated from the spec)
+# and BentoML publishes it in /docs.json, but it is *served* by a plain ASGI handler: FastAPI
+# neither parses nor serializes.
 
 class _AsgiRoute(APIRoute):
     """A route FastAPI documents like any other, answered by a plain ASGI handler."""
 
     def __init__(self, path: str, endpoint: Any, **kwargs: Any) -> None:
         super().__init__(path, endpoint, **kwargs)
-        self.app = HANDLERS[path]  # type: ignore[assignment]
 
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            server = _server()
+            await _answer(server.handler(path) if server is not None else None, receive, send)
 
-def _body(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+        self.app = app  # type: ignore[assignment]
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or wrong X-API-Key header"},
-    422: {"description": "Invalid input: `fields` names the offending fields (batch rows as `3.amount`)"},
+    422: {"description": "Invalid input: `fields` names the offending fields (batch rows as `3.<column>`)"},
+    503: {"description": "The models are not loaded yet"},
 }
-_TRANSACTION = Transaction.model_json_schema()
-scoring = FastAPI(title="fraud_detector", openapi_url=None, docs_url=None, redoc_url=None)
-scoring.router.route_class = _AsgiRoute
+scoring = FastAPI(title="flywheel", openapi_url=None, docs_url=None, redoc_url=None)
 
 
-# The endpoint functions carry the documentation (summary, response model); _AsgiRoute serves them.
-@scoring.post("/predict", response_model=Prediction, responses=_ERRORS, openapi_extra=_body(_TRANSACTION))
-async def predict() -> None:
-    """Score one transaction: fraud probability, decision at the model's threshold, version.
-    Unknown users/merchants are scored with default features and flagged in ``unknown_entities``."""
+def _document(server: ModelServer) -> None:
+    """Add every served route to the ``scoring`` app, for FastAPI's and BentoML's OpenAPI."""
+    for route in server.table:
+        schemas = server.predictors[route.use_case].schemas
+        item = schemas.openapi_request()
+        body = item if route.endpoint == "predict" else {"type": "array", "items": item, "minItems": 1,
+                                                         "maxItems": MAX_BATCH}
+        response: Any = schemas.response if route.endpoint == "predict" else list[schemas.response]  # type: ignore
+        scoring.router.routes.append(_AsgiRoute(
+            route.path, _endpoint(route), methods=["POST"], response_model=response, responses=_ERRORS,
+            tags=[route.use_case], summary=_summary(route, server),
+            openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": body}}}},
+            operation_id=f"{route.endpoint}{'' if route.alias else '_' + route.use_case}"))
 
 
-@scoring.post("/predict_batch", response_model=list[Prediction], responses=_ERRORS,
-              openapi_extra=_body({"type": "array", "items": _TRANSACTION, "minItems": 1, "maxItems": MAX_BATCH}))
-async def predict_batch() -> None:
-    """Score up to 1000 transactions with one online-feature round trip for all entities."""
+def _endpoint(route: Route) -> Any:
+    async def endpoint() -> None:  # documentation only: _AsgiRoute answers
+        """Score with the use case's champion and its entities' online features."""
+
+    endpoint.__name__ = route.endpoint
+    return endpoint
+
+
+def _summary(route: Route, server: ModelServer) -> str:
+    spec = server.predictors[route.use_case].spec
+    what = "one request" if route.endpoint == "predict" else f"up to {MAX_BATCH} requests"
+    outputs = {"binary": "probability and decision", "multiclass": "class probabilities and class",
+               "regression": "value"}[spec.task]
+    alias = f" (alias of /{route.use_case}/{route.endpoint})" if route.alias else ""
+    return f"{spec.name}: score {what}: {outputs}{alias}"
 
 
 def _start_access_log() -> None:
@@ -166,37 +193,41 @@ _settings = get_settings()
 _resources: dict[str, object] = {"cpu": str(_settings.serving_cpus)}
 if _settings.serving_gpus:
     _resources["gpu"] = _settings.serving_gpus
+# Paths BentoML's access log and tracing skip (OpenTelemetry matches them anywhere in the URL:
+# every use case's routes).
+_PREDICTION_PATHS = ["/predict", "/predict_batch"]
 
 
 @bentoml.asgi_app(scoring, path="/")
 @bentoml.service(
-    name="fraud_detector",
+    name="flywheel_model_server",
     workers=_settings.serving_workers,
     traffic={"timeout": 10, "max_concurrency": 256},
     resources=_resources,
     # Our middleware writes the structured access log; BentoML's own would be a second line.
     # BentoML's request metrics and tracing spans skip the prediction routes (~0.12 ms per
     # request): flywheel_request_latency_seconds and flywheel_predictions_total cover them.
-    logging={"access": {"enabled": False, "skip_paths": list(HANDLERS)}},
-    tracing={"excluded_urls": list(HANDLERS)},
+    logging={"access": {"enabled": False, "skip_paths": _PREDICTION_PATHS}},
+    tracing={"excluded_urls": _PREDICTION_PATHS},
 )
-class FraudDetector:
+class ModelService:
     def __init__(self) -> None:
         if not access_log.handlers:
             _start_access_log()
-        self.predictor = Predictor.from_settings()
-        scoring.state.routes = ScoringRoutes(self.predictor)
+        self.server = ModelServer(_settings)
+        _document(self.server)
+        scoring.state.server = self.server
         tune_gc()
 
     def __is_ready__(self) -> bool:
-        return self.predictor.ready
+        return self.server.ready
 
     @bentoml.on_shutdown
     def close(self) -> None:
-        self.predictor.close()
+        self.server.close()
 
 
 _key = _settings.api_key
 # mypy reads the decorated class as the plain class; at run time it is a bentoml Service.
-FraudDetector.add_asgi_middleware(FlywheelHttpMiddleware,  # type: ignore[attr-defined]
-                                  api_key=_key.get_secret_value() if _key else None)
+ModelService.add_asgi_middleware(FlywheelHttpMiddleware,  # type: ignore[attr-defined]
+                                 api_key=_key.get_secret_value() if _key else None)

@@ -138,6 +138,9 @@ class Settings(BaseSettings):
     serving_gpus: int = Field(0, ge=0)
     serving_threads: int = Field(1, ge=1)  # native (OpenMP/BLAS) threads per worker
     serving_access_log: bool = True
+    # The use cases one model server serves (routes /<use case>/predict...); empty = every
+    # use-case spec whose model has a champion. One server per use case = one name each.
+    serving_use_cases: list[str] = Field(default_factory=list)
 
     # Prometheus exporter: seconds a read of the monitoring summaries is reused across scrapes.
     exporter_cache_s: float = Field(10.0, ge=0)
@@ -252,6 +255,7 @@ class Settings(BaseSettings):
             "FLYWHEEL_SERVING_GPUS": str(self.serving_gpus),
             "FLYWHEEL_SERVING_THREADS": str(self.serving_threads),
             "FLYWHEEL_SERVING_ACCESS_LOG": str(self.serving_access_log).lower(),
+            "FLYWHEEL_SERVING_USE_CASES": json.dumps(self.serving_use_cases),
         }
         env |= {f"FLYWHEEL_PORTS__{k.upper()}": str(v) for k, v in self.ports.model_dump().items()}
         if self.online_store is not None:

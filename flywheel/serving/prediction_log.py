@@ -2,20 +2,19 @@
 request path.
 
 Layout: ``predictions/<use case>/dt=<event date>/part-<uuid>.parquet`` (:func:`prediction_prefix`
-is the one place that spells it). Its columns come from the spec (:func:`log_schema`): the
-dataset's key columns, the request's entity keys and timestamp, the task's outputs, the model
-version, the request id, the flags and every model feature as served.
+is the one place that spells it). Its columns come from the spec
+(:func:`flywheel.serving.logschema.log_dtypes`): the dataset's key columns, the entity keys and
+the timestamp, the task's outputs, the model version, the request id, the flags and every
+model feature as served.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
 import uuid
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ import pandas as pd
 from flywheel.core import storage
 from flywheel.core.config import Settings
 from flywheel.core.spec import PipelineSpec
+from flywheel.serving.logschema import log_dtypes
 from flywheel.serving.metrics import ServingMetrics
 
 if TYPE_CHECKING:
@@ -33,23 +33,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 BUCKET = "predictions"
-_DTYPES = {"string": "object", "int": "int64", "float": "float64", "datetime": "datetime64[ns, UTC]",
-           "bool": "bool"}
-_NULLABLE = {"int": "Int64", "bool": "boolean"}
 
 
 def prediction_prefix(use_case: str, day: date | str) -> str:
     """The key prefix (in the ``predictions`` bucket) of one use case's log for one event date."""
     return f"{use_case}/dt={day if isinstance(day, str) else day.isoformat()}/"
-
-
-def task_outputs(task: str) -> dict[str, str]:
-    """The logged outputs of a task type, with their dtypes."""
-    if task == "binary":
-        return {"probability": "float64", "decision": "bool"}
-    if task == "multiclass":  # probabilities: a JSON object class -> probability
-        return {"class": "object", "probability": "float64", "probabilities": "object"}
-    return {"value": "float64"}
 
 
 @dataclass(frozen=True)
@@ -64,29 +52,9 @@ class LogSchema:
         return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in self.columns.items()})
 
 
-def log_schema(spec: PipelineSpec, features: Sequence[str], request_columns: Sequence[str]) -> LogSchema:
-    """The prediction log of ``spec`` (``features``: the model features as served).
-
-    Columns keep their dataset names (key columns, entity keys, the timestamp), so the log joins
-    to the dataset and its labels as it is. Key columns the caller may leave out are nullable.
-    """
-    rules = spec.dataset.contract.columns
-    ts = spec.dataset.timestamp
-    out: dict[str, str] = {"request_id": "object"}
-    for column in spec.dataset.key_columns:
-        if column not in request_columns:
-            out[column] = _NULLABLE.get(rules[column].type, _DTYPES[rules[column].type])
-    for column in dict.fromkeys(k for e in spec.features.entities.values() for k in e.keys):
-        rule = rules[column]
-        out[column] = _DTYPES[rule.type] if not rule.nullable else _NULLABLE.get(rule.type, _DTYPES[rule.type])
-    out[ts] = "datetime64[ns, UTC]"
-    out["logged_at"] = "datetime64[ns, UTC]"
-    out["model_version"] = "object"
-    out.update(task_outputs(spec.task))
-    out["feature_miss"] = "bool"  # some entity had no online features: defaults used
-    out["unknown"] = "object"  # comma-separated columns with a value outside the contract's allowed set
-    out.update({name: "float64" for name in features if name not in out})
-    return LogSchema(spec.name, out, ts)
+def log_schema(spec: PipelineSpec) -> LogSchema:
+    """The prediction log of ``spec`` (columns: :func:`flywheel.serving.logschema.log_dtypes`)."""
+    return LogSchema(spec.name, log_dtypes(spec), spec.dataset.timestamp)
 
 
 _MICROSECOND = timedelta(microseconds=1)
@@ -98,7 +66,7 @@ def _times(values: list[Any]) -> pd.DatetimeIndex:
     return pd.to_datetime(micros, unit="us", utc=True)
 
 
-_OWN = ("request_id", "logged_at", "model_version", "feature_miss", "unknown")
+_OWN = ("request_id", "logged_at", "model_version", "feature_miss", "unknown_value")
 
 
 def log_frame(scored: list[Scores], schema: LogSchema) -> pd.DataFrame:
@@ -107,30 +75,24 @@ def log_frame(scored: list[Scores], schema: LogSchema) -> pd.DataFrame:
     first = scored[0]
     dtypes = schema.columns
     columns: dict[str, Any] = {"request_id": [r for s in scored for r in s.request_ids]}
-    for name, dtype in dtypes.items():
+    for name in dtypes:
         if name in _OWN:
             continue
         if name == schema.timestamp:
             columns[name] = _times([v for s in scored for v in s.columns[name]])
         elif name in first.columns:
-            columns[name] = pd.array([v for s in scored for v in s.columns[name]], dtype=dtype)
+            columns[name] = [v for s in scored for v in s.columns[name]]
         elif name in first.outputs:
             columns[name] = np.concatenate([s.outputs[name] for s in scored])
     frame = pd.DataFrame(columns)
     frame["logged_at"] = pd.Timestamp(datetime.now(UTC))
     frame["model_version"] = np.repeat([s.model.version for s in scored], [len(s) for s in scored]).astype(object)
     frame["feature_miss"] = np.concatenate([s.any_miss for s in scored])
-    frame["unknown"] = [",".join(u) for s in scored for u in s.unknown_columns()]
+    frame["unknown_value"] = np.concatenate([s.any_unknown for s in scored])
     names = list(first.feature_names)
     features = pd.DataFrame(np.vstack([s.matrix for s in scored]), columns=names)
     wanted = [n for n in dtypes if n in features.columns and n not in frame.columns]
-    return pd.concat([frame, features[wanted]], axis=1)[list(dtypes)]
-
-
-def probabilities_json(classes: list[Any], proba: np.ndarray) -> np.ndarray:
-    """Multiclass probabilities per row as JSON objects (class -> probability), for the log."""
-    names = [str(c) for c in classes]
-    return np.array([json.dumps(dict(zip(names, row, strict=True))) for row in proba.tolist()], dtype=object)
+    return pd.concat([frame, features[wanted]], axis=1)[list(dtypes)].astype(dtypes)
 
 
 class PredictionLogger:

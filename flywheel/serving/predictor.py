@@ -25,7 +25,7 @@ from flywheel.core.config import Settings
 from flywheel.core.spec import PipelineSpec
 from flywheel.serving.metrics import ServingMetrics
 from flywheel.serving.online import OnlineFeatures
-from flywheel.serving.prediction_log import LogSchema, PredictionLogger, log_schema, probabilities_json
+from flywheel.serving.prediction_log import LogSchema, PredictionLogger, log_schema
 from flywheel.serving.schemas import RouteSchemas, route_schemas
 from flywheel.training import registry
 
@@ -128,8 +128,7 @@ def task_outputs(task: str, model: registry.LoadedModel, raw: np.ndarray) -> dic
     if task == "multiclass":
         classes = np.array([str(c) for c in getattr(model, "classes", range(raw.shape[1]))], dtype=object)
         best = raw.argmax(axis=1)
-        return {"class": classes[best], "probability": raw[np.arange(len(raw)), best],
-                "probabilities": probabilities_json(list(classes), raw)}
+        return {"predicted_class": classes[best], "probability": raw[np.arange(len(raw)), best]}
     return {"value": raw}
 
 
@@ -156,6 +155,11 @@ class Scores:
     @cached_property
     def any_miss(self) -> np.ndarray:
         flags = list(self.misses.values())
+        return np.logical_or.reduce(flags) if flags else np.zeros(len(self), dtype=bool)
+
+    @cached_property
+    def any_unknown(self) -> np.ndarray:
+        flags = list(self.unknown.values())
         return np.logical_or.reduce(flags) if flags else np.zeros(len(self), dtype=bool)
 
     def unknown_columns(self) -> list[list[str]]:
@@ -186,7 +190,7 @@ class Scores:
         if self.task == "multiclass":
             names = [str(c) for c in getattr(self.model, "classes", range(self.raw.shape[1]))]
             return [{"probabilities": dict(zip(names, row, strict=True)), "class": c}
-                    for row, c in zip(self.raw.tolist(), o["class"].tolist(), strict=True)]
+                    for row, c in zip(self.raw.tolist(), o["predicted_class"].tolist(), strict=True)]
         return [{"value": v} for v in o["value"].tolist()]
 
     def to_json(self, *, single: bool = False) -> bytes:
@@ -226,19 +230,19 @@ class Predictor:
 
     def __init__(self, spec: PipelineSpec, settings: Settings, *, watch: bool = True,
                  log_predictions: bool = True, store: Any = None) -> None:
-        from flywheel.features.featurizer import Featurizer
+        from flywheel.features.featurizer import featurizer_for
         from flywheel.features.store import feature_store
 
         self.spec, self.settings = spec, settings
         self.use_case = spec.name
         self.metrics = ServingMetrics.get()
-        self.featurizer = Featurizer.for_spec(spec)
+        self.featurizer = featurizer_for(spec)
         self.names = tuple(self.featurizer.names)
         self.schemas: RouteSchemas = route_schemas(spec, list(self.featurizer.request_columns))
         self.features = OnlineFeatures(store if store is not None else feature_store(settings), spec)
         self.join_keys = self.features.join_keys
         self.models = ModelHolder(spec.name, spec.model_name, settings, metrics=self.metrics, watch=watch)
-        self.log_schema: LogSchema = log_schema(spec, self.names, self.schemas.columns)
+        self.log_schema: LogSchema = log_schema(spec)
         self.logger = PredictionLogger(self.log_schema, settings, metrics=self.metrics) if log_predictions else None
         self._fields = (*self.schemas.id_columns, *self.schemas.columns)
         self._fields = tuple(dict.fromkeys(self._fields))
@@ -296,7 +300,7 @@ def _outcomes(scores: Scores) -> dict[str, int]:
         positive = int(np.count_nonzero(scores.outputs["decision"]))
         return {k: v for k, v in (("positive", positive), ("negative", len(scores) - positive)) if v}
     if scores.task == "multiclass":
-        classes, counts = np.unique(scores.outputs["class"].astype(str), return_counts=True)
+        classes, counts = np.unique(scores.outputs["predicted_class"].astype(str), return_counts=True)
         return dict(zip(classes.tolist(), counts.tolist(), strict=True))
     return {"value": len(scores)}
 

@@ -1,99 +1,291 @@
-"""Serving pieces that need no services: request validation, the 422 body, value decoding, the
-column-wise response, array scoring equal to DataFrame scoring."""
+"""Serving pieces that need no services: the request/response schemas generated from a spec (fraud,
+and a regression/multiclass spec with composite string keys), the 422 body, Feast's entity-key
+encoding for any keys, value decoding, the column-wise response per task, the route table and
+the prediction log's frame."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
-from pydantic import TypeAdapter, ValidationError
+import yaml
+from pydantic import BaseModel, ValidationError
 
-from flywheel.serving.predictor import MAX_BATCH, Transaction, TransactionBatch, field_paths, unprocessable
+from flywheel.core.spec import PipelineSpec, load_spec_file
+from flywheel.features.featurizer import featurizer_for
+from flywheel.serving.routes import field_paths, unprocessable
+from flywheel.serving.schemas import MAX_BATCH, RouteSchemas, SchemaError, route_schemas
 
 pytestmark = pytest.mark.unit
-
+ROOT = Path(__file__).resolve().parents[2]
 GOOD = {"user_id": 1, "merchant_id": 2, "amount": 10.0, "event_timestamp": "2026-01-09T10:00:00Z",
-        "merchant_category": "grocery", "country": "US"}
+        "merchant_category": "grocery", "country": "US", "device": "pos"}
+
+# A second use case in the spec language: composite string entity keys, a composite dataset key,
+# no Python; the task is parametrised.
+ROUTES_SPEC = """
+name: routes
+model_name: routes-model
+owner: test
+dataset:
+  name: legs
+  source: "{home}/landing/legs/ds={ds}"
+  timestamp: departed_at
+  key: [carrier, flight, departed_at]
+  contract:
+    columns:
+      carrier: {type: string, nullable: false, allowed: [AA, DL, UA]}
+      flight: {type: int, nullable: false, min: 1, max: 9999}
+      origin: {type: string, nullable: false}
+      dest: {type: string, nullable: false}
+      departed_at: {type: datetime, nullable: false}
+      distance: {type: float, nullable: true, min: 0}
+      delay: {type: float, nullable: true}
+      outcome: {type: string, nullable: true, allowed: [early, on_time, late]}
+task: TASK
+label: LABEL
+features:
+  entities:
+    route:
+      keys: [origin, dest]
+      aggregations:
+        route_legs_7d: {fn: count, window: 7d}
+        route_delay_mean_7d: {fn: mean, column: delay, window: 7d}
+  request:
+    distance: {fn: value, column: distance}
+    carrier_code: {fn: category, column: carrier}
+    hour: {fn: hour}
+    distance_missing: {fn: missing, column: distance}
+training:
+  split: {train: 0.7, validation: 0.15, holdout: 0.15}
+  baseline: xgboost
+monitoring:
+  features: [distance, route_legs_7d]
+"""
 
 
-def test_naive_timestamps_are_utc_and_out_of_range_ones_are_rejected_by_name():
-    assert Transaction(**GOOD | {"event_timestamp": "2026-01-09T10:00:00"}).event_timestamp.tzinfo is not None
-    for bad in ("0001-01-01T00:00:00Z", "9999-12-31T00:00:00Z"):
-        with pytest.raises(ValidationError, match="event_timestamp"):
-            Transaction(**GOOD | {"event_timestamp": bad})
+def routes_spec(task: str = "regression") -> PipelineSpec:
+    label = {"regression": "delay", "multiclass": "outcome"}[task]
+    raw = yaml.safe_load(ROUTES_SPEC.replace("TASK", task).replace("LABEL", label))
+    return PipelineSpec.model_validate(raw)
 
 
-@pytest.mark.parametrize(("field", "value"), [("amount", 0), ("amount", 2e6), ("country", "U"),
-                                              ("device", "fridge"), ("user_id", -1), ("extra", 1)])
-def test_invalid_fields_are_named(field, value):
+@pytest.fixture(scope="module")
+def fraud() -> PipelineSpec:
+    return load_spec_file(ROOT / "models" / "fraud.yaml")
+
+
+@pytest.fixture(scope="module")
+def schemas(fraud) -> RouteSchemas:
+    return route_schemas(fraud, featurizer_for(fraud).request_columns)
+
+
+def test_fraud_request_comes_from_the_contract(schemas):
+    row = schemas.request.model_validate(GOOD)
+    assert row.event_timestamp.tzinfo is not None and row.transaction_id is None
+    assert schemas.request.model_validate(GOOD | {"event_timestamp": "2026-01-09T10:00:00"}).event_timestamp.tzinfo
+    assert schemas.id_columns == ("transaction_id",)
+    fields = set(schemas.request.model_fields)
+    assert fields == set(GOOD) | {"transaction_id"}, "the label never is a request field"
+    # A categorical value outside the allowed set is scored (reserved code) and flagged, not rejected.
+    assert schemas.request.model_validate(GOOD | {"device": "fridge"}).device == "fridge"
+
+
+@pytest.mark.parametrize(("field", "value"), [("amount", 0), ("amount", 6e4), ("user_id", -1), ("extra", 1),
+                                              ("event_timestamp", "0001-01-01T00:00:00Z"),
+                                              ("event_timestamp", "yesterday"), ("country", "x" * 300),
+                                              ("merchant_id", None)])
+def test_invalid_fields_are_named(schemas, field, value):
     with pytest.raises(ValidationError) as info:
-        Transaction(**GOOD | {field: value})
+        schemas.request.model_validate(GOOD | {field: value})
     assert field_paths(info.value.errors(include_context=False, include_input=False)) == [field]
 
 
-def test_batch_is_bounded():
-    adapter = TypeAdapter(TransactionBatch)
-    assert len(adapter.validate_python([GOOD] * 3)) == 3
-    with pytest.raises(ValidationError):
-        adapter.validate_python([])
-    with pytest.raises(ValidationError):
-        adapter.validate_python([GOOD] * (MAX_BATCH + 1))
-
-
-def test_validation_errors_become_a_422_body_naming_row_and_field():
+def test_batch_is_bounded_and_a_422_names_row_and_field(schemas):
+    assert len(schemas.batch.validate_python([GOOD] * 3)) == 3
+    for bad in ([], [GOOD] * (MAX_BATCH + 1)):
+        with pytest.raises(ValidationError):
+            schemas.batch.validate_python(bad)
     rows = [GOOD, GOOD, GOOD, GOOD | {"amount": 0}, {k: v for k, v in GOOD.items() if k != "user_id"}]
     with pytest.raises(ValidationError) as info:
-        TypeAdapter(TransactionBatch).validate_json(json.dumps(rows))
+        schemas.batch.validate_json(json.dumps(rows))
     body = json.loads(unprocessable(info.value))
     assert body["fields"] == ["3.amount", "4.user_id"]
     assert body["error"] == "invalid field(s): 3.amount, 4.user_id"
     assert [d["loc"] for d in body["detail"]] == [[3, "amount"], [4, "user_id"]]
-    # Broken JSON names no field: the parser's message is kept.
-    with pytest.raises(ValidationError) as info:
-        Transaction.model_validate_json(b"{not json")
+    with pytest.raises(ValidationError) as info:  # broken JSON names no field: the parser's message is kept
+        schemas.request.model_validate_json(b"{not json")
     broken = json.loads(unprocessable(info.value))
     assert broken["fields"] == [] and "JSON" in broken["error"]
+
+
+@pytest.mark.parametrize("task", ["regression", "multiclass"])
+def test_another_spec_gets_its_own_schemas(task):
+    spec = routes_spec(task)
+    fz = featurizer_for(spec)
+    s = route_schemas(spec, fz.request_columns)
+    assert set(s.request.model_fields) == {"carrier", "flight", "origin", "dest", "departed_at", "distance"}
+    assert s.id_columns == ("carrier", "flight", "departed_at")
+    row = s.request.model_validate({"carrier": "ZZ", "flight": 12, "origin": "JFK", "dest": "LAX",
+                                    "departed_at": "2013-01-01T05:00:00Z"})
+    assert row.distance is None, "a nullable column may be left out"
+    with pytest.raises(ValidationError, match="flight"):
+        s.request.model_validate({"carrier": "AA", "flight": 0, "origin": "JFK", "dest": "LAX",
+                                  "departed_at": "2013-01-01T05:00:00Z"})
+    response = s.response.model_json_schema(by_alias=True)["properties"]
+    task_fields = {"regression": {"value"}, "multiclass": {"probabilities", "class"}}[task]
+    assert task_fields <= set(response) and not {"probability", "decision"} & set(response) - task_fields
+    assert {"carrier", "flight", "departed_at", "request_id", "model_version", "unknown"} <= set(response)
+    assert s.request.__name__ == "RoutesRequest" and s.response.__name__ == "RoutesPrediction"
+
+
+def test_a_key_column_named_like_a_response_field_is_refused():
+    spec = routes_spec()
+    raw = spec.model_dump(mode="json", exclude_none=True)
+    columns = raw["dataset"]["contract"]["columns"]
+    columns["value"] = columns.pop("flight")
+    raw["dataset"]["key"] = ["carrier", "value", "departed_at"]
+    with pytest.raises(SchemaError, match="value"):
+        route_schemas(PipelineSpec.model_validate(raw), ["carrier", "departed_at"])
+
+
+@pytest.mark.parametrize(("keys", "kinds"), [
+    (["user_id"], ["int64"]),
+    (["origin", "dest"], ["string", "string"]),
+    (["zeta", "alpha"], ["int64", "int64"]),  # composite: Feast sorts the keys
+    (["tail", "day"], ["string", "int64"]),
+])
+def test_entity_keys_encode_like_feast(keys, kinds):
+    from feast.infra.key_encoding_utils import serialize_entity_key
+
+    from flywheel.serving.online import KeyEncoder, entity_key
+
+    encoder = KeyEncoder(keys, kinds, 3)
+    assert encoder.native, "the column-wise encoding matches Feast's"
+    rng = np.random.default_rng(1)
+    columns = {k: (rng.integers(-2**40, 2**62, 30).tolist() if kind == "int64"
+                   else [f"k{v}é" for v in rng.integers(0, 10**6, 30)]) for k, kind in zip(keys, kinds, strict=True)}
+    theirs = [serialize_entity_key(entity_key(keys, kinds, row), entity_key_serialization_version=3)
+              for row in zip(*(columns[k] for k in keys), strict=True)]
+    assert encoder.encode(columns) == theirs
 
 
 def test_online_values_decode_like_feast_protobuf():
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from flywheel.serving.predictor import _decode_values, _python
+    from flywheel.serving.online import _python, decode_values
 
     protos = [Value(double_val=1.5), Value(double_val=0.0), Value(double_val=-3e300), Value(int64_val=0),
               Value(int64_val=127), Value(int64_val=128), Value(int64_val=-5), Value(int64_val=2**62),
               Value(string_val="US"), Value(string_val=""), Value(bool_val=True), Value()]
     raw = [p.SerializeToString() for p in protos] + [None, b""]
-    assert _decode_values(raw) == [_python(p) for p in protos] + [None, None]
-    assert _decode_values(raw) == [_python(p) for p in protos] + [None, None]  # remembered values
+    assert decode_values(raw) == [_python(p) for p in protos] + [None, None]
+    assert decode_values(raw) == [_python(p) for p in protos] + [None, None]  # remembered values
     doubles = [Value(double_val=float(i) / 3).SerializeToString() for i in range(20)] + [None, b""]
-    many = _decode_values(doubles)  # a double column: decoded in one numpy call
+    many = decode_values(doubles)  # a double column: decoded in one numpy call
     assert many[:20].tolist() == [i / 3 for i in range(20)] and np.isnan(many[20:]).all()
 
 
-def test_scores_serialize_like_the_prediction_model():
-    from flywheel.serving.predictor import Prediction, Scores, request_ids
+def _model(task: str, **kw):
     from flywheel.training.registry import LoadedModel
 
-    model = LoadedModel(name="m", version="3", family="xgboost", model=None, threshold=0.5, features=[],
-                        scorer=None)
-    txns = [Transaction(**GOOD | {"transaction_id": f"t{i}"}) for i in range(3)]
-    misses = {"user": np.array([False, True, True]), "merchant": np.array([False, False, True])}
-    ids = request_ids(3)
-    assert len(set(ids)) == 3 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
-    scores = Scores(txns, np.zeros((3, 1)), np.array([0.1, 0.5, 0.9]), misses, ids, model)
-    expected = [Prediction(transaction_id=f"t{i}", request_id=ids[i], fraud_probability=p, is_fraud=p >= 0.5,
-                           threshold=0.5, model_name="m", model_version="3", unknown_entities=u,
-                           defaults_used=bool(u))
-                for i, (p, u) in enumerate(zip([0.1, 0.5, 0.9], [[], ["user"], ["user", "merchant"]], strict=True))]
-    assert json.loads(scores.to_json()) == [json.loads(p.model_dump_json()) for p in expected]
-    assert json.loads(scores.to_json(single=True)) == json.loads(expected[0].model_dump_json())
-    assert scores.predictions() == expected
+    model = LoadedModel(name="m", version="3", family="xgboost", model=None, threshold=kw.pop("threshold", 0.5),
+                        features=[], scorer=None)
+    for k, v in kw.items():
+        setattr(model, k, v)
+    return model
+
+
+def _scores(task: str, raw: np.ndarray, model, spec, rows):
+    from flywheel.serving.predictor import Scores, request_ids, task_outputs
+
+    fz = featurizer_for(spec)
+    s = route_schemas(spec, fz.request_columns)
+    fields = tuple(dict.fromkeys((*s.id_columns, *s.columns)))
+    columns = {f: [getattr(r, f) for r in rows] for f in fields}
+    n = len(rows)
+    misses = {name: np.arange(n) == i + 1 for i, name in enumerate(spec.features.entities)}
+    entities = {a: np.full(n, 3.0) for a in fz.entity_features if fz.aggregates[a] != "string"}
+    features = fz.transform(columns, entities)
+    return Scores(task, columns, s.id_columns, tuple(fz.names), features.matrix, raw, task_outputs(task, model, raw),
+                  misses, dict(features.unknown), request_ids(n), model), s
+
+
+def _validated(response: type[BaseModel], body: bytes, *, many: bool) -> list[dict]:
+    out = json.loads(body)
+    for item in out if many else [out]:
+        response.model_validate(item)  # the documented response model accepts what is served
+    return out if many else [out]
+
+
+def test_binary_scores_serialize_as_the_response_model(fraud, schemas):
+    rows = [schemas.request.model_validate(GOOD | {"transaction_id": f"t{i}", "device": d})
+            for i, d in enumerate(["pos", "fridge", "mobile"])]
+    scores, s = _scores("binary", np.array([0.1, 0.5, 0.9]), _model("binary"), fraud, rows)
+    out = _validated(s.response, scores.to_json(), many=True)
+    assert [o["transaction_id"] for o in out] == ["t0", "t1", "t2"]
+    assert [o["probability"] for o in out] == [0.1, 0.5, 0.9]
+    assert [o["decision"] for o in out] == [False, True, True] and out[0]["threshold"] == 0.5
+    assert [o["unknown"] for o in out] == [[], ["device"], []]
+    assert [o["unknown_entities"] for o in out] == [[], ["user"], ["merchant"]]
+    assert out[1]["defaults_used"] and len({o["request_id"] for o in out}) == 3
+    assert json.loads(scores.to_json(single=True)) == out[0]
+
+
+@pytest.mark.parametrize("task", ["regression", "multiclass"])
+def test_other_tasks_serialize_as_their_response_model(task):
+    spec = routes_spec(task)
+    s = route_schemas(spec, featurizer_for(spec).request_columns)
+    rows = [s.request.model_validate({"carrier": c, "flight": 7, "origin": "JFK", "dest": "LAX",
+                                      "departed_at": "2013-01-01T05:00:00Z", "distance": 100.0})
+            for c in ("AA", "XX")]
+    if task == "regression":
+        raw, model = np.array([3.5, -1.0]), _model(task, threshold=float("nan"))
+    else:
+        raw, model = np.array([[0.2, 0.7, 0.1], [0.6, 0.3, 0.1]]), _model(task, classes=["early", "late", "on_time"])
+    scores, _ = _scores(task, raw, model, spec, rows)
+    out = _validated(s.response, scores.to_json(), many=True)
+    assert [o["carrier"] for o in out] == ["AA", "XX"] and out[1]["unknown"] == ["carrier"]
+    if task == "regression":
+        assert [o["value"] for o in out] == [3.5, -1.0]
+    else:
+        assert [o["class"] for o in out] == ["late", "early"]
+        assert out[0]["probabilities"] == {"early": 0.2, "late": 0.7, "on_time": 0.1}
+
+
+def test_prediction_log_frame_follows_the_spec_schema(fraud, schemas):
+    from flywheel.serving.prediction_log import log_frame, log_schema, prediction_prefix
+
+    rows = [schemas.request.model_validate(GOOD | {"transaction_id": f"t{i}", "user_id": i,
+                                                   "device": "fridge" if i == 2 else "pos"}) for i in range(4)]
+    a, _ = _scores("binary", np.array([0.1, 0.5, 0.9]), _model("binary"), fraud, rows[:3])
+    b, _ = _scores("binary", np.array([0.7]), _model("binary"), fraud, rows[3:])
+    schema = log_schema(fraud)
+    frame = log_frame([a, b], schema)
+    assert list(frame.columns) == list(schema.columns)
+    assert {c: str(t) for c, t in frame.dtypes.items()} == {c: str(pd.Series(dtype=t).dtype)
+                                                            for c, t in schema.columns.items()}
+    assert frame["user_id"].tolist() == [0, 1, 2, 3] and frame["transaction_id"].tolist() == ["t0", "t1", "t2", "t3"]
+    assert frame["unknown_value"].tolist() == [False, False, True, False]
+    assert frame["probability"].tolist() == [0.1, 0.5, 0.9, 0.7] and frame["amount"].eq(10.0).all()
+    assert str(frame["event_timestamp"].iloc[0]) == "2026-01-09 10:00:00+00:00"
+    assert prediction_prefix("fraud", pd.Timestamp("2026-01-09").date()) == "fraud/dt=2026-01-09/"
+
+
+def test_routes_per_use_case_and_aliases_only_for_one():
+    from flywheel.serving.server import route_table
+
+    assert {r.path for r in route_table(["fraud"])} == {"/fraud/predict", "/fraud/predict_batch", "/predict",
+                                                        "/predict_batch"}
+    two = route_table(["flights", "fraud"])
+    assert {r.path for r in two} == {"/flights/predict", "/flights/predict_batch", "/fraud/predict",
+                                     "/fraud/predict_batch"}
 
 
 def test_xgboost_array_scoring_equals_dataframe_scoring():
-    import pandas as pd
     from xgboost import XGBClassifier
 
     from flywheel.training.families import get
@@ -105,54 +297,10 @@ def test_xgboost_array_scoring_equals_dataframe_scoring():
     x.loc[rng.random(400) < 0.1, "b"] = np.nan
     y = (x["a"] + rng.normal(size=400) > 0).astype(int)
     model = XGBClassifier(n_estimators=20, max_depth=3, n_jobs=1).fit(x, y)
-    family = get("xgboost")
     loaded = LoadedModel(name="m", version="1", family="xgboost", model=model, threshold=0.5,
-                         features=columns, scorer=family)
+                         features=columns, scorer=get("xgboost"))
     # The request matrix has more columns, in another order: the model still gets its own.
     wide = pd.concat([x, pd.DataFrame({"z": rng.normal(size=400)})], axis=1)[["z", "d", "a", "b", "c"]]
     expected = loaded.predict_proba(wide.rename(columns=str))
     got = loaded.predict_proba_array(wide.to_numpy(), list(wide.columns))
     np.testing.assert_array_equal(got, np.asarray(expected))
-
-
-def test_serving_matrix_equals_the_training_featurisation():
-    """The request path's numpy featurisation must stay identical to featurize.model_matrix."""
-    import numpy as np
-    import pandas as pd
-
-    from flywheel.datagen import CATEGORIES
-    from flywheel.features.featurize import model_matrix
-    from flywheel.serving.predictor import serving_matrix
-
-    rng = np.random.default_rng(3)
-    n = 300
-    txns = [Transaction(user_id=int(rng.integers(0, 100)), merchant_id=int(rng.integers(0, 50)),
-                        amount=float(np.round(rng.lognormal(3, 1.5), 2)) + 0.01,
-                        event_timestamp=pd.Timestamp("2026-01-09", tz="UTC") + pd.Timedelta(minutes=int(m)),
-                        merchant_category=str(rng.choice([*CATEGORIES, "unheard-of"])),
-                        country=str(rng.choice(["US", "GB", "NG"])),
-                        device=str(rng.choice(["mobile", "desktop", "pos", "unknown"])))
-            for m in rng.integers(0, 3 * 24 * 60, n)]
-    known = rng.random(n) > 0.2
-
-    def maybe(values):
-        return [v if k else None for v, k in zip(values, known, strict=True)]
-
-    online = {
-        "user_txn_count_7d": maybe(rng.integers(1, 40, n).tolist()),
-        "user_amount_mean_7d": maybe(rng.choice([0.0, 12.5, 80.0, 300.0], n).tolist()),
-        "user_amount_max_7d": maybe(rng.lognormal(4, 1, n).tolist()),
-        "user_top_country": maybe(rng.choice(["US", "GB"], n).tolist()),
-        "merchant_txn_count_7d": rng.integers(1, 400, n).tolist(),
-        "merchant_amount_mean_7d": rng.lognormal(3, 1, n).tolist(),
-        "merchant_fraud_rate_7d": [None if i % 7 == 0 else float(r) for i, r in enumerate(rng.random(n))],
-    }
-    frame = pd.DataFrame([t.model_dump() for t in txns])
-    expected = model_matrix(frame, pd.DataFrame(online))
-    pd.testing.assert_frame_equal(serving_matrix(txns, online), expected)
-    # Columns as OnlineFeatures returns them for a batch: float arrays with NaN where missing.
-    as_arrays = {k: np.array([np.nan if v is None else v for v in col], dtype="float64")
-                 if k != "user_top_country" else col for k, col in online.items()}
-    pd.testing.assert_frame_equal(serving_matrix(txns, as_arrays), expected)
-    one = serving_matrix(txns[:1], {k: v[:1] for k, v in online.items()})
-    pd.testing.assert_frame_equal(one, expected.iloc[:1])
