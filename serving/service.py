@@ -30,9 +30,9 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from flywheel.core.config import get_settings
+from flywheel.serving.predictor import tune_gc
 from flywheel.serving.schemas import MAX_BATCH
 from flywheel.serving.server import ModelServer, Route
-from flywheel.serving.predictor import tune_gc
 
 QUIET = ("/metrics", "/healthz", "/readyz", "/livez")
 NOT_LOADED = b'{"error": "the models are not loaded yet"}'

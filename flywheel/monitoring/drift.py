@@ -151,8 +151,10 @@ class DriftResult:
 
 
 def prediction_prefix(spec: PipelineSpec, day: date) -> str:
-    """Key prefix of one day of prediction logs in the predictions bucket."""
-    return f"{spec.model_name}/dt={day.isoformat()}/"
+    """Key prefix of one day of prediction logs in the predictions bucket (the writer's)."""
+    from flywheel.serving.prediction_log import prediction_prefix as log_prefix
+
+    return log_prefix(spec.name, day)
 
 
 def reference_key(spec: PipelineSpec, version: str) -> str:

@@ -45,7 +45,7 @@ Timestamp = Annotated[datetime, AfterValidator(_utc_in_range)]
 
 
 def _describe(rule: ColumnRule, *, categorical: bool) -> str:
-    parts = [rule.type]
+    parts: list[str] = [rule.type]
     if rule.min is not None:
         parts.append(f">= {rule.min:g}")
     if rule.max is not None:
