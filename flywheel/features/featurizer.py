@@ -178,10 +178,11 @@ class Featurizer:
     def _compute(self, name: str, f: RequestFeatureSpec, raw: Callable[[str], Any],
                  unknown: dict[str, np.ndarray], cache: dict[str, Any], n: int) -> np.ndarray:
         fn = f.fn
-        if fn == "value":
-            return _numeric(raw(f.column or ""))
-        if fn == "log1p":
-            return np.log1p(np.clip(_numeric(raw(f.column or "")), 0, None))
+        if fn in {"value", "log1p", "missing"}:
+            values = raw(f.column or "")
+            if fn == "missing":
+                return _isna(values).astype("float64")
+            return _numeric(values) if fn == "value" else np.log1p(np.clip(_numeric(values), 0, None))
         if fn in TIME_FNS:
             column = f.column or self.spec.dataset.timestamp
             if column not in cache:
@@ -206,8 +207,6 @@ class Featurizer:
             present = ~_isna(b)
             same = np.fromiter((x == y for x, y in zip(a, b, strict=True)), dtype=bool, count=n)
             return (present & ~same).astype("float64")
-        if fn == "missing":
-            return _isna(raw(f.column or "")).astype("float64")
         if fn == "python":
             args = [raw(i) if i not in self.spec.features.request else self._feature(i, raw)
                     for i in f.inputs]

@@ -52,7 +52,7 @@ def build(settings: Settings, spec: PipelineSpec) -> list[Any]:
     dtypes = {"int": Int64, "float": Float64, "string": String}
     bucket = settings.bucket("features")
     entities: dict[str, Any] = {}
-    views = []
+    views: list[Any] = []
     for name, entity in spec.features.entities.items():
         for key in entity.keys:
             if key not in entities:

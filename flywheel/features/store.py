@@ -7,7 +7,6 @@ Materialization is keyed on the data interval (not "now"), so backfills are safe
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import yaml
 
 from flywheel.core import storage
 from flywheel.core.config import Settings, get_settings
-from flywheel.core.spec import PipelineSpec, load_spec
+from flywheel.core.spec import PipelineSpec
 from flywheel.features import repo
 from flywheel.features.aggregates import entity_aggregates, feature_timestamp, lookback_hours
 
