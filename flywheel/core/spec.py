@@ -9,7 +9,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from flywheel.core.compile import LOWER_IS_BETTER as LOWER_IS_BETTER  # re-exported
-from flywheel.core.compile import TASK_METRICS, check_references
+from flywheel.core.compile import TASK_METRICS as TASK_METRICS  # re-exported
+from flywheel.core.compile import check_references
 from flywheel.core.config import Settings, get_settings
 
 

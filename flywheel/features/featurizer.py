@@ -190,12 +190,7 @@ class Featurizer:
             hour, dow = cache[column]
             return hour if fn == "hour" else dow if fn == "day_of_week" else (dow >= 5).astype("float64")
         if fn == "category":
-            mapping = self.vocabularies[name]
-            values = raw(f.column or "")
-            codes = np.fromiter((mapping.get(v, UNKNOWN_CODE) for v in values), dtype="float64", count=n)
-            isna = _isna(values)
-            unknown[f.column or name] = (codes == UNKNOWN_CODE) & ~isna
-            return codes
+            return self._codes(name, f.column or name, raw(f.column or ""), unknown, n)
         if fn in {"ratio", "difference"}:
             a, b = _numeric(raw(f.column or "")), _numeric(raw(f.other or ""))
             if fn == "difference":
@@ -216,6 +211,13 @@ class Featurizer:
                                       f"shape {out.shape}, expected ({n},)")
             return out
         raise FeaturizerError(f"use case {self.spec.name}: feature {name!r}: unknown fn {fn!r}")
+
+    def _codes(self, name: str, column: str, values: Any, unknown: dict[str, np.ndarray], n: int) -> np.ndarray:
+        """Codes in the contract's allowed set; an unknown value gets -1 and is flagged (null is not)."""
+        mapping = self.vocabularies[name]
+        codes = np.fromiter((mapping.get(v, UNKNOWN_CODE) for v in values), dtype="float64", count=n)
+        unknown[column] = (codes == UNKNOWN_CODE) & ~_isna(values)
+        return codes
 
     @staticmethod
     def _feature(name: str, raw: Callable[[str], Any]) -> Any:
