@@ -98,6 +98,18 @@ def _isna(values: Any) -> np.ndarray:
     return pd.isna(pd.Series(values)).to_numpy()
 
 
+def _compare(fn: str, a: Any, b: Any, n: int) -> np.ndarray:
+    """ratio (NaN where b is 0 or missing), difference, differs (1 where b exists and a != b)."""
+    if fn == "differs":
+        same = np.fromiter((x == y for x, y in zip(a, b, strict=True)), dtype=bool, count=n)
+        return (~_isna(b) & ~same).astype("float64")
+    x, y = _numeric(a), _numeric(b)
+    if fn == "difference":
+        return x - y
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return x / np.where(y != 0, y, np.nan)
+
+
 class Featurizer:
     """The compiled request features of one use case (see the module docstring)."""
 
@@ -191,17 +203,8 @@ class Featurizer:
             return hour if fn == "hour" else dow if fn == "day_of_week" else (dow >= 5).astype("float64")
         if fn == "category":
             return self._codes(name, f.column or name, raw(f.column or ""), unknown, n)
-        if fn in {"ratio", "difference"}:
-            a, b = _numeric(raw(f.column or "")), _numeric(raw(f.other or ""))
-            if fn == "difference":
-                return a - b
-            with np.errstate(divide="ignore", invalid="ignore"):
-                return a / np.where(b != 0, b, np.nan)
-        if fn == "differs":
-            a, b = raw(f.column or ""), raw(f.other or "")
-            present = ~_isna(b)
-            same = np.fromiter((x == y for x, y in zip(a, b, strict=True)), dtype=bool, count=n)
-            return (present & ~same).astype("float64")
+        if fn in {"ratio", "difference", "differs"}:
+            return _compare(fn, raw(f.column or ""), raw(f.other or ""), n)
         if fn == "python":
             args = [raw(i) if i not in self.spec.features.request else self._feature(i, raw)
                     for i in f.inputs]
