@@ -151,10 +151,10 @@ class DriftResult:
 
 
 def prediction_prefix(spec: PipelineSpec, day: date) -> str:
-    """Key prefix of one day of prediction logs in the predictions bucket (the writer's)."""
-    from flywheel.serving.prediction_log import prediction_prefix as log_prefix
+    """Key prefix of one day of prediction logs in the predictions bucket (keyed by use case)."""
+    from flywheel.core import layout
 
-    return log_prefix(spec.name, day)
+    return layout.prediction_prefix(spec.name, day)
 
 
 def reference_key(spec: PipelineSpec, version: str) -> str:

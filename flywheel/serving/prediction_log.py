@@ -1,8 +1,8 @@
 """The prediction log: every scored row, per use case, batched to the object store off the
 request path.
 
-Layout: ``predictions/<use case>/dt=<event date>/part-<uuid>.parquet`` (:func:`prediction_prefix`
-is the one place that spells it). Its columns come from the spec
+Layout: ``predictions/<use case>/dt=<event date>/part-<uuid>.parquet``
+(:func:`flywheel.core.layout.prediction_prefix` spells it, keyed by the spec's ``name``). Its columns come from the spec
 (:func:`flywheel.serving.logschema.log_dtypes`): the dataset's key columns, the entity keys and
 the timestamp, the task's outputs, the model version, the request id, the flags and every
 model feature as served.
@@ -16,7 +16,7 @@ import threading
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +24,7 @@ import pandas as pd
 
 from flywheel.core import storage
 from flywheel.core.config import Settings
+from flywheel.core.layout import prediction_prefix
 from flywheel.core.spec import PipelineSpec
 from flywheel.serving.logschema import log_dtypes
 from flywheel.serving.metrics import ServingMetrics
@@ -33,11 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 BUCKET = "predictions"
-
-
-def prediction_prefix(use_case: str, day: date | str) -> str:
-    """The key prefix (in the ``predictions`` bucket) of one use case's log for one event date."""
-    return f"{use_case}/dt={day if isinstance(day, str) else day.isoformat()}/"
 
 
 @dataclass(frozen=True)

@@ -244,8 +244,8 @@ class Predictor:
         self.models = ModelHolder(spec.name, spec.model_name, settings, metrics=self.metrics, watch=watch)
         self.log_schema: LogSchema = log_schema(spec)
         self.logger = PredictionLogger(self.log_schema, settings, metrics=self.metrics) if log_predictions else None
-        self._fields = (*self.schemas.id_columns, *self.schemas.columns)
-        self._fields = tuple(dict.fromkeys(self._fields))
+        self._fields = tuple(dict.fromkeys((*self.schemas.id_columns, *self.schemas.columns)))
+        self._numeric = frozenset(a for a, kind in self.featurizer.aggregates.items() if kind in ("int", "float"))
 
     @property
     def ready(self) -> bool:
@@ -262,7 +262,7 @@ class Predictor:
         model = self.models.get()  # this request keeps this model even if the champion moves
         columns = {name: [getattr(r, name) for r in rows] for name in self._fields}
         online, misses = self.features.fetch_keys({key: columns[key] for key in self.join_keys})
-        features = self.featurizer.transform(columns, online)
+        features = self.featurizer.transform(columns, self._arrays(online))
         raw = predict_array(model, features.matrix, self.names)
         scores = Scores(self.spec.task, columns, self.schemas.id_columns, self.names, features.matrix, raw,
                         task_outputs(self.spec.task, model, raw), misses, dict(features.unknown),
@@ -271,6 +271,14 @@ class Predictor:
             self.logger.log(scores)
         self._observe(endpoint, scores, time.perf_counter() - started)
         return scores
+
+    def _arrays(self, online: dict[str, Any]) -> dict[str, Any]:
+        """Numeric aggregates as float64 arrays (NaN = missing), what the featurizer computes on
+        without a pandas conversion per column; others stay lists."""
+        for name, values in online.items():
+            if isinstance(values, list) and name in self._numeric:
+                online[name] = np.array([np.nan if v is None else v for v in values], dtype="float64")
+        return online
 
     def _observe(self, endpoint: str, scores: Scores, seconds: float) -> None:
         m, uc = self.metrics, self.use_case

@@ -23,6 +23,17 @@ def txn(**overrides):
     return body | overrides
 
 
+def has_series(metrics: str, name: str, **labels: str) -> bool:
+    """Whether the Prometheus text has a ``name`` series carrying at least ``labels`` (any order)."""
+    import re
+
+    for line in metrics.splitlines():
+        match = re.match(rf"{name}{{(.*)}} ", line)
+        if match and all(f'{k}="{v}"' in re.findall(r'\w+="[^"]*"', match.group(1)) for k, v in labels.items()):
+            return True
+    return False
+
+
 def champion_version(spec, settings) -> str:
     """The champion, training one first when the session has none yet (test modules run in any order)."""
     mv = registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings)

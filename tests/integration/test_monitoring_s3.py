@@ -12,11 +12,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from flywheel.features.featurize import MODEL_FEATURES
 
 from flywheel.core import storage
 from flywheel.core.config import PROJECT_ROOT, Settings
 from flywheel.core.spec import PipelineSpec, load_spec_file
-from flywheel.features.featurize import MODEL_FEATURES
 from flywheel.monitoring.drift import (
     LOG_DTYPES,
     ReferenceNotFound,

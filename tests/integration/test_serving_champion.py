@@ -40,7 +40,7 @@ def _client_loop(url: str, key: str, stop: threading.Event, out: list, lock: thr
             started = time.monotonic()
             try:
                 if batch:
-                    resp = http.post("/predict_batch", json=[txn(user_id=u) for u in range(8)])
+                    resp = http.post("/fraud/predict_batch", json=[txn(user_id=u) for u in range(8)])
                     version = resp.json()[0]["model_version"] if resp.status_code == 200 else None
                 else:
                     resp = http.post("/predict", json=txn(user_id=(n * 1000 + i) % 300))

@@ -1,5 +1,7 @@
-"""HTTP contract of the served bento: valid, invalid (422 naming the field), unknown entity,
-auth missing/wrong, batch, health, metrics, OpenAPI; and Schemathesis over its OpenAPI (no 5xx)."""
+"""HTTP contract of the served bento (routes and schemas generated from models/fraud.yaml): valid,
+invalid (422 naming the field), out-of-contract category (scored, flagged), unknown entity,
+auth missing/wrong, batch, the /predict alias, health, metrics by use case, OpenAPI; and
+Schemathesis over its OpenAPI (no 5xx)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import schemathesis
 
 from flywheel.stack import launcher as stack
 
-from .serving_support import champion_version, serve, txn
+from .serving_support import champion_version, has_series, serve, txn
 
 pytestmark = pytest.mark.integration
 
@@ -28,92 +30,115 @@ def served(services, loaded, spec):
 
 def test_valid_transaction_is_scored_by_the_champion(served, spec):
     _, http, _, version = served
-    resp = http.post("/predict", json=txn())
+    resp = http.post(f"/{spec.name}/predict", json=txn())
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    assert 0.0 <= body["fraud_probability"] <= 1.0
-    assert body["is_fraud"] == (body["fraud_probability"] >= body["threshold"])
+    assert 0.0 <= body["probability"] <= 1.0
+    assert body["decision"] == (body["probability"] >= body["threshold"])
     assert body["model_version"] == version and body["model_name"] == spec.model_name
-    assert body["unknown_entities"] == [] and body["defaults_used"] is False
+    assert body["unknown"] == [] and body["unknown_entities"] == [] and body["defaults_used"] is False
     assert body["transaction_id"] == "t-1" and len(body["request_id"]) == 32
+    alias = http.post("/predict", json=txn()).json()  # the only use case served: /predict is its alias
+    assert alias["probability"] == pytest.approx(body["probability"], abs=1e-12)
+
+
+def test_a_category_outside_the_contract_is_scored_and_flagged(served, spec):
+    _, http, _, _ = served
+    body = http.post(f"/{spec.name}/predict", json=txn(device="toaster", merchant_category="llamas")).json()
+    assert sorted(body["unknown"]) == ["device", "merchant_category"] and 0.0 <= body["probability"] <= 1.0
+    assert has_series(http.get("/metrics").text, "flywheel_unknown_values_total", column="device", use_case=spec.name)
 
 
 @pytest.mark.parametrize(("change", "field"), [
     ({"amount": -5}, "amount"),
-    ({"device": "toaster"}, "device"),
+    ({"amount": 60_000}, "amount"),
     ({"event_timestamp": "yesterday"}, "event_timestamp"),
     ({"user_id": None}, "user_id"),
     ({"surprise": 1}, "surprise"),
 ])
-def test_invalid_input_is_422_naming_the_field(served, change, field):
+def test_invalid_input_is_422_naming_the_field(served, spec, change, field):
     _, http, _, _ = served
     body = {k: v for k, v in (txn() | change).items() if v is not None}
-    resp = http.post("/predict", json=body)
+    resp = http.post(f"/{spec.name}/predict", json=body)
     assert resp.status_code == 422, resp.text
     assert resp.json()["fields"] == [field], resp.text
     assert field in resp.json()["error"]
 
 
-def test_invalid_batch_row_is_422_naming_row_and_field(served):
+def test_invalid_batch_row_is_422_naming_row_and_field(served, spec):
     _, http, _, _ = served
-    resp = http.post("/predict_batch", json=[txn(), txn(amount=0)])
+    resp = http.post(f"/{spec.name}/predict_batch", json=[txn(), txn(amount=0)])
     assert resp.status_code == 422 and resp.json()["fields"] == ["1.amount"], resp.text
-    assert http.post("/predict_batch", json=[]).status_code == 422
-    assert http.post("/predict", content=b"{not json", headers={"content-type": "application/json"}
+    assert http.post(f"/{spec.name}/predict_batch", json=[]).status_code == 422
+    assert http.post(f"/{spec.name}/predict", content=b"{not json", headers={"content-type": "application/json"}
                      ).status_code == 422
 
 
-def test_unknown_entities_get_defaults_and_a_flag(served):
+def test_unknown_entities_get_defaults_and_a_flag(served, spec):
     _, http, _, _ = served
-    body = http.post("/predict", json=txn(user_id=987654321)).json()
+    body = http.post(f"/{spec.name}/predict", json=txn(user_id=987654321)).json()
     assert body["unknown_entities"] == ["user"] and body["defaults_used"] is True
-    both = http.post("/predict", json=txn(user_id=987654321, merchant_id=2**62)).json()
+    both = http.post(f"/{spec.name}/predict", json=txn(user_id=987654321, merchant_id=2**62)).json()
     assert both["unknown_entities"] == ["user", "merchant"]
-    assert 0.0 <= both["fraud_probability"] <= 1.0
+    assert 0.0 <= both["probability"] <= 1.0
 
 
-def test_auth_missing_or_wrong_is_401_and_probes_stay_open(served):
+def test_auth_missing_or_wrong_is_401_and_probes_stay_open(served, spec):
     settings, _, key, _ = served
     with httpx.Client(base_url=str(settings.model_server_url), timeout=10) as anon:
+        assert anon.post(f"/{spec.name}/predict", json=txn()).status_code == 401
         assert anon.post("/predict", json=txn()).status_code == 401
-        assert anon.post("/predict_batch", json=[txn()], headers={"X-API-Key": key + "x"}).status_code == 401
+        assert anon.post(f"/{spec.name}/predict_batch", json=[txn()],
+                         headers={"X-API-Key": key + "x"}).status_code == 401
         assert anon.post("/predict", json=txn(), headers={"X-API-Key": ""}).status_code == 401
         assert anon.get("/healthz").status_code == 200
         assert anon.get("/readyz").status_code == 200
-        assert "/predict" in anon.get("/docs.json").json()["paths"]
         assert anon.get("/").status_code == 200  # Swagger UI
 
 
-def test_batch_keeps_order_and_flags_per_row(served):
+def test_openapi_documents_the_spec_generated_schemas(served, spec):
+    settings, _, _, _ = served
+    doc = httpx.get(f"{settings.model_server_url}/docs.json", timeout=10).json()
+    assert {f"/{spec.name}/predict", f"/{spec.name}/predict_batch", "/predict", "/predict_batch"} <= set(doc["paths"])
+    body = doc["paths"][f"/{spec.name}/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(body["properties"]) == {"transaction_id", "user_id", "merchant_id", "amount", "event_timestamp",
+                                       "merchant_category", "device", "country"}
+    assert body["properties"]["amount"]["maximum"] == spec.dataset.contract.columns["amount"].max
+    response = doc["components"]["schemas"]["FraudPrediction"]["properties"]
+    assert {"probability", "decision", "model_version", "request_id", "unknown"} <= set(response)
+
+
+def test_batch_keeps_order_and_flags_per_row(served, spec):
     _, http, _, version = served
     batch = [txn(transaction_id=f"b-{i}", user_id=i) for i in range(40)] + [txn(transaction_id="new", user_id=10**12)]
     batch[5] = txn(transaction_id="b-5")  # user 12: known
-    resp = http.post("/predict_batch", json=batch)
+    resp = http.post(f"/{spec.name}/predict_batch", json=batch)
     assert resp.status_code == 200, resp.text
     out = resp.json()
     assert [p["transaction_id"] for p in out] == [b["transaction_id"] for b in batch]
     assert {p["model_version"] for p in out} == {version}
     assert out[-1]["unknown_entities"] == ["user"] and not out[5]["unknown_entities"]
-    single = http.post("/predict", json=batch[5]).json()
-    assert single["fraud_probability"] == pytest.approx(out[5]["fraud_probability"], abs=1e-9)
+    single = http.post(f"/{spec.name}/predict", json=batch[5]).json()
+    assert single["probability"] == pytest.approx(out[5]["probability"], abs=1e-9)
 
 
-def test_metrics_expose_latency_decisions_misses_and_version(served):
+def test_metrics_are_labelled_by_use_case(served, spec):
     _, http, _, version = served
-    http.post("/predict", json=txn(user_id=55555555))
+    http.post(f"/{spec.name}/predict", json=txn(user_id=55555555))
     text = http.get("/metrics").text
-    assert "flywheel_request_latency_seconds_bucket" in text
-    assert 'flywheel_predictions_total{' in text and 'decision="legit"' in text
-    assert 'flywheel_feature_misses_total{entity="user"}' in text
-    assert 'flywheel_feature_lookups_total{entity="merchant"}' in text
-    assert f'model_version="{version}"' in text and "flywheel_model_info" in text
+    uc = spec.name
+    assert has_series(text, "flywheel_request_latency_seconds_bucket", use_case=uc, endpoint="predict")
+    assert has_series(text, "flywheel_predictions_total", use_case=uc, model_version=version, outcome="negative")
+    assert has_series(text, "flywheel_feature_misses_total", use_case=uc, entity="user")
+    assert has_series(text, "flywheel_feature_lookups_total", use_case=uc, entity="merchant")
+    assert has_series(text, "flywheel_model_info", use_case=uc, model_version=version)
 
 
 def test_access_log_is_structured_and_has_no_secrets(served):
     settings, http, key, _ = served
-    http.post("/predict", json=txn(transaction_id="log-probe"))
+    http.post("/fraud/predict", json=txn(transaction_id="log-probe"))
     log_file = settings.log_dir / "model-server.log"
-    lines = [ln for ln in log_file.read_text().splitlines() if ln.startswith("{") and '"path": "/predict"' in ln]
+    lines = [ln for ln in log_file.read_text().splitlines() if ln.startswith("{") and '"path": "/fraud/predict"' in ln]
     assert lines, "one JSON access line per request"
     import json
 
@@ -143,5 +168,5 @@ def test_openapi_fuzzing_never_gets_a_server_error(served):
                 errors.append(f"{case.method} {case.path} -> {response.status_code}: {response.text[:300]}")
 
         check()
-    assert operations >= 2
+    assert operations >= 4  # /fraud/predict, /fraud/predict_batch and their aliases
     assert not errors, errors[:5]

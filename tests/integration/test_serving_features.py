@@ -9,9 +9,10 @@ import os
 import pandas as pd
 import pytest
 
-from flywheel.core import storage
+from flywheel.core import layout, storage
 from flywheel.features import store as features
-from flywheel.serving.predictor import OnlineFeatures, Predictor, Transaction
+from flywheel.serving.online import OnlineFeatures
+from flywheel.serving.predictor import Predictor
 
 from .serving_support import END, champion_version, txn
 
@@ -40,7 +41,7 @@ def test_reader_matches_feast_on_sqlite(services, loaded, spec):
 
 
 @pytest.fixture(scope="module")
-def redis_settings(services, loaded):
+def redis_settings(services, loaded, spec):
     redis = pytest.importorskip("redis")
     client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
     try:
@@ -99,8 +100,8 @@ def test_predictions_survive_a_down_object_store_and_logs_are_retried(services, 
     predictor, down = _predictor_with_store_down(services, spec)
     predictor.logger._settings = down
     try:
-        batch = [Transaction(**txn(transaction_id=f"down-{i}", user_id=i)) for i in range(30)]
-        scored = predictor.predict(batch)  # the request path never touches the store
+        batch = [predictor.schemas.request(**txn(transaction_id=f"down-{i}", user_id=i)) for i in range(30)]
+        scored = predictor.score(batch).records()  # the request path never touches the store
         assert len(scored) == 30
         assert predictor.logger.flush() == 0
         assert predictor.logger.failed_flushes == 1 and predictor.logger.written == 0
@@ -109,26 +110,27 @@ def test_predictions_survive_a_down_object_store_and_logs_are_retried(services, 
         assert predictor.logger.dropped == predictor.logger.lost == 0
     finally:
         predictor.close()
-    keys = storage.list_keys("predictions", f"{spec.model_name}/dt={END.isoformat()}/", settings=services)
+    keys = storage.list_keys("predictions", layout.prediction_prefix(spec.name, END), settings=services)
     assert keys
     from flywheel.monitoring.drift import load_predictions
 
     logged = load_predictions(spec, start=END, end=END, settings=services).set_index("request_id")
-    ours = logged.loc[[p.request_id for p in scored]]
-    assert ours["probability"].tolist() == [p.fraud_probability for p in scored]
+    ours = logged.loc[[p["request_id"] for p in scored]]
+    assert ours["probability"].tolist() == [p["probability"] for p in scored]
+    assert ours["transaction_id"].tolist() == [f"down-{i}" for i in range(30)]
     assert ours["user_id"].tolist() == list(range(30)) and ours["amount"].eq(42.5).all()
     assert str(ours["event_timestamp"].iloc[0].date()) == END.isoformat()
 
 
 def test_full_queue_and_backlog_are_counted_never_silent(services, loaded, spec):
-    from flywheel.serving.predictor import PredictionLogger
+    from flywheel.serving.prediction_log import PredictionLogger
 
     predictor, down = _predictor_with_store_down(services, spec)
     predictor.logger.close()
-    predictor.logger = logger = PredictionLogger(spec.model_name, down, max_queue=2, max_backlog_rows=5)
+    predictor.logger = logger = PredictionLogger(predictor.log_schema, down, max_queue=2, max_backlog_rows=5)
     try:
         for i in range(4):
-            predictor.predict([Transaction(**txn(transaction_id=f"q-{i}", user_id=i)) for _ in range(3)])
+            predictor.score([predictor.schemas.request(**txn(transaction_id=f"q-{i}", user_id=i)) for _ in range(3)])
         assert logger.dropped == 6  # two requests of three rows found the queue full
         logger.flush()
         assert logger.lost == 1 and logger.failed_flushes == 1  # 6 rows queued, the backlog keeps 5

@@ -28,11 +28,11 @@ def _score(settings, tag: str, batch: list[dict]) -> tuple[list[float], str]:
     try:
         key = served.api_key.get_secret_value()
         with httpx.Client(base_url=str(served.model_server_url), headers={"X-API-Key": key}, timeout=60) as http:
-            resp = http.post("/predict_batch", json=batch)
+            resp = http.post("/fraud/predict_batch", json=batch)
             assert resp.status_code == 200, resp.text
             metrics = http.get("/metrics").text
         live = re.findall(r'flywheel_model_info\{[^}]*device="([^"]+)"[^}]*\} 1\.0', metrics)
-        return [p["fraud_probability"] for p in resp.json()], live[0] if live else "none"
+        return [p["probability"] for p in resp.json()], live[0] if live else "none"
     finally:
         stack.down(served, services=["model-server"])
 

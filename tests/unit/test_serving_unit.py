@@ -257,7 +257,7 @@ def test_other_tasks_serialize_as_their_response_model(task):
 
 
 def test_prediction_log_frame_follows_the_spec_schema(fraud, schemas):
-    from flywheel.serving.prediction_log import log_frame, log_schema, prediction_prefix
+    from flywheel.serving.prediction_log import log_frame, log_schema
 
     rows = [schemas.request.model_validate(GOOD | {"transaction_id": f"t{i}", "user_id": i,
                                                    "device": "fridge" if i == 2 else "pos"}) for i in range(4)]
@@ -272,7 +272,6 @@ def test_prediction_log_frame_follows_the_spec_schema(fraud, schemas):
     assert frame["unknown_value"].tolist() == [False, False, True, False]
     assert frame["probability"].tolist() == [0.1, 0.5, 0.9, 0.7] and frame["amount"].eq(10.0).all()
     assert str(frame["event_timestamp"].iloc[0]) == "2026-01-09 10:00:00+00:00"
-    assert prediction_prefix("fraud", pd.Timestamp("2026-01-09").date()) == "fraud/dt=2026-01-09/"
 
 
 def test_routes_per_use_case_and_aliases_only_for_one():
