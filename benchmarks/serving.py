@@ -1,6 +1,9 @@
-"""Serving benchmark: the Flywheel service against a FastAPI floor, a default BentoML
-service and ``mlflow models serve`` — same run, same machine, same model, same Redis
-online features; load on 127.0.0.1 only. Writes ``benchmarks/results/serving.json``.
+"""Serving benchmark: the Flywheel service on its generic path (schemas, featurizer and routes
+generated from ``models/fraud.yaml``, ``/fraud/predict``) against a FastAPI floor (fraud's request
+model and featurization written by hand: the fixed floor), a default BentoML service and
+``mlflow models serve`` — same run, same machine, same model, same Redis online features; load
+on 127.0.0.1 only. Writes ``benchmarks/results/serving.json`` and compares its ratios with the
+previous run's (``change_vs_previous``: the generic path must stay within 10 % of it).
 
     .venv/bin/python -m benchmarks.serving                 # defaults: ~3-4 min on 2 cores
     .venv/bin/python -m benchmarks.serving --duration 5 --home /tmp/fw-bench   # reuse a prepared home
@@ -33,6 +36,7 @@ RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "serving.json"
 FIRST_DAY, DAYS = date(2026, 1, 1), 9
 END = FIRST_DAY + timedelta(days=DAYS - 1)
 HOST = "127.0.0.1"
+SERVERS = ["fastapi_floor", "null_asgi", "flywheel", "bentoml_default", "mlflow_serve"]
 
 
 # ---- environment: stack, data, model ------------------------------------------------------------
@@ -141,8 +145,9 @@ def servers(settings: Settings, version: str, base_port: int) -> list[tuple[Serv
         (Server("null_asgi", [str(bin_dir / "uvicorn"), "--factory", "benchmarks.serving_apps:create_null",
                               "--host", HOST, "--port", str(p + 4), "--no-access-log", "--log-level", "warning"],
                 env, p + 4, "/", logs / "bench-null.log"), "predict"),
-        (Server("flywheel", [str(bin_dir / "bentoml"), "serve", "serving.service:FraudDetector", "--host", HOST,
-                             "--port", str(p + 1)], env, p + 1, "/readyz", logs / "bench-flywheel.log"), "predict"),
+        (Server("flywheel", [str(bin_dir / "bentoml"), "serve", "serving.service:ModelService", "--host", HOST,
+                             "--port", str(p + 1)], env, p + 1, "/readyz", logs / "bench-flywheel.log"),
+         "fraud/predict"),
         (Server("bentoml_default", [str(bin_dir / "bentoml"), "serve", "benchmarks.serving_apps:DefaultBento",
                                     "--host", HOST, "--port", str(p + 2)], env, p + 2, "/readyz",
                 logs / "bench-bento-default.log"), "predict"),
@@ -189,15 +194,16 @@ async def _load(url: str, payloads: list[Any], headers: dict[str, str], concurre
 
 def mlflow_payloads(settings: Settings, raw: list[dict[str, Any]]) -> list[bytes]:
     """mlflow serve cannot look features up: it gets the finished model matrix (a head start)."""
-    from benchmarks.serving_apps import Scorer
-    from flywheel.serving.predictor import Transaction, serving_matrix
+    import pandas as pd
+
+    from benchmarks.serving_apps import Scorer, Transaction
 
     scorer = Scorer()
     out = []
     for body in raw:
         t = Transaction(**body)
         online, _ = scorer.features.fetch([{"user_id": t.user_id, "merchant_id": t.merchant_id}])
-        matrix = serving_matrix([t], online)[scorer.model.features]
+        matrix = pd.DataFrame(scorer.fraud_array([t], online), columns=scorer.names)[scorer.model.features]
         out.append(json.dumps({"dataframe_split": json.loads(matrix.to_json(orient="split", index=False))}).encode())
     return out
 
@@ -232,7 +238,7 @@ def feature_fetch(settings: Settings, redis_db: int, n: int) -> dict[str, Any]:
 
     from flywheel.core.spec import load_spec
     from flywheel.features.store import feature_store, online_features
-    from flywheel.serving.predictor import OnlineFeatures
+    from flywheel.serving.online import OnlineFeatures
 
     spec = load_spec(settings=settings)
     store = feature_store(settings)
@@ -253,42 +259,35 @@ def feature_fetch(settings: Settings, redis_db: int, n: int) -> dict[str, Any]:
 
 
 def profile(settings: Settings, raw: list[dict[str, Any]], n: int) -> dict[str, float]:
-    """Where one /predict spends its time in the engine (median µs per stage)."""
-    import pandas as pd
+    """Where one /fraud/predict spends its time in the engine (median µs per stage)."""
+    from benchmarks.serving_apps import Scorer, Transaction
+    from flywheel.core.spec import load_spec
+    from flywheel.serving.predictor import Predictor, predict_array
+    from flywheel.serving.routes import ScoringRoutes
 
-    from flywheel.features.featurize import MODEL_FEATURES, model_matrix
-    from flywheel.serving.predictor import (
-        Predictor,
-        ScoringRoutes,
-        Transaction,
-        serving_array,
-        serving_matrix,
-    )
-
-    predictor = Predictor.from_settings(settings, watch=False, log_predictions=False)
+    predictor = Predictor(load_spec(settings=settings), settings, watch=False, log_predictions=False)
     routes = ScoringRoutes(predictor)
     model = predictor.models.current
     body = json.dumps(raw[0]).encode()
-    t = Transaction.model_validate_json(body)
-    keys = {"user_id": [t.user_id], "merchant_id": [t.merchant_id]}
+    row = predictor.schemas.request.model_validate_json(body)
+    columns = {name: [getattr(row, name)] for name in predictor._fields}
+    keys = {key: columns[key] for key in predictor.join_keys}
     online, _ = predictor.features.fetch_keys(keys)
-    matrix = serving_array([t], online)
-    frame = serving_matrix([t], online)
-    scores = predictor.score([t])
-
-    def pandas_matrix() -> None:  # what the request path did two rounds ago: featurize.model_matrix
-        model_matrix(pd.DataFrame([t.model_dump()]), pd.DataFrame(online))
+    arrays = predictor._arrays(dict(online))
+    matrix = predictor.featurizer.transform(columns, arrays).matrix
+    scores = predictor.score([row])
+    scorer, t = Scorer(), Transaction.model_validate_json(body)
 
     stages = {
-        "validate_json": lambda: Transaction.model_validate_json(body),
+        "validate_json (generated schema)": lambda: predictor.schemas.request.model_validate_json(body),
         "feature_fetch": lambda: predictor.features.fetch_keys(keys),
-        "serving_array": lambda: serving_array([t], online),
-        "model_predict_array": lambda: model.predict_proba_array(matrix, MODEL_FEATURES),
+        "featurizer.transform (the one featurizer)": lambda: predictor.featurizer.transform(columns, arrays),
+        "model_predict_array": lambda: predict_array(model, matrix, predictor.names),
         "response_json": lambda: scores.to_json(single=True),
-        "whole_score": lambda: predictor.score([t]),
+        "whole_score": lambda: predictor.score([row]),
         "whole_route (bytes in, bytes out)": lambda: routes.predict(body),
-        "before: pandas model_matrix": pandas_matrix,
-        "before: model_predict DataFrame": lambda: model.predict_proba(frame),
+        "floor: validate_json (hand-written model)": lambda: Transaction.model_validate_json(body),
+        "floor: hand-written fraud featurization": lambda: scorer.fraud_array([t], online),
     }
     out = {name: _timeit(fn, n) * 1e6 for name, fn in stages.items()}
     predictor.close()
@@ -301,21 +300,20 @@ def batch_scoring(settings: Settings, raw: list[dict[str, Any]], url: str, key: 
     to call it: ``inplace_predict`` on a numpy array), plus the parts of a batch request that no
     implementation can skip — parsing/validating the JSON rows and the Redis round trip for
     their entities — measured alone."""
-    from pydantic import TypeAdapter
-
-    from flywheel.features.featurize import MODEL_FEATURES
-    from flywheel.serving.predictor import Predictor, TransactionBatch, serving_array
+    from flywheel.core.spec import load_spec
+    from flywheel.serving.predictor import Predictor, predict_array
 
     batch = [raw[i % len(raw)] | {"transaction_id": f"r{i}"} for i in range(rows)]
     payload = json.dumps(batch)
-    predictor = Predictor.from_settings(settings, watch=False, log_predictions=False)
-    adapter = TypeAdapter(TransactionBatch)
+    predictor = Predictor(load_spec(settings=settings), settings, watch=False, log_predictions=False)
+    adapter = predictor.schemas.batch
     txns = adapter.validate_json(payload)
-    keys = {"user_id": [t.user_id for t in txns], "merchant_id": [t.merchant_id for t in txns]}
+    columns = {name: [getattr(r, name) for r in txns] for name in predictor._fields}
+    keys = {key: columns[key] for key in predictor.join_keys}
     online, _ = predictor.features.fetch_keys(keys)
-    matrix = serving_array(txns, online)
+    matrix = predictor.featurizer.transform(columns, predictor._arrays(online)).matrix
     model = predictor.models.current
-    xgb_s = _timeit(lambda: model.predict_proba_array(matrix, MODEL_FEATURES), rounds)
+    xgb_s = _timeit(lambda: predict_array(model, matrix, predictor.names), rounds)
     validate_s = _timeit(lambda: adapter.validate_json(payload), rounds)
     features_s = _timeit(lambda: predictor.features.fetch_keys(keys), rounds)
     engine_s = _timeit(lambda: predictor.score(txns, endpoint="predict_batch").to_json(), rounds)
@@ -335,36 +333,70 @@ def batch_scoring(settings: Settings, raw: list[dict[str, Any]], url: str, key: 
 # ---- report -------------------------------------------------------------------------------------
 
 def ratios(load: dict[str, dict[str, dict[str, Any]]]) -> dict[str, float]:
-    fw, floor, mlf = load["flywheel"], load["fastapi_floor"], load["mlflow_serve"]
+    """Ratios of the servers that ran (``--servers``)."""
+    fw, floor = load["flywheel"], load["fastapi_floor"]
     out = {}
     for c in fw:
         out[f"flywheel_p50_vs_floor_c{c}"] = fw[c]["p50_ms"] / floor[c]["p50_ms"]
-        out[f"flywheel_rps_vs_mlflow_c{c}"] = fw[c]["rps"] / mlf[c]["rps"]
-        out[f"flywheel_rps_vs_bentoml_default_c{c}"] = fw[c]["rps"] / load["bentoml_default"][c]["rps"]
-        out[f"floor_rps_vs_mlflow_c{c}"] = floor[c]["rps"] / mlf[c]["rps"]
-        # A server that does no work at all, same machine and load generator: no scoring server
-        # can exceed this multiple of mlflow serve here.
-        out[f"null_rps_vs_mlflow_c{c}"] = load["null_asgi"][c]["rps"] / mlf[c]["rps"]
-    out["flywheel_p99_vs_p50_c1"] = fw["1"]["p99_ms"] / fw["1"]["p50_ms"]
-    out["floor_p99_vs_p50_c1"] = floor["1"]["p99_ms"] / floor["1"]["p50_ms"]  # the machine's own tail
+        out[f"flywheel_rps_vs_floor_c{c}"] = fw[c]["rps"] / floor[c]["rps"]
+        if "mlflow_serve" in load:
+            mlf = load["mlflow_serve"]
+            out[f"flywheel_rps_vs_mlflow_c{c}"] = fw[c]["rps"] / mlf[c]["rps"]
+            out[f"floor_rps_vs_mlflow_c{c}"] = floor[c]["rps"] / mlf[c]["rps"]
+            if "null_asgi" in load:
+                # A server that does no work at all, same machine and load generator: no scoring
+                # server can exceed this multiple of mlflow serve here.
+                out[f"null_rps_vs_mlflow_c{c}"] = load["null_asgi"][c]["rps"] / mlf[c]["rps"]
+        if "bentoml_default" in load:
+            out[f"flywheel_rps_vs_bentoml_default_c{c}"] = fw[c]["rps"] / load["bentoml_default"][c]["rps"]
+    if "1" in fw:
+        out["flywheel_p99_vs_p50_c1"] = fw["1"]["p99_ms"] / fw["1"]["p50_ms"]
+        out["floor_p99_vs_p50_c1"] = floor["1"]["p99_ms"] / floor["1"]["p50_ms"]  # the machine's own tail
+    return out
+
+
+def change_vs_previous(now: dict[str, float], previous: dict[str, float]) -> dict[str, float]:
+    """Each floor ratio of this run over the previous run's (1.0 = unchanged; the generic path's
+    p50 must stay <= 1.1x and its RPS >= 0.9x of the previous ratios)."""
+    out = {}
+    for key in ("flywheel_p50_vs_floor_c1", "flywheel_p50_vs_floor_c32"):
+        if key in now and key in previous:
+            out[key] = now[key] / previous[key]
+    for c in ("1", "32"):  # older runs stored RPS only through the mlflow ratios
+        key = f"flywheel_rps_vs_floor_c{c}"
+        before = previous.get(key)
+        if before is None and f"flywheel_rps_vs_mlflow_c{c}" in previous:
+            before = previous[f"flywheel_rps_vs_mlflow_c{c}"] / previous[f"floor_rps_vs_mlflow_c{c}"]
+        if key in now and before:
+            out[key] = now[key] / before
     return out
 
 
 def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    r = result["ratios"]
-    return {
-        "p50 <= 1.3x FastAPI floor (c=1)": {"value": r["flywheel_p50_vs_floor_c1"], "met": r["flywheel_p50_vs_floor_c1"] <= 1.3},
-        "p50 <= 1.3x FastAPI floor (c=32)": {"value": r["flywheel_p50_vs_floor_c32"], "met": r["flywheel_p50_vs_floor_c32"] <= 1.3},
-        "rps >= 10x mlflow serve (c=32)": {"value": r["flywheel_rps_vs_mlflow_c32"], "met": r["flywheel_rps_vs_mlflow_c32"] >= 10,
-                                           "bound": r["null_rps_vs_mlflow_c32"], "floor": r["floor_rps_vs_mlflow_c32"]},
-        "p99 <= 3x p50 (c=1)": {"value": r["flywheel_p99_vs_p50_c1"], "met": r["flywheel_p99_vs_p50_c1"] <= 3,
-                                "floor": r["floor_p99_vs_p50_c1"]},
-        "feature fetch <= 2x raw Redis GET": {"value": result["feature_fetch"]["ratio_fetch_vs_get"],
-                                              "met": result["feature_fetch"]["ratio_fetch_vs_get"] <= 2},
-        "batch rows/s >= 80% in-process XGBoost": {"value": result["batch"]["ratio_http_vs_xgboost"],
-                                                  "met": result["batch"]["ratio_http_vs_xgboost"] >= 0.8,
-                                                  "bound": result["batch"]["ceiling_ratio_validate_plus_fetch"]},
-    }
+    r, out = result["ratios"], {}
+    for c in ("1", "32"):
+        key = f"flywheel_p50_vs_floor_c{c}"
+        if key in r:
+            out[f"p50 <= 1.3x FastAPI floor (c={c})"] = {"value": r[key], "met": r[key] <= 1.3}
+    for key, v in result.get("change_vs_previous", {}).items():
+        within = v <= 1.1 if "p50" in key else v >= 0.9
+        out[f"{key} within 10% of the previous run"] = {"value": v, "met": within}
+    if "flywheel_rps_vs_mlflow_c32" in r:
+        out["rps >= 10x mlflow serve (c=32)"] = {"value": r["flywheel_rps_vs_mlflow_c32"],
+                                                 "met": r["flywheel_rps_vs_mlflow_c32"] >= 10,
+                                                 "floor": r["floor_rps_vs_mlflow_c32"],
+                                                 **({"bound": r["null_rps_vs_mlflow_c32"]}
+                                                    if "null_rps_vs_mlflow_c32" in r else {})}
+    if "flywheel_p99_vs_p50_c1" in r:
+        out["p99 <= 3x p50 (c=1)"] = {"value": r["flywheel_p99_vs_p50_c1"], "met": r["flywheel_p99_vs_p50_c1"] <= 3,
+                                      "floor": r["floor_p99_vs_p50_c1"]}
+    out["feature fetch <= 2x raw Redis GET"] = {"value": result["feature_fetch"]["ratio_fetch_vs_get"],
+                                                "met": result["feature_fetch"]["ratio_fetch_vs_get"] <= 2}
+    if result["batch"]:
+        out["batch rows/s >= 80% in-process XGBoost"] = {"value": result["batch"]["ratio_http_vs_xgboost"],
+                                                         "met": result["batch"]["ratio_http_vs_xgboost"] >= 0.8,
+                                                         "bound": result["batch"]["ceiling_ratio_validate_plus_fetch"]}
+    return out
 
 
 def print_report(result: dict[str, Any]) -> None:
@@ -380,7 +412,8 @@ def print_report(result: dict[str, Any]) -> None:
             table.add_row(name, c, str(m["requests"]), str(m["errors"]), f"{m['rps']:.0f}", f"{m['p50_ms']:.2f}",
                           f"{m['p99_ms']:.2f}", f"{m['p999_ms']:.2f}")
     console.print(table)
-    for title, data in (("ratios", result["ratios"]), ("feature fetch (µs, ratio)", result["feature_fetch"]),
+    for title, data in (("ratios", result["ratios"]), ("change vs the previous run", result["change_vs_previous"]),
+                        ("feature fetch (µs, ratio)", result["feature_fetch"]),
                         ("batch", result["batch"]), ("profile of one /predict (median µs)", result["profile"])):
         t = Table(title=title)
         t.add_column("metric")
@@ -410,6 +443,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--micro-n", type=int, default=2000, help="calls per in-process micro-benchmark")
     ap.add_argument("--batch-rows", type=int, default=1000)
     ap.add_argument("--keep-stack", action="store_true")
+    ap.add_argument("--servers", nargs="+", default=SERVERS, choices=SERVERS,
+                    help="servers to load (fastapi_floor and flywheel are always needed)")
     args = ap.parse_args(argv)
 
     from flywheel.core.spec import load_spec
@@ -428,7 +463,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         load: dict[str, dict[str, Any]] = {}
         batch: dict[str, Any] = {}
         base_port = settings.ports.model_server + 10
-        for server, route in servers(settings, version, base_port):
+        wanted = set(args.servers) | {"fastapi_floor", "flywheel"}
+        for server, route in [(s, r) for s, r in servers(settings, version, base_port) if s.name in wanted]:
             payloads = mlflow_payloads(settings, raw) if server.name == "mlflow_serve" else json_bodies
             url = f"http://{HOST}:{server.port}/{route}"
             with server:
@@ -436,7 +472,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     str(c): asyncio.run(_load(url, payloads, {"X-API-Key": "bench-key"}, c, args.duration,
                                               args.warmup)) for c in args.concurrency}
                 if server.name == "flywheel":
-                    batch = batch_scoring(settings, raw, f"http://{HOST}:{server.port}/predict_batch",
+                    batch = batch_scoring(settings, raw, f"http://{HOST}:{server.port}/fraud/predict_batch",
                                           "bench-key", args.batch_rows, rounds=15)
             print(f"{server.name}: {load[server.name]}", flush=True)
         result: dict[str, Any] = {
@@ -447,6 +483,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "profile": profile(settings, raw, max(args.micro_n // 4, 100)), "batch": batch,
         }
         result["ratios"] = ratios(load)
+        previous = json.loads(RESULTS.read_text()).get("ratios", {}) if RESULTS.is_file() else {}
+        result["change_vs_previous"] = change_vs_previous(result["ratios"], previous)
         result["targets"] = targets(result)
         failed = {name: c for name, levels in load.items() for c, m in levels.items() if m["errors"]}
         if failed:  # a server that failed requests makes its ratios meaningless: say so loudly
