@@ -358,7 +358,7 @@ def ratios(load: dict[str, dict[str, dict[str, Any]]]) -> dict[str, float]:
 def change_vs_previous(now: dict[str, float], previous: dict[str, float]) -> dict[str, float]:
     """Each floor ratio of this run over the previous run's (1.0 = unchanged; the generic path's
     p50 must stay <= 1.1x and its RPS >= 0.9x of the previous ratios)."""
-    out = {}
+    out: dict[str, float] = {}
     for key in ("flywheel_p50_vs_floor_c1", "flywheel_p50_vs_floor_c32"):
         if key in now and key in previous:
             out[key] = now[key] / previous[key]
@@ -457,7 +457,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ["FLYWHEEL_ONLINE_STORE"] = json.dumps(settings.online_store)
     try:
         spec = load_spec(settings=settings)
-        version = str(registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings).version)
+        champion = registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings)
+        assert champion is not None, "prepare() trains one"
+        version = str(champion.version)
         raw = bodies()
         json_bodies = [json.dumps(b).encode() for b in raw]
         load: dict[str, dict[str, Any]] = {}

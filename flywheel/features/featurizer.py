@@ -89,12 +89,20 @@ def _hours(values: Any) -> tuple[np.ndarray, np.ndarray]:
 def _numeric(values: Any) -> np.ndarray:
     if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
         return values.astype("float64", copy=False)
+    if isinstance(values, list | tuple):  # a request's columns: numbers and None (-> NaN) need no pandas
+        try:
+            return np.array(values, dtype="float64")
+        except (TypeError, ValueError):
+            pass
     return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype="float64")
 
 
 def _isna(values: Any) -> np.ndarray:
     if isinstance(values, np.ndarray) and values.dtype.kind == "f":
         return np.isnan(values)
+    if isinstance(values, list | tuple):  # a request's columns: pandas' missing values, no Series per call
+        return np.fromiter((v is None or v is pd.NaT or v is pd.NA or (isinstance(v, float) and v != v)
+                            for v in values), dtype=bool, count=len(values))
     return pd.isna(pd.Series(values)).to_numpy()
 
 

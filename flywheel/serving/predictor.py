@@ -235,6 +235,7 @@ class Predictor:
 
         self.spec, self.settings = spec, settings
         self.use_case = spec.name
+        limit_threads(settings.serving_threads)  # before the model loads
         self.metrics = ServingMetrics.get()
         self.featurizer = featurizer_for(spec)
         self.names = tuple(self.featurizer.names)

@@ -19,9 +19,11 @@ from flywheel.features import store as features
 from flywheel.runs import feature_day
 from flywheel.serving.online import OnlineFeatures
 from flywheel.serving.server import ModelServer, ServingError
+from flywheel.training import promotion
+from flywheel.training.trainer import train
 
 from .conftest import DAYS, FIRST_DAY
-from .serving_support import END, champion_version, has_series, txn
+from .serving_support import END, champion_version, has_series, only, txn
 
 pytestmark = pytest.mark.integration
 REDIS_DB = int(os.environ.get("FLYWHEEL_TEST_REDIS_DB", "5"))
@@ -36,12 +38,15 @@ PAIRS = {
             "country": {"keys": ["country"], "aggregations": {
                 "country_txn_count_24h": {"fn": "count", "window": "24h"},
                 "country_fraud_rate_7d": {"fn": "share", "where": "is_fraud = 1", "window": "7d", "delay": "1d"}}},
+            # (the trainer's slices still read this one by name: see the report)
+            "user": {"keys": ["user_id"], "aggregations": {"user_txn_count_7d": {"fn": "count", "window": "7d"}}},
         },
         "request": {"amount": {"fn": "value", "column": "amount"},
                     "device_code": {"fn": "category", "column": "device"},
                     "amount_to_pair_mean": {"fn": "ratio", "column": "amount", "other": "pair_amount_mean_7d"}},
     },
     "training": {"split": {"train": 0.7, "validation": 0.15, "holdout": 0.15}, "baseline": "logistic_regression",
+                 "metric": "pr_auc",
                  "candidates": {"xgboost": {"params": {"n_estimators": 30, "max_depth": 3}}}},
     "monitoring": {"features": ["amount", "pair_txn_count_7d"]},
 }
@@ -58,7 +63,12 @@ def two(services, loaded, spec, tmp_path_factory):
     for offset in range(DAYS):
         feature_day(pairs, FIRST_DAY + timedelta(days=offset), settings=services)
     champion_version(spec, services)
-    champion_version(pairs, services)
+    # The gate is not under test here: whatever the second use case's first model scores, it is
+    # made champion through the real alias move.
+    trained = train(only(pairs, "xgboost"), end=END, reason="serving multi test", settings=services)
+    if not trained.promoted:
+        promotion.promote(pairs.model_name, trained.version, reason="serving multi test", actor="test",
+                          settings=services)
     return services.model_copy(update={"specs_dir": folder}), pairs
 
 
@@ -69,12 +79,13 @@ def _rows(n: int = 40) -> list[dict]:
 
 def _assert_same_as_feast(store, spec, rows) -> None:
     reader = OnlineFeatures(store, spec)
-    assert reader.join_keys == ["user_id", "merchant_id", "country"]
+    assert sorted(reader.join_keys) == ["country", "merchant_id", "user_id"]
+    assert {v.entity: v.join_keys for v, _ in reader.views}["pair"] == ("user_id", "merchant_id")
     ours, misses = reader.frame(rows)
     theirs = features.online_features(store, spec, rows)[reader.columns]
     pd.testing.assert_frame_equal(ours.astype(object).where(ours.notna(), None),
                                   theirs.astype(object).where(theirs.notna(), None), check_dtype=False)
-    assert misses["pair"][-1] and misses["country"][-1] and not misses["country"][0]
+    assert misses["pair"][-1] and misses["country"][-1] and misses["user"][-1] and not misses["country"][0]
     assert ours["pair_txn_count_7d"].notna().sum() > 10, "some pairs are known"
 
 
