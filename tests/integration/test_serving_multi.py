@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from flywheel.core import storage
 from flywheel.core.spec import load_spec_file
 from flywheel.features import store as features
 from flywheel.runs import feature_day
@@ -72,9 +73,11 @@ def two(services, loaded, spec, tmp_path_factory):
     return services.model_copy(update={"specs_dir": folder}), pairs
 
 
-def _rows(n: int = 40) -> list[dict]:
-    rows = [{"user_id": u % 30, "merchant_id": u % 7, "country": ["US", "GB", "FR"][u % 3]} for u in range(n)]
-    return rows + [{"user_id": 10**12, "merchant_id": 3, "country": "ZZ"}]
+def _rows(settings, n: int = 40) -> list[dict]:
+    """Real (user, merchant, country) rows of the last day, and one that no entity knows."""
+    day = storage.read_partition(zone="curated", dataset="transactions", ds=END.isoformat(), settings=settings)
+    rows = day[["user_id", "merchant_id", "country"]].head(n).astype({"user_id": int, "merchant_id": int})
+    return rows.to_dict("records") + [{"user_id": 10**12, "merchant_id": 3, "country": "ZZ"}]
 
 
 def _assert_same_as_feast(store, spec, rows) -> None:
@@ -91,7 +94,7 @@ def _assert_same_as_feast(store, spec, rows) -> None:
 
 def test_composite_and_string_keys_read_like_feast_on_sqlite(two):
     settings, pairs = two
-    _assert_same_as_feast(features.feature_store(settings), pairs, _rows())
+    _assert_same_as_feast(features.feature_store(settings), pairs, _rows(settings))
 
 
 def test_composite_and_string_keys_read_like_feast_on_redis(two):
@@ -108,7 +111,7 @@ def test_composite_and_string_keys_read_like_feast_on_redis(two):
         store = features.feature_store(on_redis)
         reader = OnlineFeatures(store, pairs)
         assert reader.redis and all(c.encoder.native for c in reader._reader._commands)
-        _assert_same_as_feast(store, pairs, _rows())
+        _assert_same_as_feast(store, pairs, _rows(settings))
     finally:
         client.flushdb()
 
@@ -119,15 +122,18 @@ def test_one_server_serves_every_use_case_with_a_champion(two):
     try:
         assert sorted(server.predictors) == ["fraud", "pairs"] and server.ready
         assert server.handler("/predict") is None, "no bare alias when two use cases are served"
-        status, body = server.handler("/pairs/predict")(json.dumps(txn(device="toaster")).encode())
+        pairs_txn = {k: v for k, v in txn(device="toaster").items() if k != "merchant_category"}
+        status, body = server.handler("/pairs/predict")(json.dumps(pairs_txn).encode())
         assert status == 200, body
         scored = json.loads(body)
         assert scored["unknown"] == ["device"] and 0 <= scored["probability"] <= 1
         assert scored["transaction_id"] == "t-1" and scored["model_name"] == pairs.model_name
         status, body = server.handler("/fraud/predict_batch")(json.dumps([txn(), txn(user_id=3)]).encode())
         assert status == 200 and len(json.loads(body)) == 2
-        # Each use case validates against its own contract-generated schema.
-        status, body = server.handler("/pairs/predict")(json.dumps(txn(amount=0)).encode())
+        # Each use case validates against its own generated schema: pairs reads no merchant category.
+        status, body = server.handler("/pairs/predict")(json.dumps(txn()).encode())
+        assert status == 422 and json.loads(body)["fields"] == ["merchant_category"]
+        status, body = server.handler("/pairs/predict")(json.dumps(pairs_txn | {"amount": 0}).encode())
         assert status == 422 and json.loads(body)["fields"] == ["amount"]
         from prometheus_client import REGISTRY, generate_latest
 
