@@ -334,16 +334,43 @@ class LabelFeedSpec(_Strict):
 
 
 class PerformanceSpec(_Strict):
-    """Model performance on labelled predictions of the trailing ``window_days``."""
+    """Model performance on labelled predictions of the trailing ``window_days``.
+
+    The monitored ``metric`` (default: ``training.metric``, else the task's first metric) is
+    compared with the champion's holdout value of it. "Worse" follows the metric's direction
+    (lower is better for log_loss, rmse and mae).
+    """
 
     window_days: int = Field(7, ge=1)
     min_labelled_rows: int = Field(500, ge=1)
+    # Binary only: labelled positives needed before PR-AUC means anything.
     min_positives: int = Field(30, ge=1)
-    # Alert when PR-AUC falls this much below the champion's holdout PR-AUC...
-    max_pr_auc_drop: float = Field(0.15, gt=0, le=1)
-    # ...or below this floor, whatever the holdout said (a champion promoted on a holdout it
-    # also failed, e.g. right after a concept shift, would otherwise be its own low bar).
-    min_pr_auc: float | None = Field(None, ge=0, le=1)
+    metric: Metric | None = None
+    # Alert when the live metric is this much worse than the champion's holdout value (in the
+    # metric's own units)...
+    max_metric_drop: float = Field(0.15, gt=0)
+    # ...or worse than this limit, whatever the holdout said (a minimum for higher-is-better
+    # metrics, a maximum for lower-is-better ones): a champion promoted on a holdout it also
+    # failed, e.g. right after a concept shift, would otherwise be its own low bar.
+    metric_limit: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pr_auc_names(cls, data: Any) -> Any:
+        """``max_pr_auc_drop`` / ``min_pr_auc`` (binary specs before task types) mean the same
+        rule on PR-AUC."""
+        if not isinstance(data, dict) or not {"max_pr_auc_drop", "min_pr_auc"} & set(data):
+            return data
+        if {"max_metric_drop", "metric_limit"} & set(data) or data.get("metric", "pr_auc") != "pr_auc":
+            raise ValueError("max_pr_auc_drop/min_pr_auc are the PR-AUC spelling of max_metric_drop/metric_limit"
+                             " with metric: pr_auc; use one spelling")
+        out = {k: v for k, v in data.items() if k not in {"max_pr_auc_drop", "min_pr_auc"}}
+        out["metric"] = "pr_auc"
+        if "max_pr_auc_drop" in data:
+            out["max_metric_drop"] = data["max_pr_auc_drop"]
+        if "min_pr_auc" in data:
+            out["metric_limit"] = data["min_pr_auc"]
+        return out
 
 
 class SkewSpec(_Strict):

@@ -1,7 +1,8 @@
 """Retraining policy: whether monitoring signals become a retrain request, with guardrails.
 
 Signals (``monitoring.retrain.signals`` in the spec choose which may retrain): data drift share
-over its threshold (``data_drift``), a PR-AUC drop on delayed labels (``performance``),
+over its threshold (``data_drift``), the task's metric on delayed labels worse than the
+champion's holdout or its limit (``performance``: PR-AUC, macro-F1, RMSE, ... per the spec),
 training/serving skew (``skew``, off by default: skew is a pipeline bug that retraining does not
 fix), and model staleness (days of data since the champion's training window ended, when
 ``max_model_age_days`` is set). Quality and freshness alerts are recorded but never retrain. Guardrails,
@@ -14,7 +15,8 @@ all in *data time* (the monitored day ``ds``) so backfills and reruns decide the
   of many drifted days cannot start a storm of retrains.
 
 Every decision, triggered or suppressed, is recorded as JSON under
-``s3://<prefix>-reports/policy/<model>/`` (``flywheel decisions`` lists them).
+``s3://<prefix>-reports/policy/<model>/`` (``flywheel decisions`` lists them), per model, so
+per use case.
 """
 
 from __future__ import annotations
@@ -91,8 +93,9 @@ def signals(spec: PipelineSpec, observed: dict[str, Any], *, champion_end: date 
         "model_age_days": age,
         "max_model_age_days": policy.max_model_age_days,
         "performance_status": performance.get("status"),
-        "pr_auc": performance.get("pr_auc"),
-        "pr_auc_drop": performance.get("pr_auc_drop"),
+        "metric": performance.get("metric"),
+        "metric_value": performance.get("metric_value"),
+        "metric_drop": performance.get("metric_drop"),
         "labelled_predictions": performance.get("labelled_rows"),
         "skew_status": skew.get("status"),
         "max_mismatch_share": skew.get("max_mismatch_share"),
