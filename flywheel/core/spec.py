@@ -8,6 +8,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from flywheel.core.compile import LOWER_IS_BETTER as LOWER_IS_BETTER  # re-exported
+from flywheel.core.compile import TASK_METRICS as TASK_METRICS  # re-exported
+from flywheel.core.compile import check_references
 from flywheel.core.config import Settings, get_settings
 
 
@@ -25,12 +28,6 @@ routes and metric labels, so only lower-case letters, digits and underscores (no
 
 TaskType = Literal["binary", "multiclass", "regression"]
 Metric = Literal["pr_auc", "roc_auc", "log_loss", "macro_f1", "accuracy", "rmse", "mae", "r2"]
-TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "binary": ("pr_auc", "roc_auc"),
-    "multiclass": ("macro_f1", "log_loss", "accuracy"),
-    "regression": ("rmse", "mae", "r2"),
-}
-LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae"})
 AggregationFn = Literal["count", "sum", "mean", "min", "max", "std", "distinct_count", "last", "mode",
                         "share", "seconds_since_last", "sql"]
 RequestFn = Literal["value", "log1p", "hour", "day_of_week", "is_weekend", "category", "ratio",
@@ -461,8 +458,6 @@ class PipelineSpec(DataSpec):
 
     @model_validator(mode="after")
     def _references(self) -> PipelineSpec:
-        from flywheel.core.compile import check_references
-
         check_references(self)
         return self
 

@@ -98,6 +98,18 @@ def _isna(values: Any) -> np.ndarray:
     return pd.isna(pd.Series(values)).to_numpy()
 
 
+def _compare(fn: str, a: Any, b: Any, n: int) -> np.ndarray:
+    """ratio (NaN where b is 0 or missing), difference, differs (1 where b exists and a != b)."""
+    if fn == "differs":
+        same = np.fromiter((x == y for x, y in zip(a, b, strict=True)), dtype=bool, count=n)
+        return (~_isna(b) & ~same).astype("float64")
+    x, y = _numeric(a), _numeric(b)
+    if fn == "difference":
+        return x - y
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return x / np.where(y != 0, y, np.nan)
+
+
 class Featurizer:
     """The compiled request features of one use case (see the module docstring)."""
 
@@ -178,10 +190,11 @@ class Featurizer:
     def _compute(self, name: str, f: RequestFeatureSpec, raw: Callable[[str], Any],
                  unknown: dict[str, np.ndarray], cache: dict[str, Any], n: int) -> np.ndarray:
         fn = f.fn
-        if fn == "value":
-            return _numeric(raw(f.column or ""))
-        if fn == "log1p":
-            return np.log1p(np.clip(_numeric(raw(f.column or "")), 0, None))
+        if fn in {"value", "log1p", "missing"}:
+            values = raw(f.column or "")
+            if fn == "missing":
+                return _isna(values).astype("float64")
+            return _numeric(values) if fn == "value" else np.log1p(np.clip(_numeric(values), 0, None))
         if fn in TIME_FNS:
             column = f.column or self.spec.dataset.timestamp
             if column not in cache:
@@ -189,25 +202,9 @@ class Featurizer:
             hour, dow = cache[column]
             return hour if fn == "hour" else dow if fn == "day_of_week" else (dow >= 5).astype("float64")
         if fn == "category":
-            mapping = self.vocabularies[name]
-            values = raw(f.column or "")
-            codes = np.fromiter((mapping.get(v, UNKNOWN_CODE) for v in values), dtype="float64", count=n)
-            isna = _isna(values)
-            unknown[f.column or name] = (codes == UNKNOWN_CODE) & ~isna
-            return codes
-        if fn in {"ratio", "difference"}:
-            a, b = _numeric(raw(f.column or "")), _numeric(raw(f.other or ""))
-            if fn == "difference":
-                return a - b
-            with np.errstate(divide="ignore", invalid="ignore"):
-                return a / np.where(b != 0, b, np.nan)
-        if fn == "differs":
-            a, b = raw(f.column or ""), raw(f.other or "")
-            present = ~_isna(b)
-            same = np.fromiter((x == y for x, y in zip(a, b, strict=True)), dtype=bool, count=n)
-            return (present & ~same).astype("float64")
-        if fn == "missing":
-            return _isna(raw(f.column or "")).astype("float64")
+            return self._codes(name, f.column or name, raw(f.column or ""), unknown, n)
+        if fn in {"ratio", "difference", "differs"}:
+            return _compare(fn, raw(f.column or ""), raw(f.other or ""), n)
         if fn == "python":
             args = [raw(i) if i not in self.spec.features.request else self._feature(i, raw)
                     for i in f.inputs]
@@ -217,6 +214,13 @@ class Featurizer:
                                       f"shape {out.shape}, expected ({n},)")
             return out
         raise FeaturizerError(f"use case {self.spec.name}: feature {name!r}: unknown fn {fn!r}")
+
+    def _codes(self, name: str, column: str, values: Any, unknown: dict[str, np.ndarray], n: int) -> np.ndarray:
+        """Codes in the contract's allowed set; an unknown value gets -1 and is flagged (null is not)."""
+        mapping = self.vocabularies[name]
+        codes = np.fromiter((mapping.get(v, UNKNOWN_CODE) for v in values), dtype="float64", count=n)
+        unknown[column] = (codes == UNKNOWN_CODE) & ~_isna(values)
+        return codes
 
     @staticmethod
     def _feature(name: str, raw: Callable[[str], Any]) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from flywheel.core import layout
 from flywheel.core.config import Settings
 from flywheel.core.spec import PipelineSpec
 from flywheel.features.aggregates import _kind
@@ -29,7 +30,7 @@ def view_name(spec: PipelineSpec, entity: str) -> str:
 
 def feature_dataset(spec: PipelineSpec, entity: str) -> str:
     """The features-zone dataset (object prefix) of one entity's aggregates."""
-    return f"{spec.name}/{entity}"
+    return layout.feature_dataset(spec.name, entity)
 
 
 def entity_name(spec: PipelineSpec, key: str) -> str:
@@ -52,7 +53,7 @@ def build(settings: Settings, spec: PipelineSpec) -> list[Any]:
     dtypes = {"int": Int64, "float": Float64, "string": String}
     bucket = settings.bucket("features")
     entities: dict[str, Any] = {}
-    views = []
+    views: list[Any] = []
     for name, entity in spec.features.entities.items():
         for key in entity.keys:
             if key not in entities:

@@ -7,7 +7,6 @@ Materialization is keyed on the data interval (not "now"), so backfills are safe
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -18,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import yaml
 
-from flywheel.core import storage
+from flywheel.core import layout, storage
 from flywheel.core.config import Settings, get_settings
-from flywheel.core.spec import PipelineSpec, load_spec
+from flywheel.core.spec import PipelineSpec
 from flywheel.features import repo
 from flywheel.features.aggregates import entity_aggregates, feature_timestamp, lookback_hours
 
@@ -196,7 +195,7 @@ def materialize(spec: PipelineSpec, ds: date, *, settings: Settings | None = Non
                        **manifest.extra.get("freshness", {})}
     record = {"ds": ds.isoformat(), "online_store": settings.online_store_config()["type"],
               "start": start.isoformat(), "end": end.isoformat(), "views": views}
-    storage.put_bytes("reports", f"feature-freshness/{spec.name}/ds={ds.isoformat()}.json",
+    storage.put_bytes("reports", layout.freshness_key(spec.name, ds),
                       json.dumps(record, indent=2, sort_keys=True).encode(),
                       content_type="application/json", settings=settings, client=client)
     return record
