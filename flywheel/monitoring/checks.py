@@ -37,20 +37,19 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from flywheel.core import storage
+from flywheel.core import layout, storage
 from flywheel.core.config import Settings, get_settings
+from flywheel.core.layout import LATEST, SUMMARY
 from flywheel.core.spec import LOWER_IS_BETTER, TASK_METRICS, PerformanceSpec, PipelineSpec
 from flywheel.features.aggregates import feature_timestamp
 from flywheel.features.featurizer import featurizer_for, label_values
 from flywheel.monitoring import drift as monitoring
-from flywheel.monitoring.exporter import LATEST, SUMMARY_PREFIX  # the exporter reads what this writes
 from flywheel.serving import logschema
 from flywheel.training import evaluation, registry
 
 log = logging.getLogger(__name__)
 
 Status = Literal["ok", "alert", "insufficient_data", "waiting_for_data", "disabled", "not_applicable"]
-SUMMARY = "summary.json"  # per day; LATEST is the newest day's copy
 # The metrics a prediction log can be scored on, per task, in order of preference. Multiclass
 # log loss needs every class's probability; the log carries the predicted class's only.
 LIVE_METRICS: dict[str, tuple[str, ...]] = {
@@ -114,7 +113,7 @@ def holdout_metrics(run_metrics: dict[str, float]) -> dict[str, float]:
 
 
 def report_prefix(kind: str, spec: PipelineSpec, ds: date) -> str:
-    return f"{kind}/{spec.model_name}/ds={ds.isoformat()}/"
+    return layout.report_prefix(kind, spec.model_name, ds)
 
 
 # ---- performance on delayed labels ------------------------------------------------------------
@@ -520,7 +519,7 @@ def freshness_check(spec: PipelineSpec, ds: date, *, champion: Champion,
     """Age of the online features at the end of ``ds`` (data time), and of the champion."""
     settings = settings or get_settings()
     cfg = spec.monitoring.quality
-    records = storage.list_keys("reports", f"feature-freshness/{spec.name}/", settings=settings)
+    records = storage.list_keys("reports", layout.freshness_prefix(spec.name), settings=settings)
     days = sorted(d for d in (k.rsplit("ds=", 1)[-1].removesuffix(".json") for k in records)
                   if d <= ds.isoformat())
     end = feature_timestamp(ds)
@@ -569,7 +568,7 @@ def write_summary(spec: PipelineSpec, ds: date, sections: dict[str, Any], *, cha
     summary = {"model": spec.model_name, "use_case": spec.name, "task": spec.task, "ds": ds.isoformat(),
                "champion_version": champion_version, "generated_at": datetime.now(UTC).isoformat(), **sections}
     body = json.dumps(monitoring._json_safe(summary), indent=2, sort_keys=True, allow_nan=False).encode()
-    base = f"{SUMMARY_PREFIX}{spec.model_name}/"
+    base = layout.summary_prefix(spec.model_name)
     uri = storage.put_bytes("reports", f"{base}ds={ds.isoformat()}/{SUMMARY}", body,
                             content_type="application/json", settings=settings)
     try:
@@ -584,7 +583,7 @@ def write_summary(spec: PipelineSpec, ds: date, sections: dict[str, Any], *, cha
 def read_summaries(spec: PipelineSpec, *, settings: Settings | None = None) -> list[dict[str, Any]]:
     """Every day's summary of a model, by day."""
     settings = settings or get_settings()
-    keys = [k for k in storage.list_keys("reports", f"{SUMMARY_PREFIX}{spec.model_name}/ds=", settings=settings)
+    keys = [k for k in storage.list_keys("reports", f"{layout.summary_prefix(spec.model_name)}ds=", settings=settings)
             if k.endswith(SUMMARY)]
     return sorted((json.loads(storage.get_bytes("reports", k, settings=settings)) for k in keys),
                   key=lambda s: s["ds"])

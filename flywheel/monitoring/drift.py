@@ -41,7 +41,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flywheel.core import storage
+from flywheel.core import layout, storage
 from flywheel.core.config import Settings, get_settings
 from flywheel.core.spec import PipelineSpec
 from flywheel.serving import logschema
@@ -175,17 +175,17 @@ class DriftResult:
 def prediction_prefix(spec: PipelineSpec, day: date) -> str:
     """Key prefix of one day of a use case's prediction logs in the predictions bucket (keyed by
     the use case, as the model server writes them)."""
-    return f"{spec.name}/dt={day.isoformat()}/"
+    return layout.prediction_prefix(spec.name, day)
 
 
 def reference_key(spec: PipelineSpec, version: str) -> str:
     """Key of a model version's training reference in the features bucket."""
-    return f"reference/{spec.model_name}/v{version.removeprefix('v')}.parquet"
+    return layout.reference_key(spec.model_name, version)
 
 
 def report_prefix(spec: PipelineSpec, ds: date) -> str:
     """Key prefix of one day's drift report in the reports bucket."""
-    return f"drift/{spec.model_name}/ds={ds.isoformat()}/"
+    return layout.report_prefix("drift", spec.model_name, ds)
 
 
 def empty_predictions(spec: PipelineSpec) -> pd.DataFrame:

@@ -49,6 +49,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from flywheel.core.config import Settings
+from flywheel.core.layout import LATEST, SUMMARY_PREFIX, summary_prefix
 
 if TYPE_CHECKING:
     from threading import Thread
@@ -59,8 +60,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NAMESPACE = "flywheel_monitoring"
-SUMMARY_PREFIX = "monitoring/"
-LATEST = "latest.json"
 # A scrape must answer inside Prometheus' scrape_timeout (10 s by default).
 S3_CONNECT_TIMEOUT_S = 2.0
 S3_READ_TIMEOUT_S = 5.0
@@ -94,7 +93,7 @@ class ExporterError(RuntimeError):
 
 def latest_key(model: str) -> str:
     """Key of a model's newest summary in the reports bucket."""
-    return f"{SUMMARY_PREFIX}{model}/{LATEST}"
+    return summary_prefix(model) + LATEST
 
 
 def metric_name(*parts: str) -> str:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
-from flywheel.core import storage
+from flywheel.core import layout, storage
 from flywheel.core.config import Settings, get_settings
 from flywheel.core.spec import PipelineSpec
 from flywheel.training import registry
@@ -54,21 +54,17 @@ class Decision:
         return asdict(self) | {"triggered": self.triggered}
 
 
-def _prefix(model_name: str) -> str:
-    return f"policy/{model_name}/"
-
-
 def history(model_name: str, *, settings: Settings | None = None) -> list[Decision]:
     """Every recorded decision of a model, in the order they were made."""
     settings = settings or get_settings()
-    keys = storage.list_keys("reports", _prefix(model_name), settings=settings)
+    keys = storage.list_keys("reports", layout.policy_prefix(model_name), settings=settings)
     records = [json.loads(storage.get_bytes("reports", k, settings=settings)) for k in keys]
     decisions = [Decision(**{k: v for k, v in r.items() if k != "triggered"}) for r in records]
     return sorted(decisions, key=lambda d: d.decided_at)
 
 
 def record(decision: Decision, *, settings: Settings | None = None) -> str:
-    key = f"{_prefix(decision.model)}ds={decision.ds}/{decision.decided_at}-{uuid.uuid4().hex[:6]}.json"
+    key = f"{layout.policy_prefix(decision.model)}ds={decision.ds}/{decision.decided_at}-{uuid.uuid4().hex[:6]}.json"
     return storage.put_bytes("reports", key, json.dumps(decision.to_dict(), sort_keys=True).encode(),
                              content_type="application/json", settings=settings or get_settings())
 
