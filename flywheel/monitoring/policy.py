@@ -45,6 +45,8 @@ class Decision:
     run_id: str
     champion_version: str | None
     decided_at: str = field(default_factory=lambda: stamp(datetime.now(UTC)))
+    # The spec's name (records written before use cases had names: "").
+    use_case: str = ""
 
     @property
     def triggered(self) -> bool:
@@ -131,7 +133,8 @@ def decide(spec: PipelineSpec, observed: dict[str, Any], *, run_id: str, new_lab
 
     def made(action: Action, reason: str) -> Decision:
         return Decision(model=spec.model_name, ds=ds.isoformat(), action=action, reason=reason, signals=seen,
-                        run_id=run_id, champion_version=champion_version, decided_at=stamp(now))
+                        run_id=run_id, champion_version=champion_version, decided_at=stamp(now),
+                        use_case=spec.name)
 
     if not seen["fired"]:
         return made("no_signal", "no retraining signal fired")

@@ -31,6 +31,8 @@ def test_drift_triggers(spec):
     d = call(spec)
     assert d.triggered and d.action == "triggered" and "data_drift" in d.reason
     assert d.signals["fired"] == ["data_drift"] and d.signals["new_labelled_rows"] == 5000
+    assert (d.model, d.use_case) == (spec.model_name, spec.name)  # every decision names its use case
+    assert Decision(**{k: v for k, v in d.to_dict().items() if k != "triggered"}) == d
 
 
 def test_no_signal_no_trigger(spec):
