@@ -21,6 +21,7 @@ import pandas as pd
 from flywheel.core import storage
 from flywheel.core.config import Settings, get_settings
 from flywheel.core.spec import PipelineSpec
+from flywheel.features.featurizer import featurizer_for
 from flywheel.training import evaluation, families, lineage, promotion, registry, tuning
 from flywheel.training.families.base import FitData, Trained, permutation_importance
 from flywheel.training.labels import LabelEncoding, drop_null
@@ -70,6 +71,11 @@ def temporal_split(frame: pd.DataFrame, spec: PipelineSpec) -> Split:
 
 def asdict_split(split: Split) -> dict[str, pd.DataFrame]:
     return {"train": split.train, "validation": split.validation, "holdout": split.holdout}
+
+
+def features_of(frame: pd.DataFrame, spec: PipelineSpec) -> pd.DataFrame:
+    """The model matrix of a training frame: the spec's one featurizer."""
+    return featurizer_for(spec).frame(frame)
 
 
 @dataclass(frozen=True)
@@ -265,11 +271,10 @@ def train(spec: PipelineSpec, *, end: date, reason: str = "scheduled",
     import mlflow
 
     from flywheel.features import store as features
-    from flywheel.features.featurizer import Featurizer
 
     families.check(spec)
     settings = settings or get_settings()
-    fz = Featurizer.for_spec(spec)
+    fz = featurizer_for(spec)
     frame, identity = features.training_frame(spec, end=end, settings=settings)
     prepared = prepare(spec, frame, fz.frame)
     metric, seed = evaluation.metric_of(spec), spec.training.seed
