@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from flywheel.core.spec import PipelineSpec
+from flywheel.features.featurizer import label_values
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,6 @@ def drop_null(spec: PipelineSpec, frame: pd.DataFrame) -> tuple[pd.DataFrame, in
     Rows whose label is null are left out of training, never silently: the count is logged here
     and returned for the run's ``rows_label_null`` metric.
     """
-    from flywheel.features.featurizer import label_values
-
     values = pd.Series(label_values(spec, frame)).reset_index(drop=True)
     null = values.isna().to_numpy()
     count = int(null.sum())
