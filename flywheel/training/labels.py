@@ -65,6 +65,8 @@ class LabelEncoding:
             classes = sorted(_plain(v) for v in distinct)
         except TypeError:  # mixed types: a stable order all the same
             classes = sorted((_plain(v) for v in distinct), key=str)
+        if all(isinstance(c, float) and c.is_integer() for c in classes):
+            classes = [int(c) for c in classes]  # an int column read with nulls arrives as floats
         if len(classes) < 2:
             raise LabelError(f"{spec.name}: a multiclass label needs at least 2 classes in the training "
                              f"split, found {classes}")

@@ -267,3 +267,8 @@ def test_training_curves_are_mlflow_step_metrics(tracking, task, name, curve):
 def test_multiclass_classes_are_a_version_tag_format():
     encoding = LabelEncoding.fit(make_spec("multiclass"), pd.Series(np.array([3, 1, 2, 1])))
     assert json.loads(json.dumps(list(encoding.classes))) == [1, 2, 3]  # numpy ints become JSON ints
+
+
+def test_integral_float_classes_are_recorded_as_ints():
+    encoding = LabelEncoding.fit(make_spec("multiclass"), pd.Series([2.0, 0.0, 1.0, np.nan]))
+    assert encoding.classes == (0, 1, 2) and encoding.encode(pd.Series([1.0, 2.0])).tolist() == [1.0, 2.0]
