@@ -180,10 +180,11 @@ def performance_scores(spec: PipelineSpec, y: pd.Series, logged: pd.DataFrame, *
                        threshold: float) -> dict[str, Any]:
     """The task's metrics of logged predictions against their labels ``y`` (same rows).
 
-    Binary: PR-AUC, ROC-AUC, recall at the target precision, expected cost and calibration error
-    at ``threshold`` (the gate's code); multiclass: macro-F1 and accuracy of the predicted class
-    (log loss is None: the log carries only the predicted class's probability); regression:
-    RMSE, MAE and R² (None when the labels are constant).
+    Binary and regression: the gate's code (``training.evaluation.metrics``): PR-AUC, ROC-AUC,
+    recall at the target precision, expected cost and calibration error at ``threshold``; RMSE,
+    MAE and R² (None when the labels are constant). Multiclass: macro-F1 and accuracy of the
+    logged class against the label (the gate scores class probabilities, which the log does not
+    carry; log loss is None for the same reason).
     """
     from sklearn import metrics as sk
 
@@ -203,10 +204,8 @@ def performance_scores(spec: PipelineSpec, y: pd.Series, logged: pd.DataFrame, *
         return {"macro_f1": float(sk.f1_score(truth, guess, average="macro", zero_division=0)),
                 "accuracy": float(sk.accuracy_score(truth, guess)), "log_loss": None,
                 "classes": int(len(set(truth) | set(guess)))}
-    truth_f, value = y.to_numpy(dtype="float64"), logged[score].to_numpy(dtype="float64")
-    return {"rmse": float(np.sqrt(sk.mean_squared_error(truth_f, value))),
-            "mae": float(sk.mean_absolute_error(truth_f, value)),
-            "r2": float(sk.r2_score(truth_f, value)) if np.ptp(truth_f) > 0 else None}
+    got = evaluation.metrics(y.to_numpy(dtype="float64"), logged[score].to_numpy(dtype="float64"), task="regression")
+    return {name: _finite(value) for name, value in got.items()}
 
 
 def _finite(value: Any) -> float | None:
