@@ -396,12 +396,13 @@ def recent_days(frame: pd.DataFrame, spec: PipelineSpec, *, share: float = 0.3) 
 def reference_frame(spec: PipelineSpec, sample: pd.DataFrame, model: Trained,
                     featurize: Callable[[pd.DataFrame], pd.DataFrame], classes: list[Any]) -> pd.DataFrame:
     """Model matrix of ``sample`` with the model's 1-d outputs (binary: ``probability``;
-    multiclass: ``class`` and its ``probability``; regression: ``value``) and the label."""
+    multiclass: ``predicted_class`` and its ``probability``; regression: ``value``) and the label,
+    named as the prediction log names them (``flywheel.serving.logschema.OUTPUTS``)."""
     matrix = featurize(sample).reset_index(drop=True)
     out = registry.outputs(spec.task, model.scores(matrix), threshold=0.5, classes=classes)
     kept = {k: v for k, v in out.items() if np.ndim(v) == 1 and k != "decision"}
     if "class" in kept:
-        kept["class"] = np.asarray([str(c) for c in kept["class"]], dtype=object)
+        kept["predicted_class"] = np.asarray([str(c) for c in kept.pop("class")], dtype=object)
     return matrix.assign(**kept, **{spec.target: sample[spec.target].to_numpy()})
 
 
