@@ -399,7 +399,7 @@ def _write(text: str, out: str | None, *, force: bool) -> None:
 
 def _notes(notes: list[str]) -> None:
     for note in notes:
-        errors.print(f"note: {note}", highlight=False, markup=False)
+        errors.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
 
 
 class Format(enum.StrEnum):
@@ -438,10 +438,8 @@ def init_dataset(
 
         flywheel init-dataset 'samples/orders-*.csv' --name orders --source "s3://landing/orders/ds={ds}/" --key order_id,line --out models/orders.yaml
     """
-    import yaml
-
     from flywheel.core.spec import DataSpec
-    from flywheel.data.onboarding import DraftError, draft_dataset, expand_samples, parse_key
+    from flywheel.data.onboarding import DraftError, draft_dataset, expand_samples, parse_key, to_yaml
 
     try:
         paths = expand_samples(samples)
@@ -454,7 +452,7 @@ def init_dataset(
     _notes(draft.notes)
     shown = ", ".join(p.name for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
     text = f"# Drafted by `flywheel init-dataset` from {shown}: review the contract.\n"
-    _write(text + yaml.safe_dump(drafted, sort_keys=False), out, force=force)
+    _write(text + to_yaml(drafted), out, force=force)
 
 
 @app.command("init-use-case")
@@ -484,23 +482,24 @@ def init_use_case(
 
     from flywheel.core import catalog
     from flywheel.core.spec import PipelineSpec, SpecError
-    from flywheel.data.onboarding import DraftError, draft_use_case
+    from flywheel.data.onboarding import DraftError, draft_use_case, to_yaml
 
     try:
         source_file, data = catalog.find_dataset(dataset)
         draft = draft_use_case(data, label=label, task=task.value, entities=_split(entities),
                                request=_split(request) if request is not None else None, name=name,
-                               label_name=label_name)
+                               label_name=label_name,
+                               dataset_section=(yaml.safe_load(source_file.read_text()) or {}).get("dataset"))
         PipelineSpec.model_validate(draft.spec)
     except (DraftError, SpecError, ValueError) as exc:
         fail(str(exc).splitlines()[0])
     _notes(draft.notes)
     if out is not None and Path(out).resolve() != source_file.resolve():
         errors.print(f"note: {source_file} ingests the same dataset: delete it once {out} is reviewed "
-                     "(two specs may not write one dataset)", highlight=False, markup=False)
+                     "(two specs may not write one dataset)", highlight=False, markup=False, soft_wrap=True)
     text = (f"# Drafted by `flywheel init-use-case` on {source_file.name}: review the label, the features "
             "and the monitoring.\n")
-    _write(text + yaml.safe_dump(draft.spec, sort_keys=False), out, force=force)
+    _write(text + to_yaml(draft.spec), out, force=force)
 
 
 def _split(text: str) -> list[str]:

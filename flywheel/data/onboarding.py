@@ -189,10 +189,10 @@ def _numeric_rule(name: str, column: pa.ChunkedArray, kind: str, notes: list[str
         return {}
     wide_low = max(0.0, low - span) if low >= 0 else low - span
     wide_high = high + span
-    if kind == "int":
-        wide_low, wide_high = float(math.floor(wide_low)), float(math.ceil(wide_high))
     notes.append(f"{name}: observed {low:g}..{high:g}, range widened to {wide_low:g}..{wide_high:g}")
-    return {"min": wide_low, "max": wide_high}
+    if kind == "int":
+        return {"min": math.floor(wide_low), "max": math.ceil(wide_high)}
+    return {"min": round(wide_low, 6), "max": round(wide_high, 6)}
 
 
 def _text_rule(name: str, column: pa.ChunkedArray, notes: list[str]) -> dict[str, Any]:
@@ -415,8 +415,13 @@ def _aggregations(entity: str, numeric: Sequence[str], taken: set[str]) -> dict[
 
 def draft_use_case(data: DataSpec, *, label: str, task: TaskType, entities: Sequence[str],
                    request: Sequence[str] | None = None, name: str | None = None,
-                   label_name: str | None = None, owner: str | None = None) -> Draft:
-    """A complete use-case spec on ``data``'s dataset; raises :class:`DraftError` (one line)."""
+                   label_name: str | None = None, owner: str | None = None,
+                   dataset_section: dict[str, Any] | None = None) -> Draft:
+    """A complete use-case spec on ``data``'s dataset; raises :class:`DraftError` (one line).
+
+    ``dataset_section``: the ``dataset:`` mapping as written in the dataset spec's file (kept
+    as it is); default: ``data.dataset`` serialized.
+    """
     dataset = data.dataset
     columns = dataset.contract.columns
     name = name or data.name
@@ -446,7 +451,7 @@ def draft_use_case(data: DataSpec, *, label: str, task: TaskType, entities: Sequ
         "name": name,
         "model_name": name.replace("_", "-") + "-model",
         "owner": owner or data.owner,
-        "dataset": dataset.model_dump(mode="json", exclude_defaults=True),
+        "dataset": dataset_section or dataset.model_dump(mode="json", exclude_none=True),
         "task": task,
         "label": label_section,
         "features": {"entities": entity_specs, "request": features},
@@ -463,3 +468,23 @@ def draft_use_case(data: DataSpec, *, label: str, task: TaskType, entities: Sequ
         notes.append("the label's columns are not request features")
     notes.append("no label-rate aggregation: add one with fn: share and the label's delay once known")
     return Draft(spec=spec, notes=notes)
+
+
+def to_yaml(spec: dict[str, Any]) -> str:
+    """YAML a reviewer reads like the hand-written specs: small mappings on one line."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def mapping(dumper: yaml.SafeDumper, data: dict[str, Any]) -> yaml.Node:
+        leaf = all(not isinstance(v, dict) and not (isinstance(v, list) and len(v) > 12) for v in data.values())
+        return dumper.represent_mapping("tag:yaml.org,2002:map", data, flow_style=leaf and len(data) <= 8)
+
+    def sequence(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
+        flat = all(not isinstance(v, dict | list) for v in data)
+        return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flat)
+
+    Dumper.add_representer(dict, mapping)
+    Dumper.add_representer(list, sequence)
+    return yaml.dump(spec, Dumper=Dumper, sort_keys=False, width=110, allow_unicode=True)
