@@ -369,7 +369,7 @@ def _entities(entities: Sequence[str], columns: dict[str, Any]) -> dict[str, lis
         name = "_".join(feature_name(re.sub(r"_?id$", "", k, flags=re.IGNORECASE) or k) for k in keys)
         out[name] = keys
     if not out:
-        raise DraftError("--entities: name at least one column the rows are grouped by (e.g. --entities user_id)")
+        raise DraftError("--entities: name at least one column the rows are grouped by (e.g. --entities store,region)")
     return out
 
 

@@ -53,3 +53,14 @@ def test_a_quarantined_share_above_the_contract_names_share_and_top_rules():
     assert message.index("be_between(minutes) (45 rows)") < message.index("not_be_null(seq) (5 rows)")
     assert err.value.rule == "max_quarantine_share" and err.value.top_rules[0][1] == 45
     check_quarantine_share({**summary, "quarantined": 10}, spec, "2026-01-01")  # 5 % is allowed
+
+
+def test_the_validate_task_fails_without_retry_naming_the_share():
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from flywheel.airflow.factory import _contract_failures_do_not_retry
+
+    summary = {"rows": 10, "curated": 5, "quarantined": 5, "rule_failures": {"r(x)": 5}}
+    with pytest.raises(AirflowFailException, match=r"50.0% of 10 rows.*top rules: r\(x\) \(5 rows\)"):
+        with _contract_failures_do_not_retry():
+            check_quarantine_share(summary, dataset("route"), "2026-01-01")
