@@ -70,6 +70,9 @@ class Contract(_Strict):
     # The newest row must be at most this many hours older than the interval's end.
     freshness_hours: float | None = Field(None, gt=0)
     volume: VolumeRule | None = None
+    # [data-onboarding] A partition whose quarantined share of rows exceeds this fails its
+    # validate task (the rows stay quarantined): a wrong contract is loud, not green.
+    max_quarantine_share: float = Field(0.05, ge=0, le=1)
 
 
 class DatasetSpec(_Strict):
