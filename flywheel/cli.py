@@ -371,7 +371,7 @@ def replay(
     DATASET is any dataset of a spec under models/ (a use case or a `kind: dataset` spec).
     """
     from flywheel.core import catalog
-    from flywheel.data.contracts import replay as run_replay
+    from flywheel.runs import replay as run_replay
     from flywheel.data.validation import ContractViolation
 
     try:

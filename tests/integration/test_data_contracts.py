@@ -232,7 +232,7 @@ def test_large_file_is_validated_in_chunks(services, spec):
 # --- replay: a quarantined batch is processed again once the data are fixed ---------------------
 
 def test_replay_after_the_data_is_fixed(services, spec):
-    from flywheel.data.contracts import replay
+    from flywheel.runs import replay
 
     s = _spec(spec, "replay")
     frame = _clean()
