@@ -51,7 +51,7 @@ def prepare(home: Path, offset: int, redis_db: int) -> Settings:
     from flywheel.core.spec import load_spec
     from flywheel.data.ingest import ingest
     from flywheel.data.validation import validate_partition
-    from flywheel.datagen import write_landing
+    from examples.fraud.generator import write_landing
     from flywheel.features import store as features
     from flywheel.stack import launcher as stack
     from flywheel.training import registry

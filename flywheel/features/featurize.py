@@ -13,7 +13,11 @@ from datetime import UTC, date, datetime, time, timedelta
 import numpy as np
 import pandas as pd
 
-from flywheel.datagen import CATEGORIES, DEVICES
+# Interim, until the generic featurizer lands (fn: category codes from the contract's allowed
+# set): the allowed sets of models/fraud.yaml, in its order (the engine no longer imports the
+# example's generator).
+CATEGORIES = ["grocery", "fuel", "restaurant", "travel", "electronics", "online_retail", "gambling", "pharmacy"]
+DEVICES = ["mobile", "desktop", "pos", "unknown"]
 
 # Windows of the entity aggregates, as of the end of each data interval.
 WINDOWS = {"1h": "1 hour", "24h": "24 hours", "7d": "7 days"}

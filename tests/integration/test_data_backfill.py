@@ -18,7 +18,7 @@ import pytest
 from flywheel.airflow.client import AirflowClient
 from flywheel.core import storage
 from flywheel.core.config import Settings
-from flywheel.datagen import write_landing
+from examples.fraud.generator import write_landing
 from flywheel.features import store as features
 from flywheel.stack import launcher as stack
 from tests.ports import ports

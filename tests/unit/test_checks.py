@@ -5,9 +5,9 @@ from datetime import date, timedelta
 import numpy as np
 import pytest
 
-from flywheel.datagen import DriftKind
+from examples.fraud.generator import DriftKind
 from flywheel.monitoring.checks import Check, _mismatches, drift_section
-from flywheel.simulation import CONCEPT, COVARIATE, STABLE, DayOutcome, Scenario, SimulationResult
+from examples.fraud.simulation import CONCEPT, COVARIATE, STABLE, DayOutcome, Scenario, SimulationResult
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flywheel.datagen import (
+from examples.fraud.generator import (
     BAD_KINDS,
     DriftKind,
     Phase,

@@ -120,7 +120,7 @@ def test_serving_matrix_equals_the_training_featurisation():
     import numpy as np
     import pandas as pd
 
-    from flywheel.datagen import CATEGORIES
+    from examples.fraud.generator import CATEGORIES
     from flywheel.features.featurize import model_matrix
     from flywheel.serving.predictor import serving_matrix
 

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from flywheel.data.validation import REASONS, ContractViolation, validate
-from flywheel.datagen import generate_day
+from examples.fraud.generator import generate_day
 
 pytestmark = pytest.mark.unit
 DS = "2026-01-05"

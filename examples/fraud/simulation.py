@@ -33,7 +33,7 @@ import pandas as pd
 from flywheel.core import storage
 from flywheel.core.config import Settings
 from flywheel.core.spec import DataSpec, PipelineSpec, find_dataset_spec
-from flywheel.datagen import DriftKind, Phase, drift_label, drift_on, write_landing
+from examples.fraud.generator import DriftKind, Phase, drift_label, drift_on, write_landing
 from flywheel.monitoring import checks
 from flywheel.monitoring.policy import Decision
 from flywheel.training import registry

@@ -26,14 +26,14 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from flywheel import simulation
+from examples.fraud import simulation
+from examples.fraud.generator import drift_label
+from examples.fraud.simulation import Scenario, valid_rows
 from flywheel.airflow.client import AirflowClient
 from flywheel.core import storage
 from flywheel.core.config import Settings, mask
 from flywheel.core.spec import PipelineSpec, load_spec
-from flywheel.datagen import drift_label
 from flywheel.monitoring.policy import Decision, retrain_request
-from flywheel.simulation import Scenario, valid_rows
 from flywheel.stack import launcher as stack
 from flywheel.training import promotion, registry
 
