@@ -30,10 +30,10 @@ from typing import Any
 import httpx
 import pandas as pd
 
+from examples.fraud.generator import DriftKind, Phase, drift_label, drift_on, write_landing
 from flywheel.core import storage
 from flywheel.core.config import Settings
 from flywheel.core.spec import DataSpec, PipelineSpec, find_dataset_spec
-from examples.fraud.generator import DriftKind, Phase, drift_label, drift_on, write_landing
 from flywheel.monitoring import checks
 from flywheel.monitoring.policy import Decision
 from flywheel.training import registry

@@ -38,8 +38,8 @@ def feature_names(spec: PipelineSpec) -> dict[str, str]:
 def check_references(spec: PipelineSpec) -> None:
     """Raise ``ValueError`` naming the first field that refers to something that does not exist."""
     columns = spec.dataset.contract.columns
-    if spec.target.column and spec.target.column not in columns:
-        raise ValueError(f"label.column: {spec.target.column!r} is not in the dataset contract")
+    if spec.label.column and spec.label.column not in columns:
+        raise ValueError(f"label.column: {spec.label.column!r} is not in the dataset contract")
     _check_entities(spec, columns)
     _check_request(spec, columns)
     defined = feature_names(spec)

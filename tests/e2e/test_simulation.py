@@ -15,8 +15,6 @@ from datetime import timedelta
 
 import pytest
 
-from flywheel.core.config import Settings
-from flywheel.monitoring import checks, policy
 from examples.fraud.simulation import (
     CONCEPT,
     COVARIATE,
@@ -27,6 +25,8 @@ from examples.fraud.simulation import (
     prepare_history,
     simulate,
 )
+from flywheel.core.config import Settings
+from flywheel.monitoring import checks, policy
 from flywheel.stack import launcher as stack
 from flywheel.training import registry
 from flywheel.training.packaging import build_bento

@@ -15,11 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from examples.fraud.generator import generate_day
 from flywheel.core import storage
 from flywheel.core.spec import PipelineSpec
 from flywheel.data.ingest import SourceNotFound, ingest
 from flywheel.data.validation import REASONS, ContractViolation, validate_partition
-from examples.fraud.generator import generate_day
 
 pytestmark = pytest.mark.integration
 DS = "2026-02-10"

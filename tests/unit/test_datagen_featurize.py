@@ -10,6 +10,7 @@ from examples.fraud.generator import (
     Phase,
     drift_on,
     generate_day,
+    generator_spec,
     labels_arriving,
     write_landing,
 )
@@ -76,7 +77,7 @@ def test_concept_shift_shows_in_labels_not_in_inputs(spec):
 
 
 def test_each_label_arrives_once_within_the_delay(spec):
-    gen = spec.generator
+    gen = generator_spec(spec.generator)
     first = date(2026, 1, 1)
     arrived = pd.concat([labels_arriving(first + timedelta(days=i), gen) for i in range(1, 12)])
     assert arrived["transaction_id"].is_unique
@@ -136,3 +137,12 @@ def test_an_entity_that_drops_out_of_the_window_gets_an_inactive_row():
     assert users.loc[2, "user_seconds_since_last_txn"] == 7.5 * 86400 and users.loc[2, "user_top_country"] is None
     merchants = merchant_aggregates(frame, date(2026, 1, 10), label="is_fraud").set_index("merchant_id")
     assert list(merchants.index) == [1, 2] and merchants.loc[2, "merchant_txn_count_7d"] == 0
+
+
+def test_the_generator_validates_its_own_section(spec):
+    """The engine keeps ``generator:`` as a free-form dict; the example's generator checks it."""
+    from pydantic import ValidationError
+
+    assert generator_spec(spec.generator).rows_per_day == spec.generator["rows_per_day"]
+    with pytest.raises(ValidationError, match="rows_per_dya"):
+        generator_spec({**spec.generator, "rows_per_dya": 10})
