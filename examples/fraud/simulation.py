@@ -193,7 +193,7 @@ def send_traffic(settings: Settings, spec: PipelineSpec, day: date, *, batch_siz
     versions: set[str] = set()
     with http_client(settings) as http:
         for i in range(0, len(records), batch_size):
-            resp = http.post("/predict_batch", json=records[i : i + batch_size])
+            resp = http.post(f"/{spec.name}/predict_batch", json=records[i : i + batch_size])
             resp.raise_for_status()
             versions.update(p["model_version"] for p in resp.json())
     return {"requests": len(records), "versions": sorted(versions)}
@@ -229,12 +229,13 @@ def wait_for_logs(settings: Settings, spec: PipelineSpec, day: date, rows: int, 
     raise TimeoutError(f"{logged} of {rows} predictions of {day} logged after {timeout:.0f} s")
 
 
-def wait_for_version(settings: Settings, version: str, probe: dict[str, Any], *, timeout: float = 120) -> None:
+def wait_for_version(settings: Settings, spec: PipelineSpec, version: str, probe: dict[str, Any], *,
+                     timeout: float = 120) -> None:
     """Wait until the model server answers with ``version`` (it follows the alias by itself)."""
     deadline = clock.monotonic() + timeout
     with http_client(settings) as http:
         while clock.monotonic() < deadline:
-            resp = http.post("/predict", json=probe)
+            resp = http.post(f"/{spec.name}/predict", json=probe)
             if resp.status_code == 200 and resp.json()["model_version"] == version:
                 return
             clock.sleep(1)
@@ -326,7 +327,7 @@ def simulate_day(settings: Settings, spec: PipelineSpec, scenario: Scenario, day
         outcome.retrained, outcome.promoted = version, promoted
         champion = registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings)
         if champion is not None:
-            wait_for_version(settings, str(champion.version), probe(settings, spec, day))
+            wait_for_version(settings, spec, str(champion.version), probe(settings, spec, day))
     log.info("simulated %s (%s): %s %s", day, outcome.phase, outcome.action, outcome.reason)
     return outcome
 
