@@ -29,7 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from flywheel.core import storage
 from flywheel.core.config import Settings, get_settings
 from flywheel.core.spec import PipelineSpec, load_spec
-from flywheel.features.featurize import CATEGORIES, DEVICES, ENTITY_DEFAULTS, MODEL_FEATURES
+from flywheel.datagen import CATEGORIES, DEVICES
+from flywheel.features.featurize import ENTITY_DEFAULTS, MODEL_FEATURES
 from flywheel.training import registry
 
 log = logging.getLogger(__name__)

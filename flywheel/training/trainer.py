@@ -16,7 +16,7 @@ from flywheel.core import storage
 from flywheel.core.config import Settings, get_settings
 from flywheel.core.spec import PipelineSpec
 from flywheel.features import store as features
-from flywheel.features.featurize import ENTITY_DEFAULTS, MODEL_FEATURES, model_matrix
+from flywheel.features.featurizer import featurizer_for
 from flywheel.training import evaluation, families, lineage, promotion, registry, tuning
 from flywheel.training.families.base import FitData, Trained, permutation_importance
 
@@ -58,9 +58,9 @@ def temporal_split(frame: pd.DataFrame, spec: PipelineSpec) -> Split:
     return Split(ordered.iloc[:a], ordered.iloc[a:b], ordered.iloc[b:])
 
 
-def features_of(frame: pd.DataFrame) -> pd.DataFrame:
-    entity_cols = [c for c in ENTITY_DEFAULTS if c in frame.columns]
-    return model_matrix(frame, frame[entity_cols])
+def features_of(frame: pd.DataFrame, spec: PipelineSpec) -> pd.DataFrame:
+    """The model matrix of a training frame: the spec's one featurizer."""
+    return featurizer_for(spec).frame(frame)
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,7 @@ def train(spec: PipelineSpec, *, end: date, reason: str = "scheduled",
     frame, identity = features.training_frame(spec, end=end, settings=settings)
     split = temporal_split(frame, spec)
     seed = spec.training.seed
-    x = {name: features_of(part) for name, part in asdict_split(split).items()}
+    x = {name: features_of(part, spec) for name, part in asdict_split(split).items()}
     y = {name: part[spec.target].astype("int64") for name, part in asdict_split(split).items()}
     data = FitData(x["train"], y["train"], x["validation"], y["validation"])
     registry.client(settings)
@@ -268,7 +268,7 @@ def tag_version(spec: PipelineSpec, version: str, settings: Settings, *, thresho
         "family": family,
         "gate.awaiting_approval": str(awaiting_approval).lower(),
         "threshold": str(threshold),
-        "features": json.dumps(MODEL_FEATURES),
+        "features": json.dumps(featurizer_for(spec).names),
         "run_id": run_id,
         "gate.promote": str(decision.promote).lower(),
         "gate.reason": decision.reason,
@@ -296,7 +296,7 @@ def write_reference(spec: PipelineSpec, version: str, frame: pd.DataFrame, model
     hour of day, either of which would make steady traffic look drifted.
     """
     sample = frame.sample(n=min(REFERENCE_ROWS, len(frame)), random_state=spec.training.seed)
-    matrix = features_of(sample)
+    matrix = features_of(sample, spec)
     reference = matrix.assign(probability=model.predict_proba(matrix),
                               **{spec.target: sample[spec.target].to_numpy()})
     key = f"reference/{spec.model_name}/v{version}.parquet"
