@@ -42,7 +42,7 @@ from examples.fraud import simulation
 from examples.fraud.generator import drift_label
 from examples.fraud.simulation import Scenario, valid_rows
 from flywheel.airflow.client import AirflowClient
-from flywheel.core import storage
+from flywheel.core import layout, storage
 from flywheel.core.config import Settings, mask
 from flywheel.core.spec import PipelineSpec, load_spec
 from flywheel.monitoring.policy import Decision, retrain_request
@@ -388,7 +388,7 @@ def family_table(settings: Settings, spec: PipelineSpec, run_id: str) -> Table:
 
 def save_report(settings: Settings, spec: PipelineSpec, day: date) -> str:
     """A local copy of the day's drift report to open in a browser (no credentials in a URL)."""
-    key = f"drift/{spec.model_name}/ds={day.isoformat()}/report.html"
+    key = layout.report_prefix("drift", spec.model_name, day) + "report.html"
     target = settings.home / "reports" / f"drift-{spec.model_name}-{day.isoformat()}.html"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(storage.get_bytes("reports", key, settings=settings))

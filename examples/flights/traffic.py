@@ -4,8 +4,8 @@ A booking or operations service asks ``POST /flights/predict`` for the arrival d
 scheduled flight. It knows the schedule (carrier, flight, origin, destination, distance, the
 scheduled hour), not how the flight went: the request carries only the columns the spec's
 features read at prediction time (entity keys, the timestamp, the request features' inputs)
-plus the flight's key, never ``dep_delay`` or ``arr_delay``. Which columns those are is read
-from the spec, as the model server's generated request schema reads them.
+plus the flight's key, never ``dep_delay`` or ``arr_delay``. Which columns those are comes from
+the engine's featurizer for the spec, as the model server's generated request schema does.
 """
 
 from __future__ import annotations
@@ -24,14 +24,12 @@ from flywheel.core.spec import PipelineSpec
 
 
 def request_columns(spec: PipelineSpec) -> list[str]:
-    """The contract columns a prediction request carries, in contract order."""
-    columns = spec.dataset.contract.columns
-    wanted = {spec.dataset.timestamp, *spec.dataset.key_columns}
-    for entity in spec.features.entities.values():
-        wanted.update(entity.keys)
-    for feature in spec.features.request.values():
-        wanted.update(c for c in (feature.column, *feature.inputs) if c in columns)
-    return [c for c in columns if c in wanted]
+    """The columns a prediction request carries: what the engine's featurizer reads at scoring
+    time (entity keys, the timestamp, request-feature inputs), plus the flight's key as its id."""
+    from flywheel.features.featurizer import featurizer_for
+
+    read = featurizer_for(spec).request_columns
+    return [*read, *(c for c in spec.dataset.key_columns if c not in read)]
 
 
 def _json_value(value: Any) -> Any:
@@ -110,13 +108,13 @@ def wait_for_logs(settings: Settings, spec: PipelineSpec, day: date, rows: int, 
 
 def reset_logs(settings: Settings, spec: PipelineSpec, days: list[date]) -> int:
     """Drop the prediction logs of ``days`` (a re-run of the demo replays them); returns how many."""
-    from flywheel.core import storage
-    from flywheel.monitoring.drift import prediction_prefix
+    from flywheel.core import layout, storage
 
     client = storage.s3_client(settings)
     dropped = 0
     for day in days:
-        for key in storage.list_keys("predictions", prediction_prefix(spec, day), settings=settings, client=client):
+        prefix = layout.prediction_prefix(spec.model_name, day)
+        for key in storage.list_keys("predictions", prefix, settings=settings, client=client):
             client.delete_object(Bucket=settings.bucket("predictions"), Key=key)
             dropped += 1
     return dropped

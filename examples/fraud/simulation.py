@@ -165,21 +165,16 @@ def write_data(settings: Settings, spec: PipelineSpec, scenario: Scenario) -> No
 
 
 def process_data(settings: Settings, spec: PipelineSpec, day: date, *, run_id: str) -> dict[str, Any]:
-    """The data DAG's tasks for one day (ingest → validate → features), then the label feed's."""
-    from flywheel.data.ingest import ingest
-    from flywheel.data.validation import validate_partition
-    from flywheel.features import store as features
+    """The data DAG's stages for one day (flywheel.runs.data_day: ingest → validate → features),
+    then the label feed's."""
+    from flywheel import runs
 
     ds = day.isoformat()
-    ingest(spec, ds, run_id=run_id, settings=settings)
-    validated = validate_partition(spec, ds, run_id=run_id, settings=settings)
-    features.compute_aggregates(spec, day, settings=settings)
-    features.materialize(spec, day, settings=settings)
+    validated = runs.data_day(spec, ds, run_id=run_id, settings=settings)["validate"]
     out = {"curated_rows": validated.get("curated_rows"), "quarantined_rows": validated.get("quarantined_rows")}
     labels = label_spec(spec, settings)
     if labels is not None:
-        ingest(labels, ds, run_id=run_id, settings=settings)
-        out["labels"] = validate_partition(labels, ds, run_id=run_id, settings=settings).get("curated_rows")
+        out["labels"] = runs.data_day(labels, ds, run_id=run_id, settings=settings)["validate"].get("curated_rows")
     return out
 
 
@@ -271,10 +266,7 @@ Retrain = Callable[[Settings, PipelineSpec, Decision], tuple[str, bool]]
 def prepare_history(settings: Settings, spec: PipelineSpec, scenario: Scenario,
                     progress: Callable[[str], None] | None = None) -> None:
     """Land the scenario's files and run the data pipeline over its history (in-process)."""
-    from flywheel.features import store as features
-
     write_data(settings, spec, scenario)
-    features.apply(spec, settings)  # the feature definitions (the data DAG applies them on every run)
     for offset in range(scenario.history_days):
         day = scenario.start + timedelta(days=offset)
         process_data(settings, spec, day, run_id=f"simulation__{day}")
