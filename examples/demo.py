@@ -163,11 +163,16 @@ def reset_simulation(settings: Settings, spec: PipelineSpec, plan: DemoPlan, con
     stack.down(settings, services=["model-server"], console=console)
     features.reset_online_store(settings)
     simulation.reset_predictions(settings, spec, plan.scenario)
+    reset_decisions(settings, spec, [plan.scenario.start + timedelta(days=i) for i in range(plan.scenario.days)])
+
+
+def reset_decisions(settings: Settings, spec: PipelineSpec, days: list[date]) -> None:
+    """Drop the monitoring summaries and retraining decisions of ``days`` (and the latest summary)."""
     client = storage.s3_client(settings)
-    days = {(plan.scenario.start + timedelta(days=i)).isoformat() for i in range(plan.scenario.days)}
-    for prefix in (f"policy/{spec.model_name}/", f"monitoring/{spec.model_name}/"):
+    stamps = {day.isoformat() for day in days}
+    for prefix in (layout.policy_prefix(spec.model_name), layout.summary_prefix(spec.model_name)):
         for key in storage.list_keys("reports", prefix, settings=settings, client=client):
-            if key.endswith("latest.json") or any(f"ds={day}/" in key for day in days):
+            if key.endswith(layout.LATEST) or any(f"ds={day}/" in key for day in stamps):
                 client.delete_object(Bucket=settings.bucket("reports"), Key=key)
 
 
@@ -236,6 +241,7 @@ def run(settings: Settings, console: Console, plan: DemoPlan | None = None) -> D
     with Timer(report, console, "reset the simulated traffic of an earlier demo"):
         reset_simulation(settings, spec, plan, console)
         flights_traffic.reset_logs(settings, flights, plan.flights.served)
+        reset_decisions(settings, flights, plan.flights.served)
     for data_dag in (fraud_dags["data"], flights_dags["data"]):
         for stale in client.active_backfills(data_dag):  # left by an interrupted earlier demo
             console.print(f"cancelling unfinished backfill {stale} of {data_dag}")

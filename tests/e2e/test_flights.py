@@ -56,15 +56,18 @@ def env(tmp_path_factory):
         stack.down(settings)
 
 
-def dags_test(airflow_env: dict[str, str], dag_id: str, when: date | None = None, conf: dict | None = None) -> None:
-    """Run a DAG in-process; the run for day D is dated D + 1 (its interval ends there)."""
+def dags_test(airflow_env: dict[str, str], dag_id: str, when: date | None = None, conf: dict | None = None) -> str:
+    """Run a DAG in-process; the run for day D is dated D + 1 (its interval ends there).
+    Returns the command's output tail (to show when its tasks did not all succeed)."""
     cmd = [AIRFLOW, "dags", "test", dag_id]
     if when is not None:
         cmd.append((when + timedelta(days=1)).isoformat())
     if conf is not None:
         cmd += ["--conf", json.dumps(conf)]
     out = subprocess.run(cmd, env=airflow_env, capture_output=True, text=True, timeout=900, check=False)
-    assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    tail = f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{tail}"
+    return tail
 
 
 def task_states(airflow_env: dict[str, str], dag_id: str) -> dict[str, str]:
@@ -93,16 +96,16 @@ def test_the_flights_loop(env, flights):
     for day in history[:-1]:
         out = runs.data_day(flights, day.isoformat(), run_id="e2e", settings=settings)
         assert out["validate"]["quarantined"] == 0, out["validate"]
-    dags_test(airflow_env, "flights_data", history[-1])
-    assert set(task_states(airflow_env, "flights_data").values()) == {"success"}
+    log = dags_test(airflow_env, "flights_data", history[-1])
+    assert set(task_states(airflow_env, "flights_data").values()) == {"success"}, log
     assert storage.list_partitions(zone="curated", dataset="flights", settings=settings) == [
         d.isoformat() for d in history]
     rows, unlabelled = label_counts(settings, flights, history)
     assert rows > 4000 and unlabelled > 0  # cancelled flights arrive with the feed, unlabelled
 
     # 2. training DAG: XGBoost against the linear baseline, RMSE-gated, registered, packaged
-    dags_test(airflow_env, "flights_training", conf={"end": history[-1].isoformat()})
-    assert set(task_states(airflow_env, "flights_training").values()) == {"success"}
+    log = dags_test(airflow_env, "flights_training", conf={"end": history[-1].isoformat()})
+    assert set(task_states(airflow_env, "flights_training").values()) == {"success"}, log
     champion = registry.alias_version(flights.model_name, registry.CHAMPION, settings=settings)
     assert champion is not None
     run = registry.client(settings).get_run(champion.run_id)
@@ -130,8 +133,8 @@ def test_the_flights_loop(env, flights):
 
     # 4. the served day lands; the monitoring DAG checks it and writes its drift report
     runs.data_day(flights, SERVED.isoformat(), run_id="e2e", settings=settings)
-    dags_test(airflow_env, "flights_monitoring", SERVED)
-    assert "failed" not in task_states(airflow_env, "flights_monitoring").values()
+    log = dags_test(airflow_env, "flights_monitoring", SERVED)
+    assert "failed" not in task_states(airflow_env, "flights_monitoring").values(), log
     report = layout.report_prefix("drift", flights.model_name, SERVED) + "report.json"
     drift = json.loads(storage.get_bytes("reports", report, settings=settings))
     assert drift["status"] == "ok" and drift["rows"] >= day["requests"], drift
