@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -270,6 +271,22 @@ class ApprovalSpec(_Strict):
     timeout_hours: float = Field(72, gt=0)
 
 
+# Model families are entry points of this group (``[project.entry-points."flywheel.families"]``):
+# names are checked here without importing the training layer, and a package of its own can add
+# a family without an engine edit. Baselines per task when the spec names none.
+FAMILY_GROUP = "flywheel.families"
+DEFAULT_BASELINE: dict[str, str] = {"binary": "logistic_regression", "multiclass": "logistic_regression",
+                                    "regression": "linear"}
+
+
+@functools.cache
+def registered_families() -> frozenset[str]:
+    """Names of the installed model families (entry points of :data:`FAMILY_GROUP`)."""
+    from importlib.metadata import entry_points
+
+    return frozenset(ep.name for ep in entry_points(group=FAMILY_GROUP))
+
+
 class TrainingSpec(_Strict):
     lookback_days: int = Field(30, ge=1)
     split: SplitSpec
@@ -286,14 +303,17 @@ class TrainingSpec(_Strict):
         default_factory=lambda: {"xgboost": CandidateSpec()}, min_length=1)
     search: SearchSpec = Field(default_factory=SearchSpec)
     approval: ApprovalSpec = Field(default_factory=ApprovalSpec)
+    # Columns or features the gate compares per value (numeric ones in quantile buckets);
+    # None: the columns of the category request features.
+    slices: list[str] | None = None
 
     @model_validator(mode="after")
     def _known_families(self) -> TrainingSpec:
-        from flywheel.training.families import FAMILIES
-
+        known = registered_families()
+        listed = ", ".join(sorted(known)) or "none: is the flywheel package installed (make venv)?"
         for name in [self.baseline, *self.candidates]:
-            if name not in FAMILIES:
-                raise ValueError(f"unknown model family {name!r} (known: {', '.join(sorted(FAMILIES))})")
+            if name not in known:
+                raise ValueError(f"unknown model family {name!r} (known: {listed})")
         return self
 
     def with_lookback(self, days: int | None) -> TrainingSpec:
@@ -422,6 +442,16 @@ class PipelineSpec(DataSpec):
     def _label_shorthand(cls, data: Any) -> Any:
         if isinstance(data, dict) and isinstance(data.get("label"), str):
             data = {**data, "label": {"column": data["label"]}}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_baseline(cls, data: Any) -> Any:
+        # The baseline's default depends on the task (no logistic regression of a value).
+        training = data.get("training") if isinstance(data, dict) else None
+        if isinstance(training, dict) and "baseline" not in training:
+            baseline = DEFAULT_BASELINE.get(str(data.get("task", "binary")), "logistic_regression")
+            data = {**data, "training": {**training, "baseline": baseline}}
         return data
 
     @property
