@@ -48,8 +48,7 @@ def make_source(folder: Path, rows: int) -> None:
     """
     import pandas as pd
 
-    from flywheel.core.spec import GeneratorSpec
-    from flywheel.datagen import generate_day
+    from examples.fraud.generator import GeneratorSpec, generate_day
 
     folder.mkdir(parents=True, exist_ok=True)
     base_path = folder.parent / "base.parquet"

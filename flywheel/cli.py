@@ -165,51 +165,11 @@ def exporter(
 
 
 @app.command()
-def demo(
-    history_days: Annotated[int, typer.Option(help="Days of normal history to load and train on")] = 14,
-    stable_days: Annotated[int, typer.Option(help="Served days of normal traffic before the first shift "
-                                                  "(false alarms are counted over them)")] = 7,
-    concept_days: Annotated[int, typer.Option(help="Days of the concept shift (the covariate episode "
-                                                   "follows; keep it beyond the retrain cooldown)")] = 14,
-) -> None:
-    """Run the whole loop through Airflow on the embedded stack, then weeks of simulated production.
-
-    History is backfilled through the data DAG and the first champion comes from the training
-    DAG; the first served day goes through the data, label and monitoring DAGs; the following
-    weeks (stable traffic, a concept shift seen only in delayed labels, then a covariate-shift
-    episode) run day by day, and every retrain the policy triggers is an Asset event the
-    scheduler turns into a training run. Prints the outcome day by day, the detection delays
-    and false alarms, and where to look. Leaves the stack running; stop it with `flywheel down`.
-    """
-    from flywheel import demo as demo_mod
-    from flywheel.simulation import CONCEPT, STABLE, Scenario
-
-    base = Scenario()
-    phases = tuple((name, stable_days if name == STABLE else concept_days if name == CONCEPT else days, kinds)
-                   for name, days, kinds in base.phases)
-    plan = demo_mod.DemoPlan(scenario=Scenario(start=base.start, history_days=history_days, phases=phases))
-    demo_mod.run(get_settings(), console, plan)
-
-
-@app.command()
-def generate(
-    start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD")] = "2026-01-01",
-    days: Annotated[int, typer.Option(help="Number of daily partitions")] = 14,
-    drift_from: Annotated[str | None, typer.Option(help="Inject drift from this day on")] = None,
-    drift: Annotated[str, typer.Option(help="Drift kind: amount_shift or new_pattern")] = "amount_shift",
-    use_case: UseCase = None,
-) -> None:
-    """Write synthetic daily transaction partitions into the landing area (FLYWHEEL_HOME/landing)."""
-    from flywheel.datagen import DriftKind, write_landing
-
-    settings = get_settings()
-    spec = use_case_spec(use_case)
-    paths = write_landing(
-        settings.home / "landing", date.fromisoformat(start), days, spec.generator,
-        drift_from=date.fromisoformat(drift_from) if drift_from else None,
-        drift=DriftKind(drift), dataset=spec.dataset.name,
-    )
-    console.print(f"wrote {len(paths)} partitions under {settings.home / 'landing' / spec.dataset.name}")
+def demo() -> None:
+    """The demo is an example, not part of the engine: run `make demo` (python -m examples.demo)."""
+    console.print("The demo lives in examples/demo.py: run `make demo` from a checkout "
+                  "(or `python -m examples.demo --help`). Synthetic fraud data: "
+                  "`python -m examples.fraud.generator --help`.")
 
 
 @app.command()
@@ -352,12 +312,16 @@ def audit(use_case: UseCase = None) -> None:
 
 
 @app.command("features-apply")
-def features_apply() -> None:
-    """`feast apply` the feature repo for the current profile (and render feature_store.yaml)."""
+def features_apply(use_case: UseCase = None) -> None:
+    """`feast apply` a use case's entities, views and service (and render feature_store.yaml).
+
+    Every use case's objects are namespaced (`<use case>_<entity>`), so applying one leaves the
+    others in the registry untouched; the `feast` CLI reads the same repo (feature_repo/).
+    """
     from flywheel.features import store as features
 
     console.print(f"rendered {features.render_feature_store_yaml()}")
-    console.print(f"applied {features.apply(spec)}")
+    console.print(f"applied {features.apply(use_case_spec(use_case))}")
 
 
 @app.command()
@@ -371,8 +335,8 @@ def replay(
     DATASET is any dataset of a spec under models/ (a use case or a `kind: dataset` spec).
     """
     from flywheel.core import catalog
-    from flywheel.runs import replay as run_replay
     from flywheel.data.validation import ContractViolation
+    from flywheel.runs import replay as run_replay
 
     try:
         _, spec = catalog.find_dataset(dataset)

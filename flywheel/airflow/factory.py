@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from airflow.sdk import (
 from flywheel.core.catalog import load_folder
 from flywheel.core.spec import DataSpec, PipelineSpec, SpecError
 
-START = datetime(2026, 1, 1)  # earliest data date; history is loaded with backfills
+START = datetime(2026, 1, 1)  # earliest data date unless the dataset says (dataset.start)
 
 
 def assets(spec: DataSpec) -> dict[str, Asset]:
@@ -43,7 +43,7 @@ def _dag_args(spec: DataSpec, kind: str, **overrides: Any) -> dict[str, Any]:
     """What every Flywheel DAG shares: id, owner, retries, tags, start, no catchup."""
     return {
         "dag_id": f"{spec.name}_{kind}",
-        "start_date": START,
+        "start_date": datetime.combine(spec.dataset.start, time.min) if spec.dataset.start else START,
         "catchup": False,
         "default_args": {"owner": spec.owner, "retries": 2, "retry_delay": timedelta(seconds=20)},
         "tags": ["flywheel", spec.name, kind],

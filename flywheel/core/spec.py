@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,6 +89,9 @@ class DatasetSpec(_Strict):
     chunk_rows: int = Field(500_000, ge=1)
     # Let the scheduler create the runs of every missed interval since the DAG's start.
     catchup: bool = False
+    # The first data interval of the dataset's DAGs (their start_date): Airflow runs no task for
+    # an interval before it, so history older than the default (2026-01-01) needs its date here.
+    start: date | None = None
 
     @property
     def key_columns(self) -> list[str]:

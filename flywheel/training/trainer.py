@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -55,7 +56,17 @@ class TrainResult:
     metric: str = "pr_auc"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready (the training task's XCom): a NaN (the threshold of a non-binary task, a
+        metric a family could not compute) becomes None, as JSON has no NaN."""
+        return _without_nan(asdict(self))
+
+
+def _without_nan(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _without_nan(v) for k, v in value.items()}
+    return value
 
 
 def temporal_split(frame: pd.DataFrame, spec: PipelineSpec) -> Split:

@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from examples.fraud.generator import DriftKind
+from examples.fraud.simulation import CONCEPT, COVARIATE, STABLE, DayOutcome, Scenario, SimulationResult
 from flywheel.core.config import PROJECT_ROOT
 from flywheel.core.spec import ColumnRule, PerformanceSpec, PipelineSpec, load_spec_file
-from flywheel.datagen import DriftKind
 from flywheel.monitoring.checks import (
     Champion,
     Check,
@@ -25,7 +26,6 @@ from flywheel.monitoring.checks import (
     skew_check,
     target_drift,
 )
-from flywheel.simulation import CONCEPT, COVARIATE, STABLE, DayOutcome, Scenario, SimulationResult
 
 pytestmark = pytest.mark.unit
 
@@ -79,7 +79,7 @@ def test_cli_teaches_the_monitoring_commands():
 
     from flywheel.cli import app
 
-    for command, words in (("monitoring", ["PR-AUC", "skew", "exporter"]), ("demo", ["concept shift", "Asset"])):
+    for command, words in (("monitoring", ["PR-AUC", "skew", "exporter"]), ("demo", ["make demo", "examples.demo"])):
         result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "160"})
         assert result.exit_code == 0 and all(w in result.output for w in words), result.output
 

@@ -6,10 +6,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from examples.fraud.generator import generate_day
 from flywheel.cli import app
 from flywheel.core.spec import DatasetSpec, VolumeRule
 from flywheel.data.validation import ContractViolation, check_freshness, check_schema, check_volume, validate
-from flywheel.datagen import generate_day
 
 pytestmark = pytest.mark.unit
 DS = "2026-01-05"

@@ -119,9 +119,9 @@ def test_serving_matrix_equals_the_training_featurisation():
     """The request path's numpy featurisation must stay identical to featurize.model_matrix."""
     import numpy as np
     import pandas as pd
-
-    from flywheel.datagen import CATEGORIES
     from flywheel.features.featurize import model_matrix
+
+    from examples.fraud.generator import CATEGORIES
     from flywheel.serving.predictor import serving_matrix
 
     rng = np.random.default_rng(3)
