@@ -38,8 +38,8 @@ def feature_names(spec: PipelineSpec) -> dict[str, str]:
 def check_references(spec: PipelineSpec) -> None:
     """Raise ``ValueError`` naming the first field that refers to something that does not exist."""
     columns = spec.dataset.contract.columns
-    if spec.target.column and spec.target.column not in columns:
-        raise ValueError(f"label.column: {spec.target.column!r} is not in the dataset contract")
+    if spec.label.column and spec.label.column not in columns:
+        raise ValueError(f"label.column: {spec.label.column!r} is not in the dataset contract")
     _check_entities(spec, columns)
     _check_request(spec, columns)
     defined = feature_names(spec)
@@ -50,12 +50,30 @@ def check_references(spec: PipelineSpec) -> None:
         if name not in defined:
             raise ValueError(f"monitoring.features: {name!r} is not a defined feature "
                              f"(known: {', '.join(sorted(defined))})")
+    _check_training(spec, columns, defined)
     metric = spec.training.metric
     from flywheel.core.spec import TASK_METRICS
 
     if metric is not None and metric not in TASK_METRICS[spec.task]:
         raise ValueError(f"training.metric: {metric!r} is not a {spec.task} metric "
                          f"(one of {', '.join(TASK_METRICS[spec.task])})")
+
+
+def _check_training(spec: PipelineSpec, columns: dict, defined: dict[str, str]) -> None:
+    """Families that can learn the task; slices over columns or features that exist."""
+    from flywheel.core import model_families as families
+
+    t = spec.training
+    for where, name in [("training.baseline", families.baseline_name(t.baseline, spec.task)),
+                        *((f"training.candidates.{n}", n) for n in t.candidates)]:
+        try:
+            families.check_task(name, spec.task)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+    for name, sl in (t.slices or {}).items():
+        if sl.column not in columns and sl.column not in defined:
+            raise ValueError(f"training.slices.{name}.column: {sl.column!r} is neither a contract column "
+                             "nor a feature")
 
 
 def _check_entities(spec: PipelineSpec, columns: dict) -> None:

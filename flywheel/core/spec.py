@@ -268,6 +268,26 @@ class ApprovalSpec(_Strict):
     timeout_hours: float = Field(72, gt=0)
 
 
+# --- training.slices (branch train-tasks) ------------------------------------------------------
+class SliceSpec(_Strict):
+    """Rows grouped for the gate's per-slice comparison: by the value of ``column`` (a dataset
+    column or a feature), by the bucket of a numeric ``column`` between ``bins`` edges, or by
+    whether ``column`` is missing (``missing: true``: values ``missing`` / ``present``)."""
+
+    column: str
+    bins: list[float] | None = Field(None, min_length=1)
+    missing: bool = False
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SliceSpec:
+        if self.bins and self.missing:
+            raise ValueError("a slice is by value, by 'bins' or by 'missing', not several")
+        if self.bins and sorted(self.bins) != self.bins:
+            raise ValueError(f"slice bins must increase (got {self.bins})")
+        return self
+# --- end training.slices -------------------------------------------------------------------------
+
+
 class TrainingSpec(_Strict):
     lookback_days: int = Field(30, ge=1)
     split: SplitSpec
@@ -279,7 +299,12 @@ class TrainingSpec(_Strict):
     costs: CostSpec = Field(default_factory=CostSpec)
     precision_target: float = Field(0.5, gt=0, lt=1)
     slice_tolerance: float = Field(0.05, ge=0)
-    baseline: str = "logistic_regression"
+    # Slices the gate compares with the champion (name -> slice); default: every contract column
+    # with an allowed set, except the label's.
+    slices: dict[str, SliceSpec] | None = None
+    # The bar every candidate must beat; default per task (classification: logistic_regression,
+    # regression: linear_regression).
+    baseline: str | None = None
     candidates: dict[str, CandidateSpec] = Field(
         default_factory=lambda: {"xgboost": CandidateSpec()}, min_length=1)
     search: SearchSpec = Field(default_factory=SearchSpec)
@@ -287,9 +312,9 @@ class TrainingSpec(_Strict):
 
     @model_validator(mode="after")
     def _known_families(self) -> TrainingSpec:
-        from flywheel.training.families import FAMILIES
+        from flywheel.core.model_families import FAMILIES
 
-        for name in [self.baseline, *self.candidates]:
+        for name in [self.baseline or "logistic_regression", *self.candidates]:
             if name not in FAMILIES:
                 raise ValueError(f"unknown model family {name!r} (known: {', '.join(sorted(FAMILIES))})")
         return self

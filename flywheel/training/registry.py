@@ -1,8 +1,8 @@
 """MLflow registry: one registered model per use case, promotion by alias.
 
 Aliases: ``champion`` (served) and ``challenger`` (registered, not promoted).
-A model version carries what serving needs as tags: decision threshold and the
-ordered feature list.
+A model version carries what serving needs as tags: its task type, classes (classification),
+decision threshold (binary) and the ordered feature list.
 """
 
 from __future__ import annotations
@@ -34,14 +34,17 @@ class GateDecision:
 
 def decide(
     *, challenger: float, baseline: float, champion: float | None, min_improvement: float = 0.0,
-    regressions: list[str] | None = None,
+    regressions: list[str] | None = None, metric: str = "pr_auc",
 ) -> GateDecision:
-    """The promotion gate: strictly beat the baseline, beat the champion by more than
-    ``min_improvement``, and regress no slice beyond its tolerance (``regressions``)."""
-    if challenger <= baseline:
+    """The promotion gate on ``metric`` (lower is better for log loss, RMSE, MAE): strictly beat
+    the baseline, beat the champion by more than ``min_improvement``, and regress no slice
+    beyond its tolerance (``regressions``). A NaN score never passes."""
+    from flywheel.training.tasks import improves
+
+    if not improves(metric, challenger, baseline):
         reason = f"challenger {challenger:.4f} does not beat the baseline {baseline:.4f}"
         return GateDecision(False, reason, challenger, baseline, champion)
-    if champion is not None and challenger <= champion + min_improvement:
+    if champion is not None and not improves(metric, challenger, champion, by=min_improvement):
         reason = (f"challenger {challenger:.4f} does not beat the champion {champion:.4f} "
                   f"by {min_improvement}")
         return GateDecision(False, reason, challenger, baseline, champion)
@@ -86,22 +89,43 @@ def set_alias(model_name: str, alias: str, version: str, *, settings: Settings |
 
 @dataclass
 class LoadedModel:
+    """A registered version ready to score. ``predict`` returns the task's scores
+    (:mod:`flywheel.training.tasks`): binary positive-class probabilities, multiclass
+    ``n x k`` class probabilities (columns in ``classes`` order), regression values;
+    ``decide`` turns them into the response's decision / class / value."""
+
     name: str
     version: str
     family: str
     model: Any
-    threshold: float
+    threshold: float  # binary only (NaN otherwise)
     features: list[str]
     scorer: Any = field(repr=False)  # the family (flywheel.training.families), resolved once at load: request path
+    task: str = "binary"
+    classes: list[Any] = field(default_factory=lambda: [0, 1])
 
     _positions: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)
 
+    def predict(self, matrix: Any) -> Any:
+        """The task's scores of a model matrix (a DataFrame holding the model's features)."""
+        return self.scorer.predict(self.model, matrix[self.features])
+
     def predict_proba(self, matrix: Any) -> Any:
-        """Positive-class probabilities (1-d) of a model matrix."""
-        return self.scorer.predict_proba(self.model, matrix[self.features])
+        """Binary name of :meth:`predict` (positive-class probabilities, 1-d)."""
+        return self.predict(matrix)
+
+    def decide(self, scores: Any) -> Any:
+        """Binary: ``score >= threshold``; multiclass: the most probable class; regression: the value."""
+        from flywheel.training.tasks import decisions
+
+        return decisions(self.task, scores, classes=self.classes, threshold=self.threshold)
 
     def predict_proba_array(self, matrix: Any, columns: Sequence[str]) -> Any:
-        """``predict_proba`` of a float ndarray whose columns are ``columns`` (a superset of the
+        """Binary name of :meth:`predict_array`."""
+        return self.predict_array(matrix, columns)
+
+    def predict_array(self, matrix: Any, columns: Sequence[str]) -> Any:
+        """``predict`` of a float ndarray whose columns are ``columns`` (a superset of the
         model's features, any order): the request path, without a DataFrame."""
         key = tuple(columns)
         if key not in self._positions:  # once per column layout: the model's features, in its order
@@ -110,11 +134,12 @@ class LoadedModel:
             self._positions[key] = None if wanted == list(range(len(key))) else wanted
         positions = self._positions[key]
         x = matrix if positions is None else matrix[:, positions]
-        return self.scorer.predict_proba_array(self.model, x, self.features)
+        return self.scorer.predict_array(self.model, x, self.features)
 
 
 def load_version(model_name: str, version: str, *, settings: Settings | None = None) -> LoadedModel:
-    """Load a registered version with its serving metadata (family, threshold, features).
+    """Load a registered version with its serving metadata (family, task, classes, threshold,
+    features). Versions registered before task types are binary.
 
     PyTorch models load onto ``settings.torch_device`` (CUDA when configured and present).
     """
@@ -123,15 +148,18 @@ def load_version(model_name: str, version: str, *, settings: Settings | None = N
     settings = settings or get_settings()
     mv = client(settings).get_model_version(model_name, version)
     family = mv.tags.get("family", "xgboost")  # versions before model families were XGBoost
-    scorer = families.get(family)
+    task = mv.tags.get("task", "binary")
+    scorer = families.get(family, task)
     return LoadedModel(
         name=model_name,
         version=str(mv.version),
         family=family,
         model=scorer.load(f"models:/{model_name}/{version}", settings),
         scorer=scorer,
-        threshold=float(mv.tags["threshold"]),
+        threshold=float(mv.tags.get("threshold", "nan")),
         features=json.loads(mv.tags["features"]),
+        task=task,
+        classes=json.loads(mv.tags.get("classes", "[0, 1]" if task == "binary" else "[]")),
     )
 
 

@@ -1,7 +1,8 @@
 """Bounded hyperparameter search per candidate family (Optuna TPE, seeded).
 
 Runs inside the family's MLflow run; every trial is a child run with its params, its
-validation score and its training time, so the search is browsable in the MLflow UI.
+validation score, its training curves (step metrics) and its training time, so the search
+is browsable in the MLflow UI.
 """
 
 from __future__ import annotations
@@ -13,19 +14,44 @@ import numpy as np
 
 from flywheel.core.config import Settings
 from flywheel.core.spec import CandidateSpec, PipelineSpec
+from flywheel.training import tasks
 from flywheel.training.families.base import Family, FitData, Trained, sample
 
 log = logging.getLogger(__name__)
 
 
-def validation_score(trained: Trained, data: FitData, metric: str) -> float:
-    from sklearn.metrics import average_precision_score, roc_auc_score
+class ValidationError(ValueError):
+    """The validation split cannot score the metric (e.g. a single class)."""
 
+
+def validation_score(trained: Trained, data: FitData, metric: str) -> float:
+    """``metric`` on the validation split; raises :class:`ValidationError` when it is undefined."""
     y = data.y_val.to_numpy()
-    if y.min() == y.max():
-        raise ValueError("the validation split has a single class: widen the training window")
-    proba = trained.predict_proba(data.x_val)
-    return float(average_precision_score(y, proba) if metric == "pr_auc" else roc_auc_score(y, proba))
+    if trained.task != "regression" and len(np.unique(y)) < 2:
+        raise ValidationError("the validation split has a single class: widen the training window")
+    value = tasks.score(metric, y, trained.predict(data.x_val))
+    if not np.isfinite(value):
+        raise ValidationError(f"validation {metric} is undefined ({value}) on {len(y)} rows")
+    return value
+
+
+def log_curves(curves: dict[str, list[float]]) -> None:
+    """Training curves into the active MLflow run as step metrics (one step per epoch/round),
+    so MLflow's charts draw them. Batched: a 400-round curve is one request, not 400."""
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    run = mlflow.active_run()
+    if run is None or not curves:
+        return
+    now = int(time.time() * 1000)
+    points = [Metric(f"curve_{name}", float(v), now, step) for name, values in curves.items()
+              for step, v in enumerate(values) if np.isfinite(v)]
+    client = mlflow.MlflowClient()
+    for start in range(0, len(points), 1000):  # MLflow's limit per batch
+        client.log_batch(run.info.run_id, metrics=points[start:start + 1000], synchronous=True)
 
 
 def tune(family: Family, candidate: CandidateSpec, data: FitData, *, spec: PipelineSpec,
@@ -33,7 +59,7 @@ def tune(family: Family, candidate: CandidateSpec, data: FitData, *, spec: Pipel
     """The family's best model on the validation split (fixed params when there is no search)."""
     import mlflow
 
-    search, seed, metric = spec.training.search, spec.training.seed, spec.training.metric
+    search, seed, metric = spec.training.search, spec.training.seed, tasks.metric_of(spec)
     if search.trials == 0 or not candidate.search:
         trained = family.train(data, candidate.params, seed=seed, settings=settings)
         trained.val_score = validation_score(trained, data, metric)
@@ -42,13 +68,14 @@ def tune(family: Family, candidate: CandidateSpec, data: FitData, *, spec: Pipel
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
+    direction = "maximize" if tasks.higher_is_better(metric) else "minimize"
+    study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=seed),
                                 study_name=f"{spec.model_name}-{family.name}")
     # Trial 0 is the spec's own params: the search can only improve on them.
     start = {k: v for k, v in candidate.params.items() if k in candidate.search}
     if start:
         study.enqueue_trial(start)
-    best: dict[str, Any] = {"score": -np.inf, "trained": None}
+    best: dict[str, Any] = {"score": tasks.worst(metric), "trained": None}
 
     def objective(trial: Any) -> float:
         params = {**candidate.params, **sample(trial, candidate.search)}
@@ -58,9 +85,10 @@ def tune(family: Family, candidate: CandidateSpec, data: FitData, *, spec: Pipel
             trained = family.train(data, params, seed=seed, settings=settings)
             trained.val_score = validation_score(trained, data, metric)
             mlflow.log_metrics({f"val_{metric}": trained.val_score, "train_seconds": trained.seconds})
+            log_curves(trained.curves)
         log.info("%s trial %d/%d: val %s %.4f in %.1f s %s", family.name, trial.number + 1, search.trials,
                  metric, trained.val_score, trained.seconds, params)
-        if trained.val_score > best["score"]:
+        if best["trained"] is None or tasks.improves(metric, trained.val_score, best["score"]):
             best.update(score=trained.val_score, trained=trained)
         return trained.val_score
 

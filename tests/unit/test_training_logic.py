@@ -25,7 +25,8 @@ def test_gate_requires_beating_baseline_and_champion():
 
 def test_temporal_split_never_leaks_the_future(spec):
     ts = pd.date_range("2026-01-01", periods=1000, freq="h", tz="UTC")
-    frame = pd.DataFrame({"event_timestamp": ts[::-1], "transaction_id": range(1000), "is_fraud": 0})
+    frame = pd.DataFrame({"event_timestamp": ts[::-1], "transaction_id": [f"t{i}" for i in range(1000)],
+                          "is_fraud": 0})
     split = temporal_split(frame, spec)
     assert split.train["event_timestamp"].max() < split.validation["event_timestamp"].min()
     assert split.validation["event_timestamp"].max() < split.holdout["event_timestamp"].min()
@@ -42,7 +43,8 @@ def _data(n: int = 4000, seed: int = 0) -> FitData:
     logit = 2 * x["a"] - 1.5 * (x["merchant_category_code"] == 3) + x["c"] * x["d"] - 3
     y = pd.Series((rng.random(n) < 1 / (1 + np.exp(-logit))).astype("int64"))
     cut = int(n * 0.75)
-    return FitData(x.iloc[:cut], y.iloc[:cut], x.iloc[cut:], y.iloc[cut:])
+    return FitData(x.iloc[:cut], y.iloc[:cut], x.iloc[cut:], y.iloc[cut:],
+                   categorical={"merchant_category_code": 8, "device_code": 4})
 
 
 CPU = Settings(torch_device="cpu")
