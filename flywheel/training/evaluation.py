@@ -29,7 +29,7 @@ class Costs:
 
 
 def expected_cost(y: np.ndarray, proba: np.ndarray, threshold: float, costs: Costs) -> float:
-    """Average cost per transaction of deciding ``proba >= threshold``."""
+    """Average cost per row of deciding ``proba >= threshold``."""
     flagged = proba >= threshold
     fp = np.sum(flagged & (y == 0))
     fn = np.sum(~flagged & (y == 1))

@@ -18,7 +18,15 @@ from flywheel.core.config import Settings, get_settings
 from flywheel.core.spec import PipelineSpec
 from flywheel.features import store as features
 from flywheel.training import evaluation, families, lineage, promotion, registry, tasks, tuning
-from flywheel.training.dataset import Labelled, Matrices, Split, features_of, labelled, matrices, temporal_split
+from flywheel.training.dataset import (
+    Labelled,
+    Matrices,
+    Split,
+    features_of,
+    labelled,
+    matrices,
+    temporal_split,
+)
 from flywheel.training.families.base import Trained, permutation_importance
 
 __all__ = ["Split", "TrainResult", "features_of", "select", "temporal_split", "train"]

@@ -68,8 +68,7 @@ def tune(family: Family, candidate: CandidateSpec, data: FitData, *, spec: Pipel
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    direction = "maximize" if tasks.higher_is_better(metric) else "minimize"
-    study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=seed),
+    study = optuna.create_study(direction="maximize" if tasks.higher_is_better(metric) else "minimize", sampler=optuna.samplers.TPESampler(seed=seed),
                                 study_name=f"{spec.model_name}-{family.name}")
     # Trial 0 is the spec's own params: the search can only improve on them.
     start = {k: v for k, v in candidate.params.items() if k in candidate.search}

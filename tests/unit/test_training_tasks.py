@@ -73,12 +73,13 @@ def test_training_curves_per_round_and_epoch(task):
     assert len(mlp.curves["train_loss"]) == 3 and len(mlp.curves[f"val_{data.metric}"]) == 3
 
 
-def test_curves_are_mlflow_step_metrics(tmp_path):
+def test_curves_are_mlflow_step_metrics(tmp_path, monkeypatch):
     import mlflow
 
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     from flywheel.training.tuning import log_curves
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())  # MLflow's own file store: no DB migration
     try:
         with mlflow.start_run() as run:
             log_curves({"val_rmse": [3.0, 2.0, 1.5], "train_loss": [1.0, float("nan")]})
