@@ -66,13 +66,13 @@ def prepare(home: Path, offset: int, redis_db: int) -> Settings:
 
         redis.Redis(host=HOST, db=redis_db).flushdb()
         write_landing(settings.home / "landing", FIRST_DAY, DAYS, spec.generator)
-        features.apply(settings)
+        features.apply(spec, settings)
         for i in range(DAYS):
             day = FIRST_DAY + timedelta(days=i)
             ingest(spec, day.isoformat(), run_id="bench", settings=settings)
             validate_partition(spec, day.isoformat(), settings=settings)
             features.compute_aggregates(spec, day, settings=settings)
-        features.materialize(END, settings=settings)
+        features.materialize(spec, END, settings=settings)
         train(spec, end=END, reason="benchmark", settings=settings)
     return settings
 

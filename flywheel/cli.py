@@ -307,7 +307,7 @@ def features_apply() -> None:
     from flywheel.features import store as features
 
     console.print(f"rendered {features.render_feature_store_yaml()}")
-    console.print(f"applied {features.apply()}")
+    console.print(f"applied {features.apply(spec)}")
 
 
 @app.command()

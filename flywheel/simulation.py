@@ -174,7 +174,7 @@ def process_data(settings: Settings, spec: PipelineSpec, day: date, *, run_id: s
     ingest(spec, ds, run_id=run_id, settings=settings)
     validated = validate_partition(spec, ds, run_id=run_id, settings=settings)
     features.compute_aggregates(spec, day, settings=settings)
-    features.materialize(day, settings=settings)
+    features.materialize(spec, day, settings=settings)
     out = {"curated_rows": validated.get("curated_rows"), "quarantined_rows": validated.get("quarantined_rows")}
     labels = label_spec(spec, settings)
     if labels is not None:
@@ -273,7 +273,7 @@ def prepare_history(settings: Settings, spec: PipelineSpec, scenario: Scenario,
     from flywheel.features import store as features
 
     write_data(settings, spec, scenario)
-    features.apply(settings)  # the feature definitions (the data DAG applies them on every run)
+    features.apply(spec, settings)  # the feature definitions (the data DAG applies them on every run)
     for offset in range(scenario.history_days):
         day = scenario.start + timedelta(days=offset)
         process_data(settings, spec, day, run_id=f"simulation__{day}")

@@ -105,13 +105,9 @@ def data_dag(spec: DataSpec) -> DAG:
         # Aggregates read the trailing window: wait for the previous day's run.
         @task(depends_on_past=True)
         def features(_: dict[str, Any]) -> dict[str, Any]:
-            from flywheel.features import store as feats
+            from flywheel.runs import feature_day
 
-            ds = date.fromisoformat(_interval_ds())
-            feats.apply()
-            result = feats.compute_aggregates(spec, ds).to_dict()
-            result["materialized"] = feats.materialize(ds)
-            return result
+            return feature_day(spec, date.fromisoformat(_interval_ds()))
 
         validated = validate(ingest(source_arrived()))
         if isinstance(spec, PipelineSpec):
@@ -169,14 +165,14 @@ def training_dag(spec: PipelineSpec) -> DAG:
         @task(outlets=[a["model"]])
         def train() -> dict[str, Any]:
             from flywheel.monitoring.policy import retrain_spec
-            from flywheel.training.trainer import train as run_train
+            from flywheel.runs import training_run
 
             ctx = get_current_context()
             reason = "retrain_request" if ctx.get("triggering_asset_events") else "manual"
             request = _retrain_request(ctx)
             if request.get("lookback_days"):
                 print(f"retrain request: training on the last {request['lookback_days']} days")
-            return run_train(retrain_spec(spec, request), end=_training_end(ctx), reason=reason).to_dict()
+            return training_run(retrain_spec(spec, request), _training_end(ctx), reason=reason).to_dict()
 
         @task
         def package(result: dict[str, Any]) -> dict[str, Any]:

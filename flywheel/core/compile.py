@@ -9,11 +9,16 @@ first training run. Raised as ``ValueError`` inside pydantic validation, so the 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from flywheel.core.spec import PipelineSpec
-
+# The spec model (flywheel.core.spec) imports this module; this one imports nothing of it.
+PipelineSpec = Any
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("pr_auc", "roc_auc"),
+    "multiclass": ("macro_f1", "log_loss", "accuracy"),
+    "regression": ("rmse", "mae", "r2"),
+}
+LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae"})
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 TIME_FNS = {"hour", "day_of_week", "is_weekend"}
 
@@ -52,14 +57,12 @@ def check_references(spec: PipelineSpec) -> None:
                              f"(known: {', '.join(sorted(defined))})")
     _check_training(spec, columns, defined)
     metric = spec.training.metric
-    from flywheel.core.spec import TASK_METRICS
-
     if metric is not None and metric not in TASK_METRICS[spec.task]:
         raise ValueError(f"training.metric: {metric!r} is not a {spec.task} metric "
                          f"(one of {', '.join(TASK_METRICS[spec.task])})")
 
 
-def _check_training(spec: PipelineSpec, columns: dict, defined: dict[str, str]) -> None:
+def _check_training(spec: PipelineSpec, columns: dict[str, Any], defined: dict[str, str]) -> None:
     """Families that can learn the task; slices over columns or features that exist."""
     from flywheel.core import model_families as families
 
@@ -76,7 +79,7 @@ def _check_training(spec: PipelineSpec, columns: dict, defined: dict[str, str]) 
                              "nor a feature")
 
 
-def _check_entities(spec: PipelineSpec, columns: dict) -> None:
+def _check_entities(spec: PipelineSpec, columns: dict[str, Any]) -> None:
     _check_name(spec.name, "name")
     for entity_name, entity in spec.features.entities.items():
         _check_name(entity_name, "features.entities")
@@ -90,7 +93,7 @@ def _check_entities(spec: PipelineSpec, columns: dict) -> None:
                 raise ValueError(f"{where}.column: {agg.column!r} is not in the dataset contract")
 
 
-def _check_request(spec: PipelineSpec, columns: dict) -> None:
+def _check_request(spec: PipelineSpec, columns: dict[str, Any]) -> None:
     defined = feature_names(spec)
     seen: set[str] = set()
     for name, feature in spec.features.request.items():

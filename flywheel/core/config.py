@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from collections.abc import Callable
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +22,10 @@ from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# What the production profile derives from the settings (Redis connection, Feast registry, the
+# components' environment) lives in flywheel.core.profiles, which fills this table when the
+# package is imported (flywheel/core/__init__.py): config never imports profiles (no circle).
+PRODUCTION_DERIVATIONS: dict[str, Callable[[Settings], Any]] = {}
 SECRETS_FILE = "secrets.json"
 
 
@@ -196,17 +201,13 @@ class Settings(BaseSettings):
         if self.online_store is not None:
             return self.online_store
         if self.profile is Profile.PRODUCTION:
-            from flywheel.core.profiles import feast_redis_connection_string
-
-            return {"type": "redis", "connection_string": feast_redis_connection_string(self)}
+            return {"type": "redis", "connection_string": PRODUCTION_DERIVATIONS["redis"](self)}
         return {"type": "sqlite", "path": str(self.feast_dir / "online.db")}
 
     def feast_registry_config(self) -> dict[str, Any]:
         """Feast registry: a local file (embedded), PostgreSQL or an S3 object (production)."""
         if self.profile is Profile.PRODUCTION:
-            from flywheel.core.profiles import feast_registry_config
-
-            return feast_registry_config(self)
+            return PRODUCTION_DERIVATIONS["feast_registry"](self)
         return {"registry_type": "file", "path": str(self.feast_dir / "registry.db"), "cache_ttl_seconds": 30}
 
     def aws_env(self) -> dict[str, str]:
@@ -259,9 +260,7 @@ class Settings(BaseSettings):
         if self.feast_project != "flywheel":
             env["FLYWHEEL_FEAST_PROJECT"] = self.feast_project
         if self.profile is Profile.PRODUCTION:
-            from flywheel.core.profiles import production_env
-
-            env |= production_env(self)
+            env |= PRODUCTION_DERIVATIONS["env"](self)
         return env
 
 

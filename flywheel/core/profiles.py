@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
-from flywheel.core.config import ConfigError, Settings
+from flywheel.core.config import PRODUCTION_DERIVATIONS, ConfigError, Settings
 
 DATABASES = ("airflow", "mlflow", "feast")
 CELERY_EXECUTOR = "CeleryExecutor"
@@ -162,3 +162,7 @@ def _json_list(values: list[str]) -> str:
     import json
 
     return json.dumps(list(values))
+
+
+PRODUCTION_DERIVATIONS.update(redis=feast_redis_connection_string, feast_registry=feast_registry_config,
+                              env=production_env)

@@ -6,8 +6,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from flywheel.core.compile import LOWER_IS_BETTER as LOWER_IS_BETTER  # re-exported
+from flywheel.core.compile import TASK_METRICS as TASK_METRICS  # re-exported
+from flywheel.core.compile import check_references
 from flywheel.core.config import Settings, get_settings
 
 
@@ -25,12 +28,6 @@ routes and metric labels, so only lower-case letters, digits and underscores (no
 
 TaskType = Literal["binary", "multiclass", "regression"]
 Metric = Literal["pr_auc", "roc_auc", "log_loss", "macro_f1", "accuracy", "rmse", "mae", "r2"]
-TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "binary": ("pr_auc", "roc_auc"),
-    "multiclass": ("macro_f1", "log_loss", "accuracy"),
-    "regression": ("rmse", "mae", "r2"),
-}
-LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae"})
 AggregationFn = Literal["count", "sum", "mean", "min", "max", "std", "distinct_count", "last", "mode",
                         "share", "seconds_since_last", "sql"]
 RequestFn = Literal["value", "log1p", "hour", "day_of_week", "is_weekend", "category", "ratio",
@@ -116,7 +113,8 @@ class AggregationSpec(_Strict):
     delay: str | None = Field(None, pattern=WINDOW)
     where: str | None = None
     default: float | None = None
-    # fn: sql — an aggregate SQL expression over the entity's rows (the escape hatch).
+    # fn: sql — one aggregate call over the entity's rows (the escape hatch), e.g.
+    # "quantile_cont(minutes, 0.9)"; the window and where apply as its FILTER clause.
     expr: str | None = None
     description: str | None = None
 
@@ -418,6 +416,12 @@ class DataSpec(_Strict):
     # Parameters of the use case's own synthetic generator, if it has one (examples/<use case>/);
     # the engine does not read them.
     generator: dict[str, Any] = Field(default_factory=dict)
+    # The file the spec was loaded from (custom feature code is found relative to its folder).
+    _path: Path | None = PrivateAttr(None)
+
+    @property
+    def source_dir(self) -> Path | None:
+        return self._path.parent if self._path else None
 
     def source_for(self, ds: str, settings: Settings) -> str:
         """The source location of one daily partition."""
@@ -452,8 +456,6 @@ class PipelineSpec(DataSpec):
 
     @model_validator(mode="after")
     def _references(self) -> PipelineSpec:
-        from flywheel.core.compile import check_references
-
         check_references(self)
         return self
 
@@ -463,6 +465,13 @@ def load_spec(name: str | None = None, *, settings: Settings | None = None) -> P
     settings = settings or get_settings()
     path = Path(settings.specs_dir) / f"{name or settings.use_case}.yaml"
     return load_spec_file(path)
+
+
+def use_case_specs(*, settings: Settings | None = None) -> list[PipelineSpec]:
+    """Every use-case spec (``kind: pipeline``) under ``specs_dir``, sorted by file name."""
+    settings = settings or get_settings()
+    specs = [load_any_spec_file(p) for p in sorted(Path(settings.specs_dir).glob("*.yaml"))]
+    return [s for s in specs if isinstance(s, PipelineSpec)]
 
 
 def find_dataset_spec(dataset: str, *, settings: Settings | None = None) -> DataSpec:
@@ -491,10 +500,14 @@ def load_any_spec_file(path: Path) -> DataSpec:
     try:
         raw = yaml.safe_load(path.read_text())
         if isinstance(raw, dict) and raw.get("kind", "pipeline") == "dataset":
-            return DataSpec.model_validate({k: v for k, v in raw.items() if k != "kind"})
+            data = DataSpec.model_validate({k: v for k, v in raw.items() if k != "kind"})
+            data._path = path.resolve()
+            return data
         if isinstance(raw, dict) and raw.get("kind", "pipeline") != "pipeline":
             raise SpecError(f"invalid pipeline spec {path}: kind: {raw['kind']!r} is not 'pipeline' or 'dataset'")
-        return PipelineSpec.model_validate({k: v for k, v in (raw or {}).items() if k != "kind"})
+        spec = PipelineSpec.model_validate({k: v for k, v in (raw or {}).items() if k != "kind"})
+        spec._path = path.resolve()
+        return spec
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"

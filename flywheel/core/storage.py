@@ -24,14 +24,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flywheel.core.config import Settings, get_settings
+from flywheel.core.layout import MANIFEST, ZONES, partition_prefix  # the layout's one home
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client  # pragma: no cover
 else:
     S3Client = Any
-
-ZONES = ("raw", "curated", "quarantine", "features", "predictions", "reports", "mlflow")
-MANIFEST = "_manifest.json"
 
 
 class StorageError(RuntimeError):
@@ -107,10 +105,6 @@ def ensure_buckets(settings: Settings | None = None, *, client: S3Client | None 
         if name not in existing:
             client.create_bucket(Bucket=name)
     return names
-
-
-def partition_prefix(dataset: str, ds: str) -> str:
-    return f"{dataset}/ds={ds}/"
 
 
 def df_to_parquet_bytes(df: pd.DataFrame) -> bytes:
@@ -298,7 +292,7 @@ def download_partition(
     dest.mkdir(parents=True, exist_ok=True)
     paths = []
     for entry in manifest.files:
-        target = dest / f"{dataset}-{ds}-{entry['sha256'][:16]}.parquet"
+        target = dest / f"{dataset.replace('/', '_')}-{ds}-{entry['sha256'][:16]}.parquet"
         if not (target.is_file() and file_sha256(target) == entry["sha256"]):
             client.download_file(settings.bucket(zone), entry["key"], str(target))
             if file_sha256(target) != entry["sha256"]:

@@ -47,9 +47,9 @@ def replay(
         from flywheel.features import store as feats
 
         day = date.fromisoformat(ds)
-        feats.apply(settings)
+        feats.apply(spec, settings)
         out["features"] = feats.compute_aggregates(spec, day, settings=settings).to_dict()
-        out["materialized"] = feats.materialize(day, settings=settings)
+        out["materialized"] = feats.materialize(spec, day, settings=settings)
     return out
 
 

@@ -7,7 +7,6 @@ Materialization is keyed on the data interval (not "now"), so backfills are safe
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -18,17 +17,17 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import yaml
 
-from flywheel.core import storage
+from flywheel.core import layout, storage
 from flywheel.core.config import Settings, get_settings
-from flywheel.core.spec import PipelineSpec, load_spec
-from flywheel.features.featurize import feature_timestamp, merchant_aggregates, user_aggregates
+from flywheel.core.spec import PipelineSpec
+from flywheel.features import repo
+from flywheel.features.aggregates import entity_aggregates, feature_timestamp, lookback_hours
 
 if TYPE_CHECKING:
     from feast import FeatureStore, RepoConfig
 
 log = logging.getLogger(__name__)
 PROJECT = "flywheel"  # the default project; ``Settings.feast_project`` names the one in use
-VIEWS = ("user_stats", "merchant_stats")
 
 
 class FeatureError(RuntimeError):
@@ -85,26 +84,11 @@ def _forget_s3_listings() -> None:
     s3fs.S3FileSystem.clear_instance_cache()
 
 
-def load_definitions(settings: Settings) -> list[Any]:
-    """Import ``feature_repo/definitions.py`` and collect its Feast objects."""
-    from feast import Entity, FeatureService, FeatureView
-
-    path = settings.feature_repo / "definitions.py"
-    module_spec = importlib.util.spec_from_file_location("flywheel_feature_repo", path)
-    if module_spec is None or module_spec.loader is None:
-        raise FeatureError(f"cannot load Feast definitions from {path}")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    objects: list[Any] = module.build(settings, load_spec(settings=settings))
-    kinds = (Entity, FeatureView, FeatureService)
-    return [obj for obj in objects if isinstance(obj, kinds)]
-
-
-def apply(settings: Settings | None = None) -> list[str]:
-    """``feast apply`` of the repo (idempotent); returns the names of the applied objects."""
+def apply(spec: PipelineSpec, settings: Settings | None = None) -> list[str]:
+    """``feast apply`` of one use case's objects (idempotent; other use cases are untouched)."""
     settings = settings or get_settings()
     store = feature_store(settings)
-    objects = load_definitions(settings)
+    objects = repo.build(settings, spec)
     store.apply(objects)
     return sorted(obj.name for obj in objects)
 
@@ -138,16 +122,17 @@ def read_curated_window(
 
 
 def compute_aggregates(spec: PipelineSpec, ds: date, *, settings: Settings | None = None) -> FeatureRun:
-    """Aggregates over the curated window ending at ``ds``, written to the features zone.
+    """Every entity's aggregates over the curated window ending at ``ds``, written to the features
+    zone (``features/<use case>/<entity>/ds=<ds>/``).
 
-    The curated partitions are streamed to local files and scanned by duckdb, so
-    memory stays bounded by the aggregates, not by the rows of the window.
+    The curated partitions are streamed to local files and scanned by duckdb, so memory stays
+    bounded by the aggregates, not by the rows of the window.
     """
+    import math
     import tempfile
 
     settings = settings or get_settings()
-    # The window, the label lag, and at least one day before the window (drop-out rows).
-    span = spec.features.window_days - 1 + max(spec.features.label_lag_days, 1)
+    span = max(1, math.ceil(lookback_hours(spec) / 24))
     start = ds - timedelta(days=span)
     client = storage.s3_client(settings)
     name = spec.dataset.name
@@ -162,29 +147,25 @@ def compute_aggregates(spec: PipelineSpec, ds: date, *, settings: Settings | Non
     with tempfile.TemporaryDirectory(prefix="flywheel-features-") as tmp:
         files = [str(p) for d in read for p in storage.download_partition(
             zone="curated", dataset=name, ds=d, dest=Path(tmp), settings=settings, client=client)[1]]
-        tables = {
-            "user_stats": user_aggregates(files, ds),
-            "merchant_stats": merchant_aggregates(files, ds, label=spec.target,
-                                                  label_lag_days=spec.features.label_lag_days),
-        }
+        tables = {entity: entity_aggregates(spec, entity, files, ds) for entity in spec.features.entities}
         newest = _newest_event(files, spec.dataset.timestamp)
     manifests = {}
     stamp = feature_timestamp(ds)
     freshness = {"feature_timestamp": stamp.isoformat(), "newest_event": newest,
                  "window": [read[0], read[-1]], "missing_days": missing}
-    for view, table in tables.items():
-        manifest = storage.write_partition(table, zone="features", dataset=view, ds=ds.isoformat(),
-                                           source=f"curated/{name}", extra={"freshness": freshness},
-                                           settings=settings, client=client)
-        manifests[view] = manifest.content_hash
+    for entity, table in tables.items():
+        manifest = storage.write_partition(table, zone="features", dataset=repo.feature_dataset(spec, entity),
+                                           ds=ds.isoformat(), source=f"curated/{name}",
+                                           extra={"freshness": freshness}, settings=settings, client=client)
+        manifests[repo.view_name(spec, entity)] = manifest.content_hash
     return FeatureRun(ds=ds.isoformat(), window=read, missing_days=missing,
-                      rows={v: len(t) for v, t in tables.items()}, manifests=manifests)
+                      rows={repo.view_name(spec, v): len(t) for v, t in tables.items()}, manifests=manifests)
 
 
 def _newest_event(files: list[str], column: str) -> str | None:
     import duckdb
 
-    from flywheel.features.featurize import parquet_source
+    from flywheel.features.aggregates import parquet_source
 
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
@@ -192,7 +173,7 @@ def _newest_event(files: list[str], column: str) -> str | None:
     return row[0].isoformat() if row and row[0] is not None else None
 
 
-def materialize(ds: date, *, settings: Settings | None = None) -> dict[str, Any]:
+def materialize(spec: PipelineSpec, ds: date, *, settings: Settings | None = None) -> dict[str, Any]:
     """Load the aggregates stamped for ``ds`` into the online store (keyed on the interval).
 
     Records the run's feature freshness (the aggregates' timestamp and the newest
@@ -204,17 +185,17 @@ def materialize(ds: date, *, settings: Settings | None = None) -> dict[str, Any]
     store = feature_store(settings)  # a fresh store: no stale S3 listings
     stamp = feature_timestamp(ds)
     start, end = stamp - timedelta(hours=12), stamp + timedelta(hours=12)
-    store.materialize(start_date=start, end_date=end, feature_views=list(VIEWS))
+    store.materialize(start_date=start, end_date=end, feature_views=repo.view_names(spec))
     client = storage.s3_client(settings)
     views = {}
-    for view in VIEWS:
-        manifest = storage.read_manifest(zone="features", dataset=view, ds=ds.isoformat(),
-                                         settings=settings, client=client)
-        views[view] = {"rows": manifest.rows, "content_hash": manifest.content_hash,
+    for entity in spec.features.entities:
+        manifest = storage.read_manifest(zone="features", dataset=repo.feature_dataset(spec, entity),
+                                         ds=ds.isoformat(), settings=settings, client=client)
+        views[repo.view_name(spec, entity)] = {"rows": manifest.rows, "content_hash": manifest.content_hash,
                        **manifest.extra.get("freshness", {})}
     record = {"ds": ds.isoformat(), "online_store": settings.online_store_config()["type"],
               "start": start.isoformat(), "end": end.isoformat(), "views": views}
-    storage.put_bytes("reports", f"feature-freshness/ds={ds.isoformat()}.json",
+    storage.put_bytes("reports", layout.freshness_key(spec.name, ds),
                       json.dumps(record, indent=2, sort_keys=True).encode(),
                       content_type="application/json", settings=settings, client=client)
     return record
@@ -233,11 +214,9 @@ def training_frame(
     tx, read, _ = read_curated_window(spec, start=start, end=end, settings=settings)
     if tx.empty:
         raise FeatureError(f"no curated data for {spec.dataset.name} in {start}..{end}")
-    keys = list(spec.features.entities.values())
-    for key in keys:
-        tx[key] = tx[key].astype("int64")
+    tx = cast_join_keys(spec, tx)
     joined = historical_features(feature_store(settings), spec, tx)
-    joined = joined.sort_values([spec.dataset.timestamp, spec.dataset.key]).reset_index(drop=True)
+    joined = joined.sort_values([spec.dataset.timestamp, *spec.dataset.key_columns]).reset_index(drop=True)
     client = storage.s3_client(settings)
     identity = {
         "dataset": spec.dataset.name,
@@ -252,6 +231,19 @@ def training_frame(
         "rows": len(joined),
     }
     return joined, identity
+
+
+def cast_join_keys(spec: PipelineSpec, frame: pd.DataFrame) -> pd.DataFrame:
+    """Join-key columns in the types of the Feast entities (integers as int64, text as str)."""
+    columns = spec.dataset.contract.columns
+    out = frame.copy()
+    for entity in spec.features.entities.values():
+        for key in entity.keys:
+            if columns[key].type == "int":
+                out[key] = out[key].astype("int64")
+            elif columns[key].type == "string":
+                out[key] = out[key].astype(str)
+    return out
 
 
 def historical_features(store: FeatureStore, spec: PipelineSpec, rows: pd.DataFrame) -> pd.DataFrame:

@@ -32,7 +32,7 @@ import pandas as pd
 from flywheel.core import storage
 from flywheel.core.config import Settings, get_settings
 from flywheel.core.spec import PipelineSpec
-from flywheel.features.featurize import MODEL_FEATURES, feature_timestamp
+from flywheel.features.aggregates import feature_timestamp
 from flywheel.monitoring import drift as monitoring
 from flywheel.monitoring.exporter import LATEST, SUMMARY_PREFIX  # the exporter reads what this writes
 from flywheel.training import evaluation, registry
@@ -319,7 +319,7 @@ def freshness_check(spec: PipelineSpec, ds: date, *, champion: Champion,
     """Age of the online features at the end of ``ds`` (data time), and of the champion."""
     settings = settings or get_settings()
     cfg = spec.monitoring.quality
-    records = storage.list_keys("reports", "feature-freshness/", settings=settings)
+    records = storage.list_keys("reports", f"feature-freshness/{spec.name}/", settings=settings)
     days = sorted(d for d in (k.rsplit("ds=", 1)[-1].removesuffix(".json") for k in records)
                   if d <= ds.isoformat())
     end = feature_timestamp(ds)

@@ -41,7 +41,6 @@ import pyarrow.parquet as pq
 from flywheel.core import storage
 from flywheel.core.config import Settings, get_settings
 from flywheel.core.spec import PipelineSpec
-from flywheel.features.featurize import MODEL_FEATURES
 
 if TYPE_CHECKING:
     from evidently.core.report import Snapshot
@@ -64,7 +63,7 @@ LOG_DTYPES: dict[str, str] = {
     PREDICTION_COLUMN: "float64",
     "decision": "bool",
     "feature_miss": "bool",
-    **{name: "float64" for name in MODEL_FEATURES},
+    # (model inputs: see flywheel.serving.logschema.log_dtypes)
 }
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 _READ_THREADS = 8

@@ -36,7 +36,7 @@ def loaded(services: Settings, spec) -> dict:
     from flywheel.features import store as features
 
     write_landing(services.home / "landing", FIRST_DAY, DAYS, spec.generator)
-    features.apply(services)
+    features.apply(spec, services)
     summaries = {}
     for offset in range(DAYS):
         day = FIRST_DAY + timedelta(days=offset)
@@ -44,5 +44,5 @@ def loaded(services: Settings, spec) -> dict:
         ingested = ingest(spec, ds, run_id="test", settings=services)
         summaries[ds] = {"ingest": ingested, "validate": validate_partition(spec, ds, settings=services)}
         features.compute_aggregates(spec, day, settings=services)
-        features.materialize(day, settings=services)
+        features.materialize(spec, day, settings=services)
     return summaries

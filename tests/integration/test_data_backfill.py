@@ -82,7 +82,7 @@ def test_seven_day_backfill_fills_every_partition_and_the_online_store(airflow_s
         quarantined = storage.read_manifest(zone="quarantine", dataset="transactions", ds=ds, settings=settings)
         assert raw.run_id.startswith("backfill__") and raw.inputs[0]["uri"].endswith(".parquet")
         assert curated.rows + quarantined.rows == raw.rows
-        freshness = json.loads(storage.get_bytes("reports", f"feature-freshness/ds={ds}.json", settings=settings))
+        freshness = json.loads(storage.get_bytes("reports", f"feature-freshness/{spec.name}/ds={ds}.json", settings=settings))
         assert freshness["views"]["user_stats"]["rows"] > 0
     agg = storage.read_partition(zone="features", dataset="user_stats", ds=last.isoformat(), settings=settings)
     top = agg.sort_values("user_txn_count_7d", ascending=False).head(5)

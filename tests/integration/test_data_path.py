@@ -9,7 +9,7 @@ from flywheel.core import storage
 from flywheel.data.ingest import SourceNotFound, ingest
 from flywheel.data.validation import REASONS
 from flywheel.features import store as features
-from flywheel.features.featurize import feature_timestamp
+from flywheel.features.aggregates import feature_timestamp
 
 from .conftest import DAYS, FIRST_DAY
 

@@ -27,7 +27,7 @@ def redis_settings(services, loaded):
         "online_store": {"type": "redis", "connection_string": f"127.0.0.1:6379,db={REDIS_DB}"},
         "feast_project": "flywheel_datatest",
     })
-    features.apply(settings)
+    features.apply(spec, settings)
     features.reset_online_store(settings)
     yield settings
     features.reset_online_store(settings)
@@ -37,7 +37,7 @@ def test_each_interval_materializes_into_redis_and_records_freshness(redis_setti
     store = features.feature_store(redis_settings)
     for offset in (DAYS - 2, DAYS - 1):  # two successive intervals, in order
         day = FIRST_DAY + timedelta(days=offset)
-        record = features.materialize(day, settings=redis_settings)
+        record = features.materialize(spec, day, settings=redis_settings)
         agg = storage.read_partition(zone="features", dataset="user_stats", ds=day.isoformat(),
                                      settings=redis_settings)
         top = agg.sort_values("user_txn_count_7d", ascending=False).head(5)
@@ -45,7 +45,7 @@ def test_each_interval_materializes_into_redis_and_records_freshness(redis_setti
         assert online["user_txn_count_7d"].tolist() == top["user_txn_count_7d"].tolist()
         assert online["user_txn_count_24h"].tolist() == top["user_txn_count_24h"].tolist()
         assert record["online_store"] == "redis"
-        saved = json.loads(storage.get_bytes("reports", f"feature-freshness/ds={day}.json", settings=redis_settings))
+        saved = json.loads(storage.get_bytes("reports", f"feature-freshness/{spec.name}/ds={day}.json", settings=redis_settings))
         assert saved == record
         assert saved["views"]["user_stats"]["feature_timestamp"].startswith((day + timedelta(days=1)).isoformat())
         assert saved["views"]["user_stats"]["newest_event"] < saved["views"]["user_stats"]["feature_timestamp"]

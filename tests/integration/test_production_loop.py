@@ -136,13 +136,13 @@ def embedded(tmp_path_factory: pytest.TempPathFactory, spec) -> Iterator[Setting
         write_landing(home / "landing", START, HISTORY_DAYS + DRIFT_DAYS, spec.generator,
                       drift_from=START + timedelta(days=HISTORY_DAYS), drift=DriftKind.AMOUNT_SHIFT,
                       dataset=spec.dataset.name)
-        features.apply(settings)
+        features.apply(spec, settings)
         for ds in _days():
             ingest(spec, ds, run_id="reference", settings=settings)
             validate_partition(spec, ds, run_id="reference", settings=settings)
             day = START.fromisoformat(ds)
             features.compute_aggregates(spec, day, settings=settings)
-            features.materialize(day, settings=settings)
+            features.materialize(spec, day, settings=settings)
         result = train(spec, end=TRAIN_END, reason="reference", settings=settings)
         settings.home.joinpath("reference.json").write_text(json.dumps(result.to_dict()))
         yield settings

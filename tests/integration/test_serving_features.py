@@ -51,8 +51,8 @@ def redis_settings(services, loaded):
     settings = services.model_copy(update={
         "online_store": {"type": "redis", "connection_string": f"127.0.0.1:6379,db={REDIS_DB}"},
         "home": services.home / "redis-profile"})
-    features.apply(settings)
-    features.materialize(END, settings=settings)
+    features.apply(spec, settings)
+    features.materialize(spec, END, settings=settings)
     yield settings
     client.flushdb()
 

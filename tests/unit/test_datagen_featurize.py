@@ -13,7 +13,6 @@ from flywheel.datagen import (
     labels_arriving,
     write_landing,
 )
-from flywheel.features.featurize import MODEL_FEATURES, feature_timestamp, model_matrix, user_aggregates
 
 pytestmark = pytest.mark.unit
 DAY = date(2026, 1, 5)
@@ -98,41 +97,3 @@ def test_write_landing_is_idempotent(tmp_path, spec):
     content = [p.read_bytes() for p in first]
     second = write_landing(tmp_path, DAY, 2, spec.generator)
     assert first == second and content == [p.read_bytes() for p in second]
-
-
-def test_aggregates_are_stamped_when_the_day_closes(spec):
-    df = generate_day(DAY, spec.generator, bad_records=False)
-    agg = user_aggregates(df, DAY)
-    assert (agg["event_timestamp"] == pd.Timestamp(feature_timestamp(DAY))).all()
-    assert agg["user_txn_count_7d"].sum() == len(df)
-    assert (agg["user_txn_count_1h"] <= agg["user_txn_count_24h"]).all()
-
-
-def test_model_matrix_handles_unknown_entities(spec):
-    df = generate_day(DAY, spec.generator, bad_records=False).head(3)
-    online = pd.DataFrame({"user_txn_count_7d": [5, None, None], "user_amount_mean_7d": [10.0, None, None],
-                           "user_top_country": ["US", None, None]})
-    matrix = model_matrix(df, online)
-    assert list(matrix.columns) == MODEL_FEATURES
-    assert matrix["amount_to_user_mean"].iloc[0] == pytest.approx(df["amount"].iloc[0] / 10.0)
-    assert np.isnan(matrix["amount_to_user_mean"].iloc[1])
-    assert matrix["is_foreign"].iloc[1] == 0
-
-
-def test_an_entity_that_drops_out_of_the_window_gets_an_inactive_row():
-    from flywheel.features.featurize import merchant_aggregates
-
-    def txn(user: int, merchant: int, when: str) -> dict:
-        return {"user_id": user, "merchant_id": merchant, "amount": 10.0, "country": "US", "is_fraud": 0,
-                "event_timestamp": pd.Timestamp(when, tz="UTC")}
-
-    # user/merchant 1: active yesterday; 2: only 7.5 days before the stamp (just left the window);
-    # 3: 9 days before (gone before: no row at all)
-    frame = pd.DataFrame([txn(1, 1, "2026-01-10 12:00"), txn(2, 2, "2026-01-03 12:00"),
-                          txn(3, 3, "2026-01-02 00:00")])
-    users = user_aggregates(frame, date(2026, 1, 10)).set_index("user_id")
-    assert list(users.index) == [1, 2]
-    assert users.loc[2, "user_txn_count_7d"] == 0 and pd.isna(users.loc[2, "user_amount_mean_7d"])
-    assert users.loc[2, "user_seconds_since_last_txn"] == 7.5 * 86400 and users.loc[2, "user_top_country"] is None
-    merchants = merchant_aggregates(frame, date(2026, 1, 10), label="is_fraud").set_index("merchant_id")
-    assert list(merchants.index) == [1, 2] and merchants.loc[2, "merchant_txn_count_7d"] == 0

@@ -1,4 +1,9 @@
-"""Feature computation shared by training and serving (one code path, no skew).
+"""FROZEN REFERENCE: the fraud features as the engine hand-wrote them before the spec language.
+
+Kept only so that tests/unit/test_feature_language.py can prove that models/fraud.yaml, compiled by
+the engine, computes exactly these values. Do not import it from anywhere else.
+
+Original docstring: feature computation shared by training and serving.
 
 * Entity aggregates (per user, per merchant) over a trailing window of curated
   days; stored as the Feast offline source and materialized online.
@@ -13,7 +18,8 @@ from datetime import UTC, date, datetime, time, timedelta
 import numpy as np
 import pandas as pd
 
-from flywheel.datagen import CATEGORIES, DEVICES
+CATEGORIES = ["grocery", "fuel", "restaurant", "travel", "electronics", "online_retail", "gambling", "pharmacy"]
+DEVICES = ["mobile", "desktop", "pos", "unknown"]
 
 # Windows of the entity aggregates, as of the end of each data interval.
 WINDOWS = {"1h": "1 hour", "24h": "24 hours", "7d": "7 days"}

@@ -1,0 +1,79 @@
+"""The object layout: every bucket zone and key Flywheel reads or writes, spelled once.
+
+One bucket per zone (``<prefix>-<zone>``, see ``Settings.bucket``). Inside them:
+
+| zone | key | written by |
+| --- | --- | --- |
+| raw, curated, quarantine | ``<dataset>/ds=<date>/`` (+ ``_manifest.json``) | ingest, validation |
+| features | ``<use case>/<entity>/ds=<date>/`` | the day's aggregates (Feast's offline source) |
+| features | ``reference/<model>/v<version>.parquet`` | training: the drift reference |
+| predictions | ``<model>/dt=<date>/part-<id>.parquet`` | the model server's prediction log |
+| reports | ``feature-freshness/<use case>/ds=<date>.json`` | materialization |
+| reports | ``drift/<model>/ds=<date>/``, ``performance/<model>/ds=<date>/`` | monitoring checks |
+| reports | ``monitoring/<model>/ds=<date>/summary.json``, ``monitoring/<model>/latest.json`` | the day's summary |
+| reports | ``policy/<model>/ds=<date>/…json`` | retraining decisions |
+| reports | ``audit/<model>/…json`` | every alias move |
+
+Use cases and models are keyed by their spec's ``name`` / ``model_name`` (validated names: no
+path parts), so several use cases share the buckets without collisions.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+ZONES = ("raw", "curated", "quarantine", "features", "predictions", "reports", "mlflow")
+MANIFEST = "_manifest.json"
+SUMMARY = "summary.json"
+LATEST = "latest.json"
+SUMMARY_PREFIX = "monitoring/"
+
+
+def _day(day: date | str) -> str:
+    return day.isoformat() if isinstance(day, date) else day
+
+
+def partition_prefix(dataset: str, ds: date | str) -> str:
+    """A dataset's daily partition in the raw, curated, quarantine or features zone."""
+    return f"{dataset}/ds={_day(ds)}/"
+
+
+def feature_dataset(use_case: str, entity: str) -> str:
+    """The features-zone dataset of one entity's aggregates (Feast's offline source)."""
+    return f"{use_case}/{entity}"
+
+
+def reference_key(model: str, version: str) -> str:
+    """A model version's drift reference in the features zone."""
+    return f"reference/{model}/v{version.removeprefix('v')}.parquet"
+
+
+def prediction_prefix(model: str, day: date | str) -> str:
+    """One day of a model's prediction log in the predictions zone."""
+    return f"{model}/dt={_day(day)}/"
+
+
+def freshness_prefix(use_case: str) -> str:
+    return f"feature-freshness/{use_case}/"
+
+
+def freshness_key(use_case: str, ds: date | str) -> str:
+    """The feature-freshness record of one materialized day (reports zone)."""
+    return f"{freshness_prefix(use_case)}ds={_day(ds)}.json"
+
+
+def report_prefix(kind: str, model: str, ds: date | str) -> str:
+    """A monitoring report of one day (``drift``, ``performance``) in the reports zone."""
+    return f"{kind}/{model}/ds={_day(ds)}/"
+
+
+def summary_prefix(model: str) -> str:
+    return f"{SUMMARY_PREFIX}{model}/"
+
+
+def policy_prefix(model: str) -> str:
+    return f"policy/{model}/"
+
+
+def audit_prefix(model: str) -> str:
+    return f"audit/{model}/"
