@@ -211,3 +211,70 @@ def test_spec_checks_families_against_the_task_and_slice_columns(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     spec = load_spec_file(path)  # candidates xgboost/torch_mlp do regression; the baseline defaults
     assert families.baseline_name(spec.training.baseline, spec.task) == "linear_regression"
+
+
+def _rides_spec(tmp_path, task: str, label: dict):
+    body = {
+        "name": "rides", "model_name": "rides", "owner": "t", "task": task, "label": label,
+        "dataset": {"name": "rides", "source": "{home}/x/ds={ds}", "timestamp": "ts", "key": ["city", "n"],
+                    "contract": {"columns": {"city": {"type": "string"}, "n": {"type": "int"},
+                                             "minutes": {"type": "float"}, "dist": {"type": "float"},
+                                             "kind": {"type": "string", "allowed": ["a", "b", "c"]},
+                                             "ts": {"type": "datetime"}}}},
+        "features": {"entities": {"city": {"keys": ["city"], "aggregations": {
+                         "city_mean_7d": {"fn": "mean", "column": "minutes", "window": "7d"}}}},
+                     "request": {"dist": {"fn": "value", "column": "dist"}, "hour": {"fn": "hour"},
+                                 "kind_code": {"fn": "category", "column": "kind"}}},
+        "training": {"split": {"train": 0.6, "validation": 0.2, "holdout": 0.2},
+                     "candidates": {"xgboost": {"params": {"n_estimators": 10}}}},
+        "monitoring": {"features": []},
+    }
+    path = tmp_path / "rides.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return load_spec_file(path)
+
+
+def _rides(n: int = 1200) -> pd.DataFrame:
+    rng = np.random.default_rng(5)
+    dist = rng.gamma(2.0, 2.0, n)
+    minutes = 3 * dist + rng.normal(0, 1, n)
+    minutes[rng.random(n) < 0.05] = np.nan  # not known yet: the label is null
+    return pd.DataFrame({"city": rng.choice(["x", "y"], n), "n": np.arange(n), "dist": dist, "minutes": minutes,
+                         "kind": rng.choice(["a", "b", "c", "zz"], n),
+                         "ts": pd.to_datetime("2026-01-01", utc=True) + pd.to_timedelta(rng.integers(0, 240, n), "h"),
+                         "city_mean_7d": rng.normal(10, 1, n)})
+
+
+@pytest.mark.parametrize(("task", "label", "classes"), [
+    ("regression", {"column": "minutes"}, []),
+    ("multiclass", {"expr": "CASE WHEN minutes < 8 THEN 'short' WHEN minutes < 15 THEN 'mid' "
+                            "WHEN minutes IS NOT NULL THEN 'long' END", "name": "length"}, ["long", "mid", "short"]),
+    ("binary", {"expr": "minutes > 12", "name": "late"}, [0, 1]),
+])
+def test_labelled_rows_split_and_matrices_for_each_task(tmp_path, task, label, classes):
+    from flywheel.training.dataset import labelled, matrices
+
+    spec = _rides_spec(tmp_path, task, label)
+    frame = _rides()
+    data = labelled(spec, frame)
+    assert data.null_labels == int(frame["minutes"].isna().sum()) > 0  # counted, and left out
+    assert len(data.frame) == len(frame) - data.null_labels and data.frame[spec.target].notna().all()
+    assert data.classes == classes
+    m = matrices(spec, temporal_split(data.frame, spec), data.classes)
+    assert list(m.x["train"].columns) == m.features and m.fit.categorical == {"kind_code": 3}
+    assert sum(len(v) for v in m.y.values()) == len(data.frame)
+    assert m.fit.metric == tasks.TASK_METRICS[task][0] and m.fit.n_classes == len(classes)
+    holdout = m.y["holdout"].to_numpy()
+    scores = {name: tasks.score(m.fit.metric, holdout, families.get(name, task).train(
+                  m.fit, QUICK.get(name, {}), seed=0, settings=CPU).predict(m.x["holdout"]))
+              for name in ["xgboost", *BASELINES[task]]}
+    constant = BASELINES[task][1]
+    assert tasks.improves(m.fit.metric, scores["xgboost"], scores[constant]), scores
+
+
+def test_no_labelled_row_is_a_clear_error(tmp_path):
+    from flywheel.training.dataset import TrainingDataError, labelled
+
+    spec = _rides_spec(tmp_path, "regression", {"column": "minutes"})
+    with pytest.raises(TrainingDataError, match="none of the 10 rows has a label"):
+        labelled(spec, _rides(10).assign(minutes=np.nan))
