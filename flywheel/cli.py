@@ -173,15 +173,17 @@ def train(end: Annotated[str, typer.Option(help="Last day of training data, YYYY
 
     result = run_train(load_spec(), end=date.fromisoformat(end), reason="cli")
     table = Table(title=f"candidates (selected: {result.family}, registered as v{result.version})")
-    columns = ["val_pr_auc", "holdout_pr_auc", "holdout_roc_auc", "holdout_expected_cost", "trials",
-               "train_seconds", "search_seconds"]
+    from flywheel.core.spec import TASK_METRICS
+
+    shown = [*TASK_METRICS[result.task], *(["expected_cost"] if result.task == "binary" else [])]
+    columns = [f"val_{result.metric}", *(f"holdout_{m}" for m in shown), "trials", "train_seconds",
+               "search_seconds"]
     table.add_column("family")
     for column in columns:
         table.add_column(column, justify="right")
     for family, metrics in result.families.items():
         table.add_row(family, *(f"{metrics.get(c, float('nan')):.4g}" for c in columns))
-    table.add_row("baseline", "", f"{result.metrics['baseline_pr_auc']:.4g}",
-                  f"{result.metrics['baseline_roc_auc']:.4g}", f"{result.metrics['baseline_expected_cost']:.4g}")
+    table.add_row("baseline", "", *(f"{result.metrics.get(f'baseline_{m}', float('nan')):.4g}" for m in shown))
     console.print(table)
     state = "awaiting approval" if result.awaiting_approval else ("promoted" if result.promoted else "not promoted")
     console.print(f"gate: {result.reason} → {state}")

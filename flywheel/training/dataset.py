@@ -98,17 +98,17 @@ def temporal_split(frame: pd.DataFrame, spec: PipelineSpec) -> Split:
 
 def features_of(frame: pd.DataFrame, spec: PipelineSpec) -> pd.DataFrame:
     """The model matrix of training rows: the one featurizer's frame (float64, ``fz.names``)."""
-    from flywheel.features.featurizer import Featurizer
+    from flywheel.features.featurizer import featurizer_for
 
-    return Featurizer.for_spec(spec).frame(frame)
+    return featurizer_for(spec).frame(frame)
 
 
 def matrices(spec: PipelineSpec, split: Split, classes: list[Any]) -> Matrices:
     """Model matrices and encoded labels of each part; raises
     :class:`~flywheel.training.tasks.LabelError` when a class never occurs in training."""
-    from flywheel.features.featurizer import Featurizer
+    from flywheel.features.featurizer import featurizer_for
 
-    fz = Featurizer.for_spec(spec)
+    fz = featurizer_for(spec)
     x = {name: fz.frame(part) for name, part in split.parts().items()}
     y = {name: tasks.encode(spec.task, part[spec.target], classes).reset_index(drop=True)
          for name, part in split.parts().items()}

@@ -48,6 +48,7 @@ class TrainResult:
     reference_uri: str
     families: dict[str, dict[str, float]]
     task: str = "binary"
+    metric: str = "pr_auc"  # the selection and gate metric
     rows: int = 0  # labelled rows trained and evaluated on
     null_labels: int = 0  # rows left out because their label is null
 
@@ -237,7 +238,8 @@ def train(spec: PipelineSpec, *, end: date, reason: str = "scheduled",
                        metrics=ev.logged_metrics(), threshold=ev.threshold,
                        promoted=decision.promote and not awaiting, awaiting_approval=awaiting,
                        reason=decision.reason, reference_uri=reference_uri, families=per_family,
-                       task=spec.task, rows=len(data.frame), null_labels=data.null_labels)
+                       task=spec.task, metric=tasks.metric_of(spec), rows=len(data.frame),
+                       null_labels=data.null_labels)
 
 
 def log_run(spec: PipelineSpec, *, end: date, reason: str, data: Labelled, identity: dict[str, Any],
