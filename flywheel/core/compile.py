@@ -55,28 +55,13 @@ def check_references(spec: PipelineSpec) -> None:
         if name not in defined:
             raise ValueError(f"monitoring.features: {name!r} is not a defined feature "
                              f"(known: {', '.join(sorted(defined))})")
-    _check_training(spec, columns, defined)
+    for name in spec.training.slices or []:
+        if name not in defined and name not in columns:
+            raise ValueError(f"training.slices: {name!r} is neither a contract column nor a defined feature")
     metric = spec.training.metric
     if metric is not None and metric not in TASK_METRICS[spec.task]:
         raise ValueError(f"training.metric: {metric!r} is not a {spec.task} metric "
                          f"(one of {', '.join(TASK_METRICS[spec.task])})")
-
-
-def _check_training(spec: PipelineSpec, columns: dict[str, Any], defined: dict[str, str]) -> None:
-    """Families that can learn the task; slices over columns or features that exist."""
-    from flywheel.core import model_families as families
-
-    t = spec.training
-    for where, name in [("training.baseline", families.baseline_name(t.baseline, spec.task)),
-                        *((f"training.candidates.{n}", n) for n in t.candidates)]:
-        try:
-            families.check_task(name, spec.task)
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
-    for name, sl in (t.slices or {}).items():
-        if sl.column not in columns and sl.column not in defined:
-            raise ValueError(f"training.slices.{name}.column: {sl.column!r} is neither a contract column "
-                             "nor a feature")
 
 
 def _check_entities(spec: PipelineSpec, columns: dict[str, Any]) -> None:

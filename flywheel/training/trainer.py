@@ -1,12 +1,17 @@
-"""Train a baseline and the candidate families on a temporal split for the spec's task type;
-track, register and gate in MLflow."""
+"""Train a baseline and candidate families on a temporal split, track and gate in MLflow.
+
+One path for every task type (binary, multiclass, regression): labels from the spec (rows
+without one counted and left out), the one featurizer's model matrix, the task's metrics, the
+gate on ``training.metric`` (or the task's default) in its direction, slices from the spec.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from datetime import date
 from typing import Any
 
@@ -16,22 +21,21 @@ import pandas as pd
 from flywheel.core import storage
 from flywheel.core.config import Settings, get_settings
 from flywheel.core.spec import PipelineSpec
-from flywheel.features import store as features
-from flywheel.training import evaluation, families, lineage, promotion, registry, tasks, tuning
-from flywheel.training.dataset import (
-    Labelled,
-    Matrices,
-    Split,
-    features_of,
-    labelled,
-    matrices,
-    temporal_split,
-)
-from flywheel.training.families.base import Trained, permutation_importance
+from flywheel.features.featurizer import featurizer_for
+from flywheel.training import evaluation, families, lineage, promotion, registry, tuning
+from flywheel.training.families.base import FitData, Trained, permutation_importance
+from flywheel.training.labels import LabelEncoding, drop_null
 
-__all__ = ["Split", "TrainResult", "features_of", "select", "temporal_split", "train"]
 log = logging.getLogger(__name__)
 REFERENCE_ROWS = 20_000
+PARTS = ("train", "validation", "holdout")
+
+
+@dataclass(frozen=True)
+class Split:
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    holdout: pd.DataFrame
 
 
 @dataclass(frozen=True)
@@ -41,19 +45,76 @@ class TrainResult:
     version: str
     family: str
     metrics: dict[str, float]
-    threshold: float  # binary only (NaN otherwise)
+    threshold: float
     promoted: bool
     awaiting_approval: bool
     reason: str
     reference_uri: str
     families: dict[str, dict[str, float]]
     task: str = "binary"
-    metric: str = "pr_auc"  # the selection and gate metric
-    rows: int = 0  # labelled rows trained and evaluated on
-    null_labels: int = 0  # rows left out because their label is null
+    metric: str = "pr_auc"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def temporal_split(frame: pd.DataFrame, spec: PipelineSpec) -> Split:
+    """Train / validation / holdout by time: no holdout row precedes a training row (ties in
+    time ordered by the dataset's key columns, else by their order in ``frame``)."""
+    by = [spec.dataset.timestamp, *[c for c in spec.dataset.key_columns if c in frame.columns]]
+    ordered = frame.sort_values(by, kind="stable").reset_index(drop=True)
+    n = len(ordered)
+    a = int(n * spec.training.split.train)
+    b = int(n * (spec.training.split.train + spec.training.split.validation))
+    return Split(ordered.iloc[:a], ordered.iloc[a:b], ordered.iloc[b:])
+
+
+def asdict_split(split: Split) -> dict[str, pd.DataFrame]:
+    return {"train": split.train, "validation": split.validation, "holdout": split.holdout}
+
+
+def features_of(frame: pd.DataFrame, spec: PipelineSpec) -> pd.DataFrame:
+    """The model matrix of a training frame: the spec's one featurizer."""
+    return featurizer_for(spec).frame(frame)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A training frame made ready to fit: split by time, model matrices, encoded labels."""
+
+    split: Split
+    x: dict[str, pd.DataFrame]
+    y: dict[str, pd.Series]
+    encoding: LabelEncoding
+    counts: dict[str, float] = field(default_factory=dict)
+
+    def fit_data(self, spec: PipelineSpec, categorical: dict[str, int]) -> FitData:
+        return FitData(self.x["train"], self.y["train"], self.x["validation"], self.y["validation"],
+                       task=spec.task, n_classes=self.encoding.n_classes, categorical=dict(categorical),
+                       metric=evaluation.metric_of(spec))
+
+
+def prepare(spec: PipelineSpec, frame: pd.DataFrame, featurize: Callable[[pd.DataFrame], pd.DataFrame]) -> Prepared:
+    """Leave out rows without a label (counted: ``rows_label_null``), split by time, encode labels
+    (multiclass: classes of the training split; later rows of a class unseen in training are left
+    out, counted: ``rows_label_unseen_class``) and build each part's model matrix with ``featurize``."""
+    labelled, nulls = drop_null(spec, frame)
+    split = temporal_split(labelled, spec)
+    encoding = LabelEncoding.fit(spec, split.train[spec.target])
+    parts, y, unseen = {}, {}, 0
+    for name, part in asdict_split(split).items():
+        codes = encoding.encode(part[spec.target], name=spec.name).reset_index(drop=True)
+        known = codes.notna().to_numpy()
+        unseen += int((~known).sum())
+        parts[name] = part.reset_index(drop=True).loc[known].reset_index(drop=True)
+        y[name] = codes[known].reset_index(drop=True).astype("int64" if spec.task != "regression" else "float64")
+    if unseen:
+        log.warning("%s: %d validation/holdout rows have a class unseen in training: left out", spec.name, unseen)
+    split = Split(parts["train"], parts["validation"], parts["holdout"])
+    x = {name: featurize(part).reset_index(drop=True) for name, part in parts.items()}
+    counts = {"rows_label_null": float(nulls), "rows_label_unseen_class": float(unseen),
+              **{f"rows_{name}": float(len(part)) for name, part in parts.items()}}
+    return Prepared(split, x, y, encoding, counts)
 
 
 @dataclass(frozen=True)
@@ -80,86 +141,106 @@ def _costs(spec: PipelineSpec) -> evaluation.Costs:
 
 @dataclass(frozen=True)
 class Scored:
-    """A model's holdout scores and metrics; a binary's cost-minimising threshold (on validation)."""
+    """A model's decision threshold (binary: cost-minimising on validation; NaN otherwise),
+    holdout metrics and holdout scores."""
 
     threshold: float
     metrics: dict[str, float]
     holdout_scores: np.ndarray
 
 
-def _measure(spec: PipelineSpec, y: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
-    return evaluation.task_metrics(spec.task, y, scores, threshold=threshold, costs=_costs(spec),
-                                   precision_target=spec.training.precision_target)
+def measure(spec: PipelineSpec, y: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """The task's holdout metrics of ``scores`` (binary: decided at ``threshold``)."""
+    binary = spec.task == "binary"
+    return evaluation.metrics(y, scores, task=spec.task, threshold=threshold if binary else 0.5,
+                              costs=_costs(spec) if binary else None,
+                              precision_target=spec.training.precision_target)
 
 
-def score(spec: PipelineSpec, m: Matrices, model: Trained) -> Scored:
+def score(spec: PipelineSpec, prepared: Prepared, model: Trained) -> Scored:
+    x, y = prepared.x, prepared.y
     threshold = float("nan")
     if spec.task == "binary":
-        threshold = evaluation.cost_threshold(m.y["validation"].to_numpy(), model.predict(m.x["validation"]),
+        threshold = evaluation.cost_threshold(y["validation"].to_numpy(), model.scores(x["validation"]),
                                               _costs(spec))
-    scores = model.predict(m.x["holdout"])
-    return Scored(threshold, _measure(spec, m.y["holdout"].to_numpy(), scores, threshold), scores)
+    scores = model.scores(x["holdout"])
+    return Scored(threshold, measure(spec, y["holdout"].to_numpy(), scores, threshold), scores)
 
 
-def _comparable_champion(spec: PipelineSpec, classes: list[Any], settings: Settings) -> registry.LoadedModel | None:
-    """The champion, when it scores the same task and classes (else the gate has nothing to
-    compare with: a spec that changed its task or classes starts over)."""
+def align_classes(scores: np.ndarray, have: list[Any], want: list[Any]) -> np.ndarray:
+    """Class probabilities whose columns are ``have`` reordered to ``want`` (absent classes: 0)."""
+    where = {_key(c): i for i, c in enumerate(have)}
+    out = np.zeros((len(scores), len(want)))
+    for j, c in enumerate(want):
+        if _key(c) in where:
+            out[:, j] = scores[:, where[_key(c)]]
+    return out
+
+
+def _key(value: Any) -> str:
+    return json.dumps(value)
+
+
+def champion_scores(spec: PipelineSpec, prepared: Prepared, settings: Settings) -> tuple[np.ndarray, float] | None:
+    """The current champion's holdout scores and threshold, comparable with the challenger's;
+    None without a champion, or when it was trained for another task (then only the baseline gates)."""
     mv = registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings)
     if mv is None:
         return None
     current = registry.load_version(spec.model_name, str(mv.version), settings=settings)
-    if current.task != spec.task or (spec.task != "regression" and current.classes != classes):
-        log.warning("champion v%s (%s, classes %s) is not comparable with a %s model of classes %s",
-                    current.version, current.task, current.classes, spec.task, classes)
+    if current.task != spec.task:
+        log.warning("%s: the champion v%s is a %s model, the spec a %s one: it is not compared",
+                    spec.name, current.version, current.task, spec.task)
         return None
-    return current
+    scores = np.asarray(current.scores(prepared.x["holdout"]), dtype="float64")
+    if spec.task == "multiclass":
+        scores = align_classes(scores, current.classes, list(prepared.encoding.classes))
+    return scores, current.threshold
 
 
-def evaluate(spec: PipelineSpec, split: Split, m: Matrices, scored: Scored, baseline: Trained,
-             classes: list[Any], settings: Settings) -> Evaluation:
+def evaluate(spec: PipelineSpec, prepared: Prepared, scored: Scored, baseline: Trained,
+             settings: Settings) -> Evaluation:
     """The selected model's holdout scores (threshold from validation) against the baseline and
-    the current champion on the same holdout, overall and per slice."""
-    metric = tasks.metric_of(spec)
-    yh = m.y["holdout"].to_numpy()
-    base = baseline.predict(m.x["holdout"])
-    slices = evaluation.slice_columns(split.holdout.reset_index(drop=True), spec)
-
-    def per_slice(scores: np.ndarray) -> pd.DataFrame:
-        return evaluation.slice_metrics(slices, yh, scores, metric=metric, task=spec.task)
-
-    cand_slices = per_slice(scored.holdout_scores)
+    the current champion on the same holdout, overall and per slice (the task's metric)."""
+    metric = evaluation.metric_of(spec)
+    yh = prepared.y["holdout"].to_numpy()
+    base = baseline.scores(prepared.x["holdout"])
+    slices = evaluation.slice_columns(prepared.split.holdout, evaluation.slice_names(spec),
+                                      features=prepared.x["holdout"])
+    cand_slices = evaluation.slice_metrics(slices, yh, scored.holdout_scores, metric=metric)
     champion, regressions = None, []
-    current = _comparable_champion(spec, classes, settings)
+    current = champion_scores(spec, prepared, settings)
     if current is not None:
-        champ_scores = np.asarray(current.predict(m.x["holdout"]), dtype="float64")
-        champion = _measure(spec, yh, champ_scores, current.threshold)
-        regressions = evaluation.slice_regressions(cand_slices, per_slice(champ_scores),
-                                                   tolerance=spec.training.slice_tolerance, metric=metric)
+        champ, champ_threshold = current
+        champion = measure(spec, yh, champ, champ_threshold)
+        regressions = evaluation.slice_regressions(
+            cand_slices, evaluation.slice_metrics(slices, yh, champ, metric=metric),
+            tolerance=spec.training.slice_tolerance, metric=metric)
     return Evaluation(threshold=scored.threshold, candidate=scored.metrics,
-                      baseline=_measure(spec, yh, base, scored.threshold), champion=champion,
+                      baseline=measure(spec, yh, base, scored.threshold), champion=champion,
                       slices=cand_slices, regressions=regressions, holdout_scores=scored.holdout_scores,
                       baseline_scores=base)
 
 
 def train_candidates(
-    spec: PipelineSpec, m: Matrices, settings: Settings,
+    spec: PipelineSpec, data: FitData, prepared: Prepared, settings: Settings,
 ) -> tuple[dict[str, Trained], dict[str, Scored], dict[str, dict[str, float]]]:
-    """Each candidate family in its own child run (trials nested below it, training curves as
-    step metrics); returns the families' best models, their holdout scores (for comparison,
-    not for selection) and the logged per-family report."""
+    """Each candidate family in its own child run (trials nested below it, curves as step
+    metrics); returns the families' best models, their holdout scores (for comparison, not for
+    selection) and the logged per-family report."""
     import mlflow
 
-    metric = tasks.metric_of(spec)
+    metric = evaluation.metric_of(spec)
     trained: dict[str, Trained] = {}
     scores: dict[str, Scored] = {}
     report: dict[str, dict[str, float]] = {}
     for name, candidate in spec.training.candidates.items():
-        family = families.get(name, spec.task)
+        family = families.get(name)
         with mlflow.start_run(run_name=name, nested=True):
             started = time.perf_counter()
-            best = tuning.tune(family, candidate, m.fit, spec=spec, settings=settings)
+            best = tuning.tune(family, candidate, data, spec=spec, settings=settings)
             search_seconds = time.perf_counter() - started
-            scores[name] = scored = score(spec, m, best)
+            scores[name] = scored = score(spec, prepared, best)
             report[name] = {f"val_{metric}": best.val_score, "train_seconds": best.seconds,
                             "search_seconds": search_seconds, "trials": float(best.trials),
                             **{f"holdout_{k}": v for k, v in scored.metrics.items()}}
@@ -168,7 +249,6 @@ def train_candidates(
             mlflow.log_params({k: tuning.loggable(v) for k, v in best.params.items()}
                               | {"threshold": scored.threshold})
             mlflow.log_metrics(report[name])
-            tuning.log_curves(best.curves)
         log.info("%s: val %s %.4f, holdout %s %.4f, %d trial(s) in %.1f s", name, metric, best.val_score,
                  metric, scored.metrics[metric], best.trials, search_seconds)
         trained[name] = best
@@ -176,74 +256,69 @@ def train_candidates(
 
 
 def select(candidates: dict[str, Trained], *, metric: str = "pr_auc") -> Trained:
-    """The family with the best validation ``metric`` (spec order breaks ties): the holdout
-    stays untouched by selection, so the gate's comparison on it is fair."""
-    chosen: Trained | None = None
-    for trained in candidates.values():
-        if chosen is None or tasks.improves(metric, trained.val_score, chosen.val_score):
-            chosen = trained
-    if chosen is None:
-        raise ValueError("no candidate was trained")
-    return chosen
-
-
-def _gate(spec: PipelineSpec, ev: Evaluation) -> registry.GateDecision:
-    metric = tasks.metric_of(spec)
-    return registry.decide(challenger=ev.candidate[metric], baseline=ev.baseline[metric],
-                           champion=ev.champion[metric] if ev.champion else None,
-                           min_improvement=spec.training.min_improvement, regressions=ev.regressions,
-                           metric=metric)
+    """The family with the best validation score on ``metric`` (spec order breaks ties): the
+    holdout stays untouched by selection, so the gate's comparison on it is fair."""
+    sign = -1.0 if evaluation.lower_is_better(metric) else 1.0
+    return max(candidates.values(), key=lambda t: sign * t.val_score)
 
 
 def train(spec: PipelineSpec, *, end: date, reason: str = "scheduled",
           settings: Settings | None = None) -> TrainResult:
     """Train the baseline and every candidate family; register the best; gate it.
 
-    Raises :class:`~flywheel.training.dataset.TrainingDataError` or
-    :class:`~flywheel.training.tasks.LabelError` when the window cannot train the task.
-    """
+    Raises ``FamilyTaskError`` (before reading data) when a family cannot learn the spec's task,
+    ``LabelError`` when the labels do not fit the task."""
     import mlflow
 
+    from flywheel.features import store as features
+
+    families.check(spec)
     settings = settings or get_settings()
+    fz = featurizer_for(spec)
     frame, identity = features.training_frame(spec, end=end, settings=settings)
-    data = labelled(spec, frame)
-    split = temporal_split(data.frame, spec)
-    m = matrices(spec, split, data.classes)
+    prepared = prepare(spec, frame, fz.frame)
+    metric, seed = evaluation.metric_of(spec), spec.training.seed
+    data = prepared.fit_data(spec, fz.categorical)
     registry.client(settings)
     mlflow.set_experiment(spec.model_name)
     with mlflow.start_run(run_name=f"train-{end.isoformat()}") as run:
-        baseline_name = families.baseline_name(spec.training.baseline, spec.task)
-        baseline = families.get(baseline_name, spec.task).train(m.fit, {}, seed=spec.training.seed,
-                                                                settings=settings)
-        candidates, scores, per_family = train_candidates(spec, m, settings)
-        best = select(candidates, metric=tasks.metric_of(spec))
-        ev = evaluate(spec, split, m, scores[best.name], baseline, data.classes, settings)
-        decision = _gate(spec, ev)
-        version = log_run(spec, end=end, reason=reason, data=data, identity=identity, model=best, ev=ev, m=m,
-                          per_family=per_family, decision=decision, settings=settings)
+        mlflow.log_metrics(prepared.counts)
+        baseline = families.get(spec.training.baseline).train(data, {}, seed=seed, settings=settings)
+        candidates, scores, per_family = train_candidates(spec, data, prepared, settings)
+        best = select(candidates, metric=metric)
+        ev = evaluate(spec, prepared, scores[best.name], baseline, settings)
+        decision = registry.decide(
+            challenger=ev.candidate[metric], baseline=ev.baseline[metric],
+            champion=ev.champion[metric] if ev.champion else None,
+            min_improvement=spec.training.min_improvement, regressions=ev.regressions, metric=metric,
+        )
+        version = log_run(spec, end=end, reason=reason, frame=frame, identity=identity, model=best,
+                          ev=ev, prepared=prepared, per_family=per_family, decision=decision, settings=settings)
     run_id = run.info.run_id
     awaiting = decision.promote and spec.training.approval.required
     tag_version(spec, version, settings, threshold=ev.threshold, run_id=run_id, family=best.name,
-                decision=decision, identity=identity, features=m.features, classes=data.classes,
-                awaiting_approval=awaiting)
-    reference_uri = write_reference(spec, version, recent_days(data.frame, spec), best, data.classes, settings)
+                decision=decision, identity=identity, awaiting_approval=awaiting, features=fz.names,
+                classes=list(prepared.encoding.classes))
+    labelled = pd.concat(list(asdict_split(prepared.split).values()), ignore_index=True)
+    reference_uri = write_reference(spec, version, recent_days(labelled, spec), best, settings,
+                                    featurize=fz.frame, classes=list(prepared.encoding.classes))
     if decision.promote and not awaiting:
         promotion.promote(spec.model_name, version, reason=decision.reason,
                           actor=f"training-gate:{run_id}", settings=settings)
     else:
         registry.set_alias(spec.model_name, registry.CHALLENGER, version, settings=settings)
     outcome = "awaiting approval" if awaiting else ("promoted" if decision.promote else "not promoted")
-    log.info("model %s v%s (%s): %s (%s)", spec.model_name, version, best.name, decision.reason, outcome)
+    log.info("model %s v%s (%s, %s): %s (%s)", spec.model_name, version, best.name, spec.task,
+             decision.reason, outcome)
     return TrainResult(run_id=run_id, model_name=spec.model_name, version=version, family=best.name,
                        metrics=ev.logged_metrics(), threshold=ev.threshold,
                        promoted=decision.promote and not awaiting, awaiting_approval=awaiting,
                        reason=decision.reason, reference_uri=reference_uri, families=per_family,
-                       task=spec.task, metric=tasks.metric_of(spec), rows=len(data.frame),
-                       null_labels=data.null_labels)
+                       task=spec.task, metric=metric)
 
 
-def log_run(spec: PipelineSpec, *, end: date, reason: str, data: Labelled, identity: dict[str, Any],
-            model: Trained, ev: Evaluation, m: Matrices, per_family: dict[str, dict[str, float]],
+def log_run(spec: PipelineSpec, *, end: date, reason: str, frame: pd.DataFrame, identity: dict[str, Any],
+            model: Trained, ev: Evaluation, prepared: Prepared, per_family: dict[str, dict[str, float]],
             decision: registry.GateDecision, settings: Settings) -> str:
     """Into the active run: params, metrics, data, evaluation report; registers the model."""
     import tempfile
@@ -251,32 +326,30 @@ def log_run(spec: PipelineSpec, *, end: date, reason: str, data: Labelled, ident
 
     import mlflow
 
-    metric = tasks.metric_of(spec)
+    metric = evaluation.metric_of(spec)
     mlflow.set_tags({"trigger": reason, "data.end": end.isoformat(), "family": model.name, "task": spec.task,
-                     "data.feature_service": spec.feature_service,
+                     "data.feature_service": spec.feature_service, "gate.metric": metric,
                      "gate.promote": str(decision.promote).lower(), "gate.reason": decision.reason})
-    mlflow.log_params({"family": model.name, "seed": spec.training.seed, "rows": len(data.frame),
-                       "rows_read": data.rows_in, "task": spec.task, "metric": metric,
-                       "threshold": round(ev.threshold, 6),
-                       "baseline": families.baseline_name(spec.training.baseline, spec.task),
+    mlflow.log_params({"family": model.name, "seed": spec.training.seed, "rows": len(frame), "task": spec.task,
+                       "metric": metric, "threshold": round(ev.threshold, 6), "baseline": spec.training.baseline,
                        **{k: tuning.loggable(v) for k, v in model.params.items()}})
-    mlflow.log_metrics(ev.logged_metrics() | {"rows_label_null": float(data.null_labels)}
-                       | {f"{name}_{k}": v for name, metrics in per_family.items() for k, v in metrics.items()})
+    mlflow.log_metrics(ev.logged_metrics() | {f"{name}_{k}": v for name, metrics in per_family.items()
+                                              for k, v in metrics.items()})
     mlflow.log_dict(identity, "data_identity.json")
     mlflow.log_dict(per_family, "evaluation/families.json")
-    mlflow.log_input(_dataset(data.frame, spec, identity, bucket=settings.bucket("curated")), context="training")
-    importance = permutation_importance(model, m.x["validation"], m.y["validation"], metric=metric,
-                                        seed=spec.training.seed)
+    mlflow.log_input(_dataset(frame, spec, identity, bucket=settings.bucket("curated")), context="training")
+    importance = permutation_importance(model, prepared.x["validation"], prepared.y["validation"],
+                                        metric=metric, seed=spec.training.seed)
     with tempfile.TemporaryDirectory() as tmp:
         evaluation.write_report(
-            Path(tmp), y=m.y["holdout"].to_numpy(), proba=ev.holdout_scores, baseline=ev.baseline_scores,
+            Path(tmp), y=prepared.y["holdout"].to_numpy(), pred=ev.holdout_scores, baseline=ev.baseline_scores,
             metrics_={"candidate": ev.candidate, "baseline": ev.baseline, **(
                 {"champion": ev.champion} if ev.champion else {})},
             slices=ev.slices, importance=importance, threshold=ev.threshold, families=per_family,
-            task=spec.task, classes=data.classes, metric=metric)
+            task=spec.task, metric=metric, classes=[str(c) for c in prepared.encoding.classes])
         mlflow.log_artifacts(tmp, "evaluation")
     info = model.family.log_model(model.model, registered_model_name=spec.model_name,
-                                  example=m.x["holdout"].head(3))
+                                  example=prepared.x["holdout"].head(3))
     return str(info.registered_model_version)
 
 
@@ -285,30 +358,30 @@ def _dataset(frame: pd.DataFrame, spec: PipelineSpec, identity: dict[str, Any], 
     from mlflow.data.pandas_dataset import from_pandas
 
     source = f"s3://{bucket}/{spec.dataset.name}/ds={identity['start']}..{identity['end']}"
-    return from_pandas(frame, source=source, name=f"{spec.dataset.name}-{identity['end']}",
-                       targets=spec.target)
+    targets = spec.target if spec.target in frame.columns else None
+    return from_pandas(frame, source=source, name=f"{spec.dataset.name}-{identity['end']}", targets=targets)
 
 
 def tag_version(spec: PipelineSpec, version: str, settings: Settings, *, threshold: float, run_id: str,
                 family: str, decision: registry.GateDecision, identity: dict[str, Any], features: list[str],
                 classes: list[Any], awaiting_approval: bool = False) -> None:
+    """What serving needs (task, classes, threshold, features) and the version's lineage, as tags."""
     mlflow_client = registry.client(settings)
     tags = {
         "family": family,
         "task": spec.task,
         "gate.awaiting_approval": str(awaiting_approval).lower(),
-        "features": json.dumps(features),
+        "threshold": str(threshold),
+        "features": json.dumps(list(features)),
         "run_id": run_id,
+        "gate.metric": evaluation.metric_of(spec),
         "gate.promote": str(decision.promote).lower(),
         "gate.reason": decision.reason,
         "data.window": f"{identity['start']}..{identity['end']}",
         "data.partitions": json.dumps(identity["partitions"])[:5000],
+        **({"classes": json.dumps(classes)} if spec.task == "multiclass" else {}),
         **lineage.lineage_tags(spec, settings, seed=spec.training.seed),
     }
-    if spec.task == "binary":
-        tags["threshold"] = str(threshold)
-    if spec.task != "regression":
-        tags["classes"] = json.dumps(classes)
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(spec.model_name, version, key, value)
 
@@ -320,18 +393,29 @@ def recent_days(frame: pd.DataFrame, spec: PipelineSpec, *, share: float = 0.3) 
     return frame[days.isin(keep)]
 
 
+def reference_frame(spec: PipelineSpec, sample: pd.DataFrame, model: Trained,
+                    featurize: Callable[[pd.DataFrame], pd.DataFrame], classes: list[Any]) -> pd.DataFrame:
+    """Model matrix of ``sample`` with the model's 1-d outputs (binary: ``probability``;
+    multiclass: ``predicted_class`` and its ``probability``; regression: ``value``) and the label,
+    named as the prediction log names them (``flywheel.serving.logschema.OUTPUTS``)."""
+    matrix = featurize(sample).reset_index(drop=True)
+    out = registry.outputs(spec.task, model.scores(matrix), threshold=0.5, classes=classes)
+    kept = {k: v for k, v in out.items() if np.ndim(v) == 1 and k != "decision"}
+    if "class" in kept:
+        kept["predicted_class"] = np.asarray([str(c) for c in kept.pop("class")], dtype=object)
+    return matrix.assign(**kept, **{spec.target: sample[spec.target].to_numpy()})
+
+
 def write_reference(spec: PipelineSpec, version: str, frame: pd.DataFrame, model: Trained,
-                    classes: list[Any], settings: Settings) -> str:
-    """The reference monitoring compares serving traffic with: the model matrix, the model's
-    outputs (:func:`flywheel.training.tasks.output_columns`) and the label.
+                    settings: Settings, *, featurize: Callable[[pd.DataFrame], pd.DataFrame],
+                    classes: list[Any] | None = None) -> str:
+    """The reference monitoring compares serving traffic with.
 
     Built from the most recent whole days of the training window: early days have
     half-filled aggregates (a 7-day count after 2 days) and partial days skew the
     hour of day, either of which would make steady traffic look drifted.
     """
     sample = frame.sample(n=min(REFERENCE_ROWS, len(frame)), random_state=spec.training.seed)
-    matrix = features_of(sample, spec)
-    outputs = tasks.output_columns(spec.task, model.predict(matrix), classes=classes)
-    reference = matrix.assign(**outputs, **{spec.target: sample[spec.target].to_numpy()})
+    reference = reference_frame(spec, sample, model, featurize, classes or [])
     key = f"reference/{spec.model_name}/v{version}.parquet"
     return storage.put_bytes("features", key, storage.df_to_parquet_bytes(reference), settings=settings)

@@ -96,7 +96,7 @@ def _assert_batch_quarantined(settings, spec, err, rows_in: int, rule: str) -> N
         df.index % 25 == 0, pd.Timestamp("2030-01-01", tz="UTC"))), "be_between(event_timestamp)"),
 ])
 def test_row_level_failures_are_quarantined_with_their_rule(services, spec, case, mutate, rule):
-    s = _spec(spec, case)
+    s = _spec(spec, case, max_quarantine_share=1.0)  # the share rule: test_data_onboarding.py
     frame = mutate(_clean())
     _land(services, s, frame)
     summary = _run(services, s)
@@ -232,7 +232,7 @@ def test_large_file_is_validated_in_chunks(services, spec):
 # --- replay: a quarantined batch is processed again once the data are fixed ---------------------
 
 def test_replay_after_the_data_is_fixed(services, spec):
-    from flywheel.data.contracts import replay
+    from flywheel.runs import replay
 
     s = _spec(spec, "replay")
     frame = _clean()

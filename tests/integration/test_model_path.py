@@ -1,13 +1,10 @@
 """Train → register → gate in a real MLflow; package with BentoML; serve over HTTP."""
 
-import io
 import json
 import time
 from datetime import timedelta
 
 import httpx
-import numpy as np
-import pandas as pd
 import pytest
 
 from flywheel.core import storage
@@ -208,40 +205,6 @@ def test_every_family_and_trial_is_a_child_run(services, first, spec):
     assert first.family == selected
     artifacts = {a.path for a in client.list_artifacts(first.run_id, "evaluation")}
     assert "evaluation/families.json" in artifacts
-    # training curves: one step metric per boosting round / epoch, drawn by MLflow's charts
-    xgb_run = next(r for r in children if r.data.tags["family"] == "xgboost")
-    rounds = client.get_metric_history(xgb_run.info.run_id, "curve_val_aucpr")
-    assert len(rounds) == int(xgb_run.data.params["n_estimators"]) and {m.step for m in rounds} == set(range(len(rounds)))
-    mlp_run = next(r for r in children if r.data.tags["family"] == "torch_mlp")
-    assert len(client.get_metric_history(mlp_run.info.run_id, "curve_train_loss")) >= 1
-
-
-@pytest.mark.parametrize(("task", "label", "metric"), [
-    # Labels derived from the fraud data (they leak the amount: the point is the task's path).
-    ("regression", "CASE WHEN amount > 100 THEN 50 ELSE 0 END + ln(amount + 1)", "rmse"),  # a step: not linear
-    ("multiclass", "CASE WHEN amount < 20 THEN 'small' WHEN amount < 200 THEN 'mid' ELSE 'large' END", "macro_f1"),
-])
-def test_other_task_types_train_register_and_serve_their_scores(services, loaded, spec, task, label, metric):
-    from flywheel.core.spec import LabelSpec
-
-    t = only(spec, "xgboost", n_estimators=30).training
-    other = spec.model_copy(update={
-        "model_name": f"tasks-{task}", "task": task, "label": LabelSpec(expr=label, name="y"),
-        "training": t.model_copy(update={"metric": metric, "baseline": None})})
-    result = train(other, end=END, reason="test", settings=services)
-    assert result.task == task and result.promoted, result.reason
-    assert result.metrics[f"holdout_{metric}"] != result.metrics[f"baseline_{metric}"]
-    model = registry.load_alias(other.model_name, settings=services)
-    assert model.task == task and np.isnan(model.threshold)
-    matrix = pd.read_parquet(io.BytesIO(storage.get_bytes(
-        "features", f"reference/{other.model_name}/v{result.version}.parquet", settings=services)))
-    scores = model.predict(matrix)
-    if task == "multiclass":
-        assert model.classes == ["large", "mid", "small"] and scores.shape == (len(matrix), 3)
-        assert set(model.decide(scores)) <= set(model.classes)
-        assert set(matrix["prediction"]) <= set(model.classes)
-    else:
-        assert scores.shape == (len(matrix),) and np.allclose(model.decide(scores), matrix["prediction"])
 
 
 def _model_files(services, spec, version: str) -> dict[str, bytes]:

@@ -1,35 +1,42 @@
 """Model families: one class per kind of model, behind one small interface.
 
-A family knows how to fit on a train/validation split for a task type, score, log to and
-load from MLflow, and sample hyperparameters for a search. Adding a family is one class
-(subclass :class:`flywheel.training.families.base.Family`) plus one line in each table of
-:mod:`flywheel.core.model_families` (where specs validate family names without importing this).
+A family knows which task types it supports, how to fit on a train/validation split, score,
+log to and load from MLflow, and report its training curve. Families are entry points of the
+group ``flywheel.families`` (see ``pyproject.toml``): a package of its own can add one with
+no engine edit. Specs check family names against the entry points without importing this
+layer; :func:`check` checks that each family named by a spec supports the spec's task.
 """
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING
+from importlib.metadata import EntryPoint, entry_points
 
-from flywheel.core.model_families import DEFAULT_BASELINE, FAMILIES, TASKS, baseline_name, check_task
+from flywheel.core.spec import FAMILY_GROUP, PipelineSpec
+from flywheel.training.families.base import Family, FamilyTaskError, UnknownFamilyError
 
-if TYPE_CHECKING:
-    from flywheel.training.families.base import Family
-
-__all__ = ["DEFAULT_BASELINE", "FAMILIES", "TASKS", "UnknownFamilyError", "baseline_name", "check_task", "get"]
+__all__ = ["Family", "FamilyTaskError", "UnknownFamilyError", "check", "get", "registered"]
 
 
-class UnknownFamilyError(KeyError):
-    """A spec or a model version names a family that is not registered."""
+def registered() -> dict[str, EntryPoint]:
+    """Installed families by name."""
+    return {ep.name: ep for ep in entry_points(group=FAMILY_GROUP)}
 
 
-def get(name: str, task: str = "binary") -> Family:
-    """An instance of the family registered under ``name``, bound to ``task``."""
-    try:
-        module, cls = FAMILIES[name].split(":")
-    except KeyError:
-        raise UnknownFamilyError(
-            f"unknown model family {name!r} (known: {', '.join(sorted(FAMILIES))})") from None
-    check_task(name, task)
-    family: Family = getattr(import_module(module), cls)(task)
+def get(name: str) -> Family:
+    """An instance of the family registered under ``name``; raises :class:`UnknownFamilyError`."""
+    known = registered()
+    if name not in known:
+        raise UnknownFamilyError(f"unknown model family {name!r} (known: {', '.join(sorted(known)) or 'none'})")
+    family: Family = known[name].load()()
     return family
+
+
+def check(spec: PipelineSpec) -> None:
+    """Raise :class:`FamilyTaskError` when the baseline or a candidate cannot learn ``spec.task``."""
+    for field, name in [("training.baseline", spec.training.baseline),
+                        *((f"training.candidates.{c}", c) for c in spec.training.candidates)]:
+        family = get(name)
+        if spec.task not in family.tasks:
+            raise FamilyTaskError(
+                f"{spec.name}: {field}: family {name!r} does not support task {spec.task!r} "
+                f"(it supports: {', '.join(sorted(family.tasks))}); pick another family or task")

@@ -18,8 +18,7 @@ import numpy as np
 import pandas as pd
 
 from flywheel.core.config import PROJECT_ROOT, Settings
-from flywheel.training import tasks
-from flywheel.training.families.base import Family, FitData
+from flywheel.training.families.base import ALL_TASKS, Family, FitData
 
 MODULE_FILE = PROJECT_ROOT / "models" / "tabular_mlp.py"
 MODULE_NAME = "tabular_mlp"  # the name pickled with the model; MLflow's code_paths provides it
@@ -82,7 +81,25 @@ def _scaling(x: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return center, np.where(spread > 1e-6, spread, 1.0)
 
 
+def _targets(data: FitData, where: str) -> tuple[Any, Any, float, float]:
+    """Train/validation targets as tensors (regression: standardized) and the target scaling."""
+    import torch
+
+    if data.task == "multiclass":
+        return (torch.as_tensor(data.y_train.to_numpy(dtype="int64"), device=where),
+                torch.as_tensor(data.y_val.to_numpy(dtype="int64"), device=where), 0.0, 1.0)
+    center, scale = 0.0, 1.0
+    if data.task == "regression":
+        center = float(data.y_train.mean())
+        scale = float(data.y_train.std()) if float(data.y_train.std() or 0.0) > 1e-12 else 1.0
+    y_train = (data.y_train.to_numpy(dtype="float64") - center) / scale
+    y_val = (data.y_val.to_numpy(dtype="float64") - center) / scale
+    return (torch.as_tensor(y_train, dtype=torch.float32, device=where),
+            torch.as_tensor(y_val, dtype=torch.float32, device=where), center, scale)
+
+
 def _loss(task: str, p: dict[str, Any], where: str) -> Any:
+    """BCE (binary, positives weighted by ``pos_weight``), cross-entropy (multiclass), MSE (regression)."""
     import torch
 
     if task == "multiclass":
@@ -92,93 +109,88 @@ def _loss(task: str, p: dict[str, Any], where: str) -> Any:
     return torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(p["pos_weight"]), device=where))
 
 
-class TorchMLPFamily(Family):
-    """``models/tabular_mlp.py`` for every task: BCE (binary, ``pos_weight``), cross-entropy
-    (multiclass) or squared error on the standardized target (regression); early stopping on
-    the spec's metric over the validation split, the best epoch's weights kept."""
+def _epochs(model: Any, data: FitData, p: dict[str, Any], *, where: str, seed: int) -> dict[str, list[float]]:
+    """Mini-batch AdamW with early stopping on the validation metric; leaves the best weights in
+    ``model`` and returns the curve: train/validation loss and validation metric per epoch."""
+    import torch
 
+    from flywheel.training import evaluation
+
+    metric = data.validation_metric
+    sign = -1.0 if evaluation.lower_is_better(metric) else 1.0
+    y, y_val, _, _ = _targets(data, where)
+    x_num, x_cat = model.tensors(data.x_train)
+    xv_num, xv_cat = model.tensors(data.x_val)
+    loss_fn = _loss(data.task, p, where)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
+    shuffle = torch.Generator().manual_seed(seed)
+    curve: dict[str, list[float]] = {"train_loss": [], "val_loss": [], f"val_{metric}": []}
+    best, best_state, stale = -np.inf, None, 0
+    for _epoch in range(int(p["epochs"])):
+        model.train()
+        total = 0.0
+        for idx in torch.randperm(len(y), generator=shuffle).split(int(p["batch_size"])):
+            idx = idx.to(where)
+            optimizer.zero_grad()
+            loss = loss_fn(model(x_num[idx], x_cat[idx]), y[idx])
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(idx)
+        model.eval()
+        with torch.no_grad():
+            raw = model(xv_num, xv_cat)
+            curve["val_loss"].append(float(loss_fn(raw, y_val)))
+            score = evaluation.score(metric, data.y_val.to_numpy(), model.output(raw).float().cpu().numpy())
+        curve["train_loss"].append(total / max(len(y), 1))
+        curve[f"val_{metric}"].append(score)
+        if sign * score > best:
+            best, stale = sign * score, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= int(p["patience"]):
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return curve
+
+
+class TorchMLPFamily(Family):
     name: ClassVar[str] = "torch_mlp"
+    tasks: ClassVar[frozenset[str]] = ALL_TASKS
     requirements = ("torch",)
 
     def fit(self, data: FitData, params: dict[str, Any], *, seed: int, settings: Settings) -> Any:
         p = DEFAULTS | params
         if "width" in p:  # searchable shorthand: two layers, the second half as wide
             p["hidden"] = [int(p["width"]), max(8, int(p["width"]) // 2)]
+        # Category codes (Featurizer.categorical: feature -> number of known codes) get embeddings.
+        categorical = {c: int(n) for c, n in data.categorical.items() if c in data.x_train.columns}
+        numeric = [c for c in data.x_train.columns if c not in categorical]
+        center, scale = _scaling(data.x_train[numeric])
         where = device(settings.torch_device)
+        _, _, target_center, target_scale = _targets(data, "cpu")
         with deterministic(seed):
-            model = self._module(data, p).to(where)
-            self._epochs(model, data, p, seed=seed, where=where)
+            model = module().TabularMLP(
+                numeric, categorical, center=center, scale=scale, hidden=p["hidden"], dropout=p["dropout"],
+                embedding_dim=p["embedding_dim"], task=data.task,
+                outputs=data.n_classes if data.task == "multiclass" else 1,
+                target_center=target_center, target_scale=target_scale).to(where)
+            model.history = _epochs(model, data, p, where=where, seed=seed)
         return model.eval()
 
-    def _module(self, data: FitData, p: dict[str, Any]) -> Any:
-        sizes = {c: int(n) for c, n in data.categorical.items() if c in data.x_train.columns}
-        numeric = [c for c in data.x_train.columns if c not in sizes]
-        center, scale = _scaling(data.x_train[numeric])
-        y = data.y_train.to_numpy(dtype="float64")
-        target = (float(y.mean()), float(y.std()) or 1.0) if self.task == "regression" else (0.0, 1.0)
-        return module().TabularMLP(numeric, sizes, center=center, scale=scale, hidden=p["hidden"],
-                                   dropout=p["dropout"], embedding_dim=p["embedding_dim"], task=self.task,
-                                   outputs=data.n_classes if self.task == "multiclass" else 1,
-                                   target_center=target[0], target_scale=target[1])
-
-    def _targets(self, model: Any, y: pd.Series, where: str) -> Any:
-        import torch
-
-        if self.task == "multiclass":
-            return torch.as_tensor(y.to_numpy(dtype="int64"), device=where)
-        values = y.to_numpy(dtype="float64")
-        if self.task == "regression":
-            values = (values - model.target_center) / model.target_scale
-        return torch.as_tensor(values.astype("float32"), device=where)
-
-    def _epochs(self, model: Any, data: FitData, p: dict[str, Any], *, seed: int, where: str) -> None:
-        """Train with early stopping on ``data.metric``; keeps the best epoch's weights and the
-        per-epoch curves (``model.history``)."""
-        import torch
-
-        x_num, x_cat = model.tensors(data.x_train)
-        y = self._targets(model, data.y_train, where)
-        loss_fn = _loss(self.task, p, where)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
-        shuffle = torch.Generator().manual_seed(seed)
-        best, best_state, stale = tasks.worst(data.metric), None, 0
-        history: dict[str, list[float]] = {"train_loss": [], f"val_{data.metric}": []}
-        for _epoch in range(int(p["epochs"])):
-            model.train()
-            total = torch.zeros((), device=where)  # summed on the device: no sync per batch
-            for idx in torch.randperm(len(y), generator=shuffle).split(int(p["batch_size"])):
-                idx = idx.to(where)
-                optimizer.zero_grad()
-                loss = loss_fn(model(x_num[idx], x_cat[idx]), y[idx])
-                loss.backward()
-                optimizer.step()
-                total += loss.detach() * len(idx)
-            score = tasks.score(data.metric, data.y_val.to_numpy(), model.predict(data.x_val))
-            history["train_loss"].append(float(total) / max(len(y), 1))
-            history[f"val_{data.metric}"].append(score)
-            if best_state is None or tasks.improves(data.metric, score, best):
-                best, stale = score, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                stale += 1
-                if stale >= int(p["patience"]):
-                    break
-        if best_state is not None:
-            model.load_state_dict(best_state)
-        model.history = history
+    def predict(self, model: Any, x: pd.DataFrame, *, task: str) -> np.ndarray:
+        return np.asarray(model.predict(x), dtype="float64")
 
     def curves(self, model: Any) -> dict[str, list[float]]:
         return dict(getattr(model, "history", {}))
-
-    def predict(self, model: Any, x: pd.DataFrame) -> np.ndarray:
-        return np.asarray(model.predict(x), dtype="float64")
 
     def log_model(self, model: Any, *, registered_model_name: str, example: pd.DataFrame) -> Any:
         import mlflow.pytorch
         from mlflow.models import infer_signature
 
         cpu = model.to("cpu")  # saved on the CPU: loads anywhere, moved to the GPU at load time
-        signature = infer_signature(example, self.predict(cpu, example))
+        signature = infer_signature(example, np.asarray(cpu.predict(example)))
         return mlflow.pytorch.log_model(cpu, name="model", registered_model_name=registered_model_name,
                                         code_paths=[str(MODULE_FILE)], signature=signature,
                                         serialization_format="pickle",
