@@ -70,10 +70,18 @@ def _without_nan(value: Any) -> Any:
 
 
 def temporal_split(frame: pd.DataFrame, spec: PipelineSpec) -> Split:
-    """Train / validation / holdout by time: no holdout row precedes a training row (ties in
-    time ordered by the dataset's key columns, else by their order in ``frame``)."""
-    by = [spec.dataset.timestamp, *[c for c in spec.dataset.key_columns if c in frame.columns]]
-    ordered = frame.sort_values(by, kind="stable").reset_index(drop=True)
+    """Train / validation / holdout by time: no holdout row precedes a training row. Ties in
+    time are ordered by the dataset's key columns, or by a hash of the row when the dataset has
+    no key: the point-in-time join does not return rows in a fixed order (STACK-NOTES), so the
+    split must not depend on it."""
+    frame = frame.reset_index(drop=True)
+    keys = [c for c in spec.dataset.key_columns if c in frame.columns]
+    order = pd.DataFrame({"_ts": frame[spec.dataset.timestamp]})
+    for i, key in enumerate(keys):
+        order[f"_k{i}"] = frame[key]
+    if not keys:
+        order["_k0"] = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    ordered = frame.iloc[order.sort_values(list(order.columns), kind="stable").index].reset_index(drop=True)
     n = len(ordered)
     a = int(n * spec.training.split.train)
     b = int(n * (spec.training.split.train + spec.training.split.validation))

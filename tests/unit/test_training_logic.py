@@ -35,6 +35,16 @@ def test_temporal_split_never_leaks_the_future(spec):
 CATEGORICAL = {"cat_a_code": 8, "cat_b_code": 4}
 
 
+def test_temporal_split_without_a_key_does_not_depend_on_row_order(spec):
+    rng = np.random.default_rng(0)
+    ts = pd.to_datetime("2026-01-01", utc=True) + pd.to_timedelta(rng.integers(0, 48, 400), unit="h")
+    frame = pd.DataFrame({"event_timestamp": ts, "v": rng.normal(size=400), "is_fraud": 0})
+    keyless = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"key": None})})
+    first = temporal_split(frame, keyless)
+    again = temporal_split(frame.sample(frac=1, random_state=3), keyless)
+    assert first.train.equals(again.train) and first.holdout.equals(again.holdout)
+
+
 def _data(n: int = 4000, seed: int = 0) -> FitData:
     """Tabular data shaped like a model matrix: numeric (with NaN) plus two category codes."""
     rng = np.random.default_rng(seed)
