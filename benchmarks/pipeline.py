@@ -93,7 +93,7 @@ def run_plain(home: Path, source: Path, rows: int) -> dict:
     from flywheel.core.spec import load_spec_file
     from flywheel.core.storage import s3_client
     from flywheel.data.validation import build_expectations
-    from flywheel.features.featurize import merchant_aggregates, user_aggregates
+    from examples.fraud.handwritten_features import merchant_aggregates, user_aggregates
 
     settings = _settings(home)
     spec = load_spec_file(ROOT / "models" / "fraud.yaml")
