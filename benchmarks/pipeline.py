@@ -26,6 +26,10 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The fraud example (generator, hand-written features) is a folder of the checkout, not an installed
+# package: run from a checkout, as `python benchmarks/pipeline.py` or `python -m benchmarks.pipeline`.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 DAY = date(2026, 1, 5)
 FILE_ROWS = 1_000_000
 
