@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip check
 	@touch $@
 
+# The demo is example code (examples/demo.py), run from the checkout, not part of the engine.
 demo: venv
-	$(VENV)/bin/flywheel demo
+	$(PY) -m examples.demo
 
 down:
 	@test -x $(VENV)/bin/flywheel && $(VENV)/bin/flywheel down || echo "nothing to stop (no venv)"
@@ -38,7 +39,7 @@ test-e2e: venv
 	$(PY) -m pytest -q -m e2e
 
 lint: venv
-	$(VENV)/bin/ruff check flywheel dags serving tests benchmarks
+	$(VENV)/bin/ruff check flywheel dags serving examples tests benchmarks
 
 clean-state: down
 	rm -rf .flywheel

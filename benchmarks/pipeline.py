@@ -26,6 +26,10 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The fraud example (generator, hand-written features) is a folder of the checkout, not an installed
+# package: run from a checkout, as `python benchmarks/pipeline.py` or `python -m benchmarks.pipeline`.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 DAY = date(2026, 1, 5)
 FILE_ROWS = 1_000_000
 
@@ -48,8 +52,7 @@ def make_source(folder: Path, rows: int) -> None:
     """
     import pandas as pd
 
-    from flywheel.core.spec import GeneratorSpec
-    from flywheel.datagen import generate_day
+    from examples.fraud.generator import GeneratorSpec, generate_day
 
     folder.mkdir(parents=True, exist_ok=True)
     base_path = folder.parent / "base.parquet"
@@ -94,7 +97,7 @@ def run_plain(home: Path, source: Path, rows: int) -> dict:
     from flywheel.core.spec import load_spec_file
     from flywheel.core.storage import s3_client
     from flywheel.data.validation import build_expectations
-    from flywheel.features.featurize import merchant_aggregates, user_aggregates
+    from examples.fraud.handwritten_features import merchant_aggregates, user_aggregates
 
     settings = _settings(home)
     spec = load_spec_file(ROOT / "models" / "fraud.yaml")

@@ -52,10 +52,10 @@ def xgboost_only(spec: Any) -> Any:
 
 def prepare(home: Path, offset: int, redis_db: int) -> Settings:
     """SeaweedFS + MLflow, DAYS of data through ingest/validate/features into Redis, a champion."""
+    from examples.fraud.generator import write_landing
     from flywheel.core.spec import load_spec
     from flywheel.data.ingest import ingest
     from flywheel.data.validation import validate_partition
-    from flywheel.datagen import write_landing
     from flywheel.features import store as features
     from flywheel.stack import launcher as stack
     from flywheel.training import registry

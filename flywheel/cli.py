@@ -6,14 +6,21 @@ named by FLYWHEEL_CONFIG); state lives in FLYWHEEL_HOME (default ./.flywheel).
 
 from __future__ import annotations
 
+import enum
 from datetime import date
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from flywheel.core.config import Profile, get_settings
+
+if TYPE_CHECKING:
+    from flywheel.airflow.client import AirflowClient
+    from flywheel.core.config import Settings
+    from flywheel.core.spec import DataSpec, PipelineSpec
 
 app = typer.Typer(
     help=__doc__,
@@ -22,6 +29,46 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 console = Console()
+errors = Console(stderr=True)
+
+UseCase = Annotated[str | None, typer.Option(
+    "--use-case", help="Use case (a spec's name under models/); default: the only one, or FLYWHEEL_USE_CASE")]
+
+
+def fail(message: str, *, code: int = 2) -> NoReturn:
+    """One clear line on stderr (what, where, what to do), no traceback; exit 2 for a user's mistake."""
+    errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def use_case_spec(name: str | None) -> PipelineSpec:
+    """The use case ``--use-case`` names (default: the only one); a clear error line otherwise."""
+    from flywheel.core import catalog
+    from flywheel.core.spec import PipelineSpec
+
+    try:
+        spec = catalog.resolve(name)
+    except catalog.SpecError as exc:
+        fail(str(exc))
+    assert isinstance(spec, PipelineSpec)
+    return spec
+
+
+def any_spec(name: str | None) -> DataSpec:
+    """A use case or a dataset spec (``kind: dataset``) by name (default: the only use case)."""
+    from flywheel.core import catalog
+
+    try:
+        return catalog.resolve(name, datasets=True)
+    except catalog.SpecError as exc:
+        fail(str(exc))
+
+
+def _iso_date(value: str, option: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        fail(f"{option} {value!r} is not a date: use YYYY-MM-DD")
 
 
 @app.command()
@@ -118,60 +165,20 @@ def exporter(
 
 
 @app.command()
-def demo(
-    history_days: Annotated[int, typer.Option(help="Days of normal history to load and train on")] = 14,
-    stable_days: Annotated[int, typer.Option(help="Served days of normal traffic before the first shift "
-                                                  "(false alarms are counted over them)")] = 7,
-    concept_days: Annotated[int, typer.Option(help="Days of the concept shift (the covariate episode "
-                                                   "follows; keep it beyond the retrain cooldown)")] = 14,
-) -> None:
-    """Run the whole loop through Airflow on the embedded stack, then weeks of simulated production.
-
-    History is backfilled through the data DAG and the first champion comes from the training
-    DAG; the first served day goes through the data, label and monitoring DAGs; the following
-    weeks (stable traffic, a concept shift seen only in delayed labels, then a covariate-shift
-    episode) run day by day, and every retrain the policy triggers is an Asset event the
-    scheduler turns into a training run. Prints the outcome day by day, the detection delays
-    and false alarms, and where to look. Leaves the stack running; stop it with `flywheel down`.
-    """
-    from flywheel import demo as demo_mod
-    from flywheel.simulation import CONCEPT, STABLE, Scenario
-
-    base = Scenario()
-    phases = tuple((name, stable_days if name == STABLE else concept_days if name == CONCEPT else days, kinds)
-                   for name, days, kinds in base.phases)
-    plan = demo_mod.DemoPlan(scenario=Scenario(start=base.start, history_days=history_days, phases=phases))
-    demo_mod.run(get_settings(), console, plan)
+def demo() -> None:
+    """The demo is an example, not part of the engine: run `make demo` (python -m examples.demo)."""
+    console.print("The demo lives in examples/demo.py: run `make demo` from a checkout "
+                  "(or `python -m examples.demo --help`). Synthetic fraud data: "
+                  "`python -m examples.fraud.generator --help`.")
 
 
 @app.command()
-def generate(
-    start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD")] = "2026-01-01",
-    days: Annotated[int, typer.Option(help="Number of daily partitions")] = 14,
-    drift_from: Annotated[str | None, typer.Option(help="Inject drift from this day on")] = None,
-    drift: Annotated[str, typer.Option(help="Drift kind: amount_shift or new_pattern")] = "amount_shift",
-) -> None:
-    """Write synthetic daily transaction partitions into the landing area (FLYWHEEL_HOME/landing)."""
-    from flywheel.core.spec import load_spec
-    from flywheel.datagen import DriftKind, write_landing
-
-    settings = get_settings()
-    spec = load_spec(settings=settings)
-    paths = write_landing(
-        settings.home / "landing", date.fromisoformat(start), days, spec.generator,
-        drift_from=date.fromisoformat(drift_from) if drift_from else None,
-        drift=DriftKind(drift), dataset=spec.dataset.name,
-    )
-    console.print(f"wrote {len(paths)} partitions under {settings.home / 'landing' / spec.dataset.name}")
-
-
-@app.command()
-def train(end: Annotated[str, typer.Option(help="Last day of training data, YYYY-MM-DD")]) -> None:
+def train(end: Annotated[str, typer.Option(help="Last day of training data, YYYY-MM-DD")],
+          use_case: UseCase = None) -> None:
     """Train, register and gate a model outside Airflow (same code as the training DAG)."""
-    from flywheel.core.spec import load_spec
     from flywheel.training.trainer import train as run_train
 
-    result = run_train(load_spec(), end=date.fromisoformat(end), reason="cli")
+    result = run_train(use_case_spec(use_case), end=_iso_date(end, "--end"), reason="cli")
     table = Table(title=f"candidates (selected: {result.family}, registered as v{result.version})")
     columns = ["val_pr_auc", "holdout_pr_auc", "holdout_roc_auc", "holdout_expected_cost", "trials",
                "train_seconds", "search_seconds"]
@@ -188,49 +195,49 @@ def train(end: Annotated[str, typer.Option(help="Last day of training data, YYYY
 
 
 @app.command()
-def package(version: Annotated[str, typer.Option(help="Model version the bento is labelled with")]) -> None:
+def package(version: Annotated[str, typer.Option(help="Model version the bento is labelled with")],
+            use_case: UseCase = None) -> None:
     """Build the BentoML bento of the model server (`bentoml build`)."""
-    from flywheel.core.spec import load_spec
     from flywheel.training.packaging import build_bento
 
-    console.print(build_bento(load_spec(), version=version))
+    console.print(build_bento(use_case_spec(use_case), version=version))
 
 
 @app.command()
 def promote(
     version: Annotated[str, typer.Option(help="Registered version to make champion")],
     reason: Annotated[str, typer.Option(help="Why (kept in the audit log)")],
+    use_case: UseCase = None,
 ) -> None:
     """Move the `champion` alias to a version by hand; the model server follows within its refresh interval."""
-    from flywheel.core.spec import load_spec
     from flywheel.training import promotion
 
-    record = promotion.promote(load_spec().model_name, version, reason=reason)
+    record = promotion.promote(use_case_spec(use_case).model_name, version, reason=reason)
     console.print(f"champion {record.from_version} → {record.to_version} by {record.actor}: {record.reason}")
 
 
 @app.command()
-def rollback(reason: Annotated[str, typer.Option(help="Why (kept in the audit log)")]) -> None:
+def rollback(reason: Annotated[str, typer.Option(help="Why (kept in the audit log)")],
+             use_case: UseCase = None) -> None:
     """Restore the previous champion (from the audit log) in one command."""
-    from flywheel.core.spec import load_spec
     from flywheel.training import promotion
 
-    record = promotion.rollback(load_spec().model_name, reason=reason)
+    record = promotion.rollback(use_case_spec(use_case).model_name, reason=reason)
     console.print(f"champion {record.from_version} → {record.to_version} by {record.actor}: {record.reason}")
 
 
 @app.command()
 def approve(
     reject: Annotated[bool, typer.Option("--reject", help="Reject instead of approving")] = False,
+    use_case: UseCase = None,
 ) -> None:
     """Answer the training DAG's pending promotion approval (when `training.approval.required`).
 
     The same request shows in the Airflow UI under Browse → Required Actions.
     """
     from flywheel.airflow.client import AirflowClient
-    from flywheel.core.spec import load_spec
 
-    spec = load_spec()
+    spec = use_case_spec(use_case)
     with AirflowClient() as client:
         pending = client.pending_approvals(f"{spec.name}_training")
         if not pending:
@@ -242,15 +249,16 @@ def approve(
 
 
 @app.command()
-def decisions(limit: Annotated[int, typer.Option(help="How many of the latest decisions")] = 30) -> None:
+def decisions(limit: Annotated[int, typer.Option(help="How many of the latest decisions")] = 30,
+              use_case: UseCase = None) -> None:
     """The retraining policy's decisions: triggered or suppressed (cooldown, duplicate, cap, labels)."""
-    from flywheel.core.spec import load_spec
     from flywheel.monitoring import policy
 
+    spec = use_case_spec(use_case)
     table = Table(title="retraining policy decisions")
     for column in ("decided at", "monitored day", "action", "signals", "reason", "champion"):
         table.add_column(column)
-    for d in policy.history(load_spec().model_name)[-limit:]:
+    for d in policy.history(spec.model_name)[-limit:]:
         table.add_row(d.decided_at, d.ds, d.action, ",".join(d.signals.get("fired", [])) or "-", d.reason,
                       d.champion_version or "-")
     console.print(table)
@@ -259,13 +267,15 @@ def decisions(limit: Annotated[int, typer.Option(help="How many of the latest de
 @app.command()
 def monitoring(
     limit: Annotated[int, typer.Option(help="How many of the latest monitored days")] = 14,
+    use_case: UseCase = None,
 ) -> None:
     """The daily monitoring summaries: drift share, PR-AUC on delayed labels, skew, quality,
     freshness and the retraining decision of each day (what `fraud_monitoring` wrote; the same
     numbers `flywheel exporter` serves to Prometheus). Reports: s3://<prefix>-reports/{drift,performance}/.
     """
-    from flywheel.core.spec import load_spec
     from flywheel.monitoring import checks
+
+    spec = use_case_spec(use_case)
 
     def cell(section: dict | None, key: str, fmt: str = "{:.3f}") -> str:
         if not section:
@@ -277,7 +287,7 @@ def monitoring(
     table = Table(title="monitoring, day by day")
     for column in ("day", "champion", "drift share", "PR-AUC", "skew", "quality", "online age h", "decision"):
         table.add_column(column)
-    for summary in checks.read_summaries(load_spec())[-limit:]:
+    for summary in checks.read_summaries(spec)[-limit:]:
         decision = summary.get("decision") or {}
         table.add_row(summary["ds"], str(summary.get("champion_version") or "-"),
                       cell(summary.get("drift"), "drift_share", "{:.2f}"), cell(summary.get("performance"), "pr_auc"),
@@ -288,26 +298,30 @@ def monitoring(
 
 
 @app.command()
-def audit() -> None:
+def audit(use_case: UseCase = None) -> None:
     """Every move of the champion alias: when, who, why, from → to."""
-    from flywheel.core.spec import load_spec
     from flywheel.training import promotion
 
+    spec = use_case_spec(use_case)
     table = Table(title="champion alias history")
     for column in ("at", "action", "from", "to", "actor", "reason"):
         table.add_column(column)
-    for r in promotion.history(load_spec().model_name):
+    for r in promotion.history(spec.model_name):
         table.add_row(r.at, r.action, r.from_version or "-", r.to_version, r.actor, r.reason)
     console.print(table)
 
 
 @app.command("features-apply")
-def features_apply() -> None:
-    """`feast apply` the feature repo for the current profile (and render feature_store.yaml)."""
+def features_apply(use_case: UseCase = None) -> None:
+    """`feast apply` a use case's entities, views and service (and render feature_store.yaml).
+
+    Every use case's objects are namespaced (`<use case>_<entity>`), so applying one leaves the
+    others in the registry untouched; the `feast` CLI reads the same repo (feature_repo/).
+    """
     from flywheel.features import store as features
 
     console.print(f"rendered {features.render_feature_store_yaml()}")
-    console.print(f"applied {features.apply(spec)}")
+    console.print(f"applied {features.apply(use_case_spec(use_case))}")
 
 
 @app.command()
@@ -320,50 +334,264 @@ def replay(
 
     DATASET is any dataset of a spec under models/ (a use case or a `kind: dataset` spec).
     """
-    from flywheel.core.spec import SpecError, find_dataset_spec
-    from flywheel.data.contracts import replay as run_replay
+    from flywheel.core import catalog
+    from flywheel.data.validation import ContractViolation
+    from flywheel.runs import replay as run_replay
 
     try:
-        spec = find_dataset_spec(dataset)
-    except SpecError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    date.fromisoformat(ds)
-    console.print(run_replay(spec, ds, run_id=f"replay__{ds}", features=features))
+        _, spec = catalog.find_dataset(dataset)
+    except catalog.SpecError as exc:
+        fail(str(exc))
+    _iso_date(ds, "--ds")
+    try:
+        console.print(run_replay(spec, ds, run_id=f"replay__{ds}", features=features))
+    except ContractViolation as exc:
+        fail(str(exc), code=1)
+
+
+def _write(text: str, out: str | None, *, force: bool) -> None:
+    """Print the draft, or write it to ``out`` (never over an existing file without --force)."""
+    if out is None:
+        console.print(text, markup=False, highlight=False)
+        return
+    path = Path(out)
+    if path.exists() and not force:
+        fail(f"{path} exists: pass --force to overwrite it, or choose another --out")
+    if not path.parent.is_dir():
+        fail(f"--out {path}: folder {path.parent} does not exist")
+    path.write_text(text)
+    errors.print(f"wrote {path}")
+
+
+def _notes(notes: list[str]) -> None:
+    for note in notes:
+        errors.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+
+
+class Format(enum.StrEnum):
+    csv = "csv"
+    parquet = "parquet"
+    jsonl = "jsonl"
+
+
+class Task(enum.StrEnum):
+    binary = "binary"
+    multiclass = "multiclass"
+    regression = "regression"
 
 
 @app.command("init-dataset")
 def init_dataset(
-    sample: Annotated[str, typer.Argument(help="A sample CSV, Parquet or JSON Lines file")],
-    name: Annotated[str, typer.Option(help="Dataset name")],
+    samples: Annotated[list[str], typer.Argument(help="Sample files (CSV, Parquet, JSON Lines) or a quoted glob, "
+                                                      "e.g. 'landing/flights/ds=2013-01-0*/*.csv'")],
+    name: Annotated[str, typer.Option(help="Dataset name (lower-case letters, digits, _)")],
     source: Annotated[str, typer.Option(help="Source template, e.g. s3://bucket/orders/ds={ds}/")],
-    timestamp: Annotated[str | None, typer.Option(help="Event-time column (default: first datetime)")] = None,
-    key: Annotated[str | None, typer.Option(help="Unique key column (default: first unique column)")] = None,
+    timestamp: Annotated[str | None, typer.Option(help="Event-time column (default: the first datetime)")] = None,
+    key: Annotated[str | None, typer.Option(help="Row key: a column, a composite 'a,b,c', or 'none' (rows keyed "
+                                                 "by a hash of the row). Default: a column unique in every sample")] = None,
+    fmt: Annotated[Format | None, typer.Option("--format", help="File format (default: from the suffix)")] = None,
     owner: Annotated[str, typer.Option(help="Owning team (DAG owner)")] = "data-engineering",
     out: Annotated[str | None, typer.Option(help="Write the YAML here, e.g. models/orders.yaml "
                                                   "(default: print it)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists")] = False,
 ) -> None:
-    """Draft a complete dataset spec (`kind: dataset`) with its contract from a sample file.
+    """Draft a dataset spec (`kind: dataset`) with its contract from several sample files.
 
-    Review the contract, save it under models/ and the `<name>_data` DAG (ingest → validate,
-    quarantine, replay) appears in Airflow: no Python. Example:
+    Types, nullability and allowed sets come from all samples; calendar-like columns get their
+    natural range or none, id-like columns none, other numeric ranges are widened by the observed
+    span; every such choice is printed as a note. Review it, save it under models/ and the
+    `<name>_data` DAG (ingest → validate, quarantine, replay) appears in Airflow. Example:
 
-        flywheel init-dataset orders.csv --name orders --source "s3://landing/orders/ds={ds}/" --out models/orders.yaml
+        flywheel init-dataset 'samples/orders-*.csv' --name orders --source "s3://landing/orders/ds={ds}/" --key order_id,line --out models/orders.yaml
     """
-    from pathlib import Path
+    from flywheel.core.spec import DataSpec
+    from flywheel.data.onboarding import DraftError, draft_dataset, expand_samples, parse_key, to_yaml
 
+    try:
+        paths = expand_samples(samples)
+        draft = draft_dataset(paths, name=name, source=source, timestamp=timestamp, key=parse_key(key),
+                              fmt=fmt.value if fmt else None)
+        drafted = {"kind": "dataset", "name": name, "owner": owner, "dataset": draft.spec}
+        DataSpec.model_validate({k: v for k, v in drafted.items() if k != "kind"})
+    except DraftError as exc:
+        fail(str(exc))
+    _notes(draft.notes)
+    shown = ", ".join(p.name for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    text = f"# Drafted by `flywheel init-dataset` from {shown}: review the contract.\n"
+    _write(text + to_yaml(drafted), out, force=force)
+
+
+@app.command("init-use-case")
+def init_use_case(
+    dataset: Annotated[str, typer.Option(help="The dataset (a spec under models/, e.g. from init-dataset)")],
+    label: Annotated[str, typer.Option(help="Label column, or a SQL expression on columns ('arr_delay > 15')")],
+    task: Annotated[Task, typer.Option(help="binary, multiclass or regression")],
+    entities: Annotated[str, typer.Option(help="Columns the rows are grouped by for aggregates, 'a,b' (a+b: "
+                                               "one entity with a composite key)")],
+    request: Annotated[str | None, typer.Option(help="Columns known at prediction time, 'c,d' (default: every "
+                                                     "contract column but label, key, timestamp, entities)")] = None,
+    name: Annotated[str | None, typer.Option(help="Use-case name (default: the dataset spec's name)")] = None,
+    label_name: Annotated[str | None, typer.Option(help="Name of a label expression (default: from it)")] = None,
+    out: Annotated[str | None, typer.Option(help="Write the YAML here, e.g. models/flights.yaml "
+                                                  "(default: print it)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists")] = False,
+) -> None:
+    """Draft a complete use-case spec on a dataset spec: label, entities with default windowed
+    aggregations, request features, training, monitoring. It trains and serves as drafted.
+
+    The use-case spec carries the dataset section: it replaces the dataset spec (write it over
+    that file with --force, or delete the dataset spec). Example:
+
+        flywheel init-use-case --dataset flights --label 'arr_delay > 15' --task binary --entities carrier,origin --out models/flights.yaml --force
+    """
     import yaml
 
-    from flywheel.data.contracts import draft_spec
+    from flywheel.core import catalog
+    from flywheel.core.spec import PipelineSpec, SpecError
+    from flywheel.data.onboarding import DraftError, draft_use_case, to_yaml
 
-    drafted = {"kind": "dataset", "name": name, "owner": owner,
-               "dataset": draft_spec(Path(sample), name=name, source=source, timestamp=timestamp, key=key)}
-    text = "# Drafted by `flywheel init-dataset` from " + Path(sample).name + ": review the contract.\n"
-    text += yaml.safe_dump(drafted, sort_keys=False)
-    if out:
-        Path(out).write_text(text)
-        console.print(f"wrote {out}")
-    else:
-        console.print(text, markup=False, highlight=False)
+    try:
+        source_file, data = catalog.find_dataset(dataset)
+        draft = draft_use_case(data, label=label, task=task.value, entities=_split(entities),
+                               request=_split(request) if request is not None else None, name=name,
+                               label_name=label_name,
+                               dataset_section=(yaml.safe_load(source_file.read_text()) or {}).get("dataset"))
+        PipelineSpec.model_validate(draft.spec)
+    except (DraftError, SpecError, ValueError) as exc:
+        fail(str(exc).splitlines()[0])
+    _notes(draft.notes)
+    if out is not None and Path(out).resolve() != source_file.resolve():
+        errors.print(f"note: {source_file} ingests the same dataset: delete it once {out} is reviewed "
+                     "(two specs may not write one dataset)", highlight=False, markup=False, soft_wrap=True)
+    text = (f"# Drafted by `flywheel init-use-case` on {source_file.name}: review the label, the features "
+            "and the monitoring.\n")
+    _write(text + to_yaml(draft.spec), out, force=force)
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@app.command()
+def backfill(
+    first: Annotated[str, typer.Option("--from", help="First data interval, YYYY-MM-DD")],
+    last: Annotated[str, typer.Option("--to", help="Last data interval, YYYY-MM-DD (included)")],
+    use_case: UseCase = None,
+    reprocess: Annotated[str, typer.Option(help="Rerun existing runs: none, failed or completed")] = "completed",
+    max_active_runs: Annotated[int, typer.Option(help="Runs at a time")] = 4,
+    timeout: Annotated[float, typer.Option(help="Give up waiting after this many seconds")] = 6 * 3600,
+) -> None:
+    """Run the data DAG (`<use case>_data`) over a range of days through the running scheduler.
+
+    Creates an Airflow backfill over the REST API (the UI's Backfill dialog does the same) and
+    shows a progress bar of the runs done and failed; exits 1 naming the failed runs and tasks.
+    A `kind: dataset` spec can be named too. Needs the stack: `flywheel up`.
+    """
+    spec = any_spec(use_case)
+    start, end = _iso_date(first, "--from"), _iso_date(last, "--to")
+    if end < start:
+        fail(f"--to {last} is before --from {first}: pass the first day, then the last")
+    if reprocess not in ("none", "failed", "completed"):
+        fail(f"--reprocess {reprocess!r}: use none, failed or completed")
+    _run_backfill(f"{spec.name}_data", start, end, reprocess=reprocess, max_active_runs=max_active_runs,
+                  timeout=timeout)
+
+
+def _run_backfill(dag_id: str, start: date, end: date, *, reprocess: str, max_active_runs: int,
+                  timeout: float) -> None:
+    import time
+
+    import httpx
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from flywheel.airflow.client import AirflowClient, AirflowClientError
+
+    days = (end - start).days + 1
+    settings = get_settings()
+    try:
+        with AirflowClient(settings) as client:
+            if client.wait_for_dag(dag_id, timeout=120).get("is_paused"):
+                client.unpause(dag_id)
+                _settle(client, dag_id)
+            backfill_id = client.backfill(dag_id, start, end, max_active_runs=max_active_runs,
+                                          reprocess_behavior=reprocess)  # type: ignore[arg-type]
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn())
+            deadline = time.monotonic() + timeout
+            with Progress(*columns, console=errors) as bar:
+                task = bar.add_task(f"{dag_id} {start}..{end}", total=days, failed=0)
+                while True:
+                    progress = client.backfill_progress(backfill_id)
+                    bar.update(task, completed=progress.succeeded + len(progress.failed),
+                               failed=len(progress.failed))
+                    if progress.done(days) or time.monotonic() > deadline:
+                        break
+                    _keep_scheduler_alive(settings)
+                    time.sleep(client.poll_interval)
+            failed = {run: client.task_states(dag_id, run) for run in progress.failed}
+    except httpx.TransportError as exc:
+        fail(f"Airflow is not reachable at {settings.airflow_url} ({exc}): start the stack with `flywheel up`",
+             code=1)
+    except AirflowClientError as exc:
+        fail(f"backfill of {dag_id}: {exc}", code=1)
+    if not progress.done(days):
+        fail(f"backfill {backfill_id} of {dag_id}: not finished after {timeout:.0f} s "
+             f"({progress.succeeded} of {days} runs succeeded); it goes on in Airflow", code=1)
+    for run, states in failed.items():
+        bad = ", ".join(t for t, s in states.items() if s in ("failed", "upstream_failed")) or "?"
+        errors.print(f"failed: {run} ({bad}): `flywheel airflow tasks logs` or the UI show why", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+    console.print(f"backfill {backfill_id} of {dag_id}: {progress.succeeded} runs succeeded")
+
+
+def _settle(client: AirflowClient, dag_id: str) -> None:
+    """Unpausing makes the scheduler create the latest interval's run; on SQLite a backfill
+    created in the same instant can fail the scheduler's commit (StaleDataError): wait for it."""
+    import time
+
+    deadline = time.monotonic() + 30
+    while not client.list_runs(dag_id, limit=1) and time.monotonic() < deadline:
+        time.sleep(client.poll_interval)
+    time.sleep(2)
+
+
+def _keep_scheduler_alive(settings: Settings) -> None:
+    """Embedded profile: the scheduler can exit on a SQLite write conflict with the api-server
+    (Airflow 3.3 supports backfills on SQLite only without concurrent access); start it again
+    so the backfill goes on. Other profiles' schedulers are their operators' to run."""
+    from flywheel.core.config import Profile
+    from flywheel.stack import launcher as stack
+
+    if settings.profile is not Profile.EMBEDDED:
+        return
+    scheduler = next((s for s in stack.status(settings) if s.name == "airflow-scheduler"), None)
+    if scheduler is not None and scheduler.pid is None:
+        errors.print("note: the Airflow scheduler had stopped (SQLite write conflict); starting it again",
+                     highlight=False)
+        stack.up(settings, services=["airflow-scheduler"])
+
+
+@app.command("airflow", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                          "help_option_names": []})
+def airflow_cli(ctx: typer.Context) -> None:
+    """Run the plain `airflow` CLI against this stack (its AIRFLOW_HOME, database and settings):
+    `flywheel airflow dags list`, `flywheel airflow backfill create --dag-id ...`. No environment
+    variables needed. Every argument goes to airflow as it is.
+    """
+    import subprocess
+    import sys
+
+    from flywheel.stack import launcher as stack
+
+    settings = get_settings()
+    try:
+        env = stack.airflow_env(settings)
+    except stack.StackError as exc:
+        fail(f"{exc} (FLYWHEEL_HOME={settings.home})")
+    binary = Path(sys.executable).parent / "airflow"
+    command = [str(binary) if binary.exists() else "airflow", *ctx.args]
+    raise typer.Exit(subprocess.call(command, env=env))
 
 
 if __name__ == "__main__":

@@ -78,6 +78,29 @@ class DagRun:
 
 
 @dataclass(frozen=True)
+class BackfillProgress:
+    """A backfill's runs (run id -> state) and whether Airflow considers it complete."""
+
+    dag_id: str
+    backfill_id: int
+    states: dict[str, str]
+    completed: bool
+
+    @property
+    def succeeded(self) -> int:
+        return sum(state == "success" for state in self.states.values())
+
+    @property
+    def failed(self) -> list[str]:
+        return sorted(run for run, state in self.states.items() if state == "failed")
+
+    def done(self, expected: int) -> bool:
+        """Every run finished, and all ``expected`` exist (or Airflow says the backfill is over)."""
+        finished = all(state in TERMINAL_STATES for state in self.states.values())
+        return finished and (len(self.states) >= expected or self.completed)
+
+
+@dataclass(frozen=True)
 class AssetEvent:
     id: int
     asset_id: int
@@ -333,10 +356,23 @@ class AirflowClient:
     def backfill_runs(self, backfill_id: int) -> list[DagRun]:
         """Runs of the backfill's DAG whose logical date lies in its range."""
         backfill = self.get_backfill(backfill_id)
-        return self.list_runs(
-            backfill["dag_id"],
-            logical_date_gte=backfill["from_date"],
-            logical_date_lte=backfill["to_date"],
+        return self.runs_between(backfill["dag_id"], backfill["from_date"], backfill["to_date"])
+
+    def runs_between(self, dag_id: str, first: datetime | date | str, last: datetime | date | str) -> list[DagRun]:
+        """The DAG's runs whose logical date lies in ``[first, last]`` (filtered here: on SQLite
+        the API's ``logical_date_gte/lte`` filters fail, Airflow 3.3)."""
+        low, high = (datetime.fromisoformat(str(_iso(v))) for v in (first, last))
+        return [run for run in self.list_runs(dag_id, limit=1000)
+                if run.logical_date and low <= datetime.fromisoformat(run.logical_date) <= high]
+
+    def backfill_progress(self, backfill_id: int) -> BackfillProgress:
+        """How far a backfill is: its runs by state, and whether Airflow marked it complete."""
+        backfill = self.get_backfill(backfill_id)
+        runs = self.runs_between(backfill["dag_id"], backfill["from_date"], backfill["to_date"])
+        return BackfillProgress(
+            dag_id=backfill["dag_id"], backfill_id=backfill_id,
+            states={run.run_id: run.state for run in runs},
+            completed=backfill.get("completed_at") is not None,
         )
 
     def list_runs(self, dag_id: str, *, limit: int = 100, **filters: str) -> list[DagRun]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import (
@@ -23,9 +24,10 @@ from airflow.sdk import (
     task,
 )
 
-from flywheel.core.spec import DataSpec, PipelineSpec
+from flywheel.core.catalog import load_folder
+from flywheel.core.spec import DataSpec, PipelineSpec, SpecError
 
-START = datetime(2026, 1, 1)  # earliest data date; history is loaded with backfills
+START = datetime(2026, 1, 1)  # earliest data date unless the dataset says (dataset.start)
 
 
 def assets(spec: DataSpec) -> dict[str, Asset]:
@@ -41,7 +43,7 @@ def _dag_args(spec: DataSpec, kind: str, **overrides: Any) -> dict[str, Any]:
     """What every Flywheel DAG shares: id, owner, retries, tags, start, no catchup."""
     return {
         "dag_id": f"{spec.name}_{kind}",
-        "start_date": START,
+        "start_date": datetime.combine(spec.dataset.start, time.min) if spec.dataset.start else START,
         "catchup": False,
         "default_args": {"owner": spec.owner, "retries": 2, "retry_delay": timedelta(seconds=20)},
         "tags": ["flywheel", spec.name, kind],
@@ -122,10 +124,12 @@ def _contract_failures_do_not_retry() -> Iterator[None]:
     error, naming dataset, partition and rule, is the cause shown in the log."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from flywheel.data.validation import ContractViolation
+    from flywheel.data.validation import ContractViolation, QuarantineShareExceeded
 
     try:
         yield
+    except QuarantineShareExceeded as exc:  # the split is committed; too many rows failed
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
     except ContractViolation as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc} (batch quarantined)") from exc
 
@@ -366,3 +370,28 @@ def build_all(spec: DataSpec) -> dict[str, DAG]:
         return {data.dag_id: data}
     dags = [data_dag(spec), training_dag(spec), monitoring_dag(spec), registry_dag(spec)]
     return {d.dag_id: d for d in dags}
+
+
+def build_folder(folder: Path) -> dict[str, DAG]:
+    """The DAGs of every spec of ``folder`` that loads (broken ones: see :func:`raise_spec_errors`)."""
+    dags: dict[str, DAG] = {}
+    for spec in load_folder(folder).specs.values():
+        dags.update(build_all(spec))
+    return dags
+
+
+class BrokenSpecs(SpecError):
+    """One or more specs of the folder fail to load; one line per file, naming the field."""
+
+
+def raise_spec_errors(folder: Path) -> None:
+    """Raise :class:`BrokenSpecs` listing every spec file of ``folder`` that fails to load.
+
+    Called from its own DAG file, so the Airflow UI shows an import error naming the spec
+    file and the field while every other spec's DAGs keep parsing and running (Airflow's
+    import errors are per DAG file, not per DAG).
+    """
+    errors = load_folder(folder).errors
+    if errors:
+        lines = "\n".join(f"- {message}" for message in errors.values())
+        raise BrokenSpecs(f"{len(errors)} spec file(s) in {folder} fail to load; their DAGs are not built:\n{lines}")

@@ -55,6 +55,9 @@ def check_references(spec: PipelineSpec) -> None:
         if name not in defined:
             raise ValueError(f"monitoring.features: {name!r} is not a defined feature "
                              f"(known: {', '.join(sorted(defined))})")
+    for name in spec.training.slices or []:
+        if name not in defined and name not in columns:
+            raise ValueError(f"training.slices: {name!r} is neither a contract column nor a defined feature")
     metric = spec.training.metric
     if metric is not None and metric not in TASK_METRICS[spec.task]:
         raise ValueError(f"training.metric: {metric!r} is not a {spec.task} metric "

@@ -7,7 +7,7 @@ One bucket per zone (``<prefix>-<zone>``, see ``Settings.bucket``). Inside them:
 | raw, curated, quarantine | ``<dataset>/ds=<date>/`` (+ ``_manifest.json``) | ingest, validation |
 | features | ``<use case>/<entity>/ds=<date>/`` | the day's aggregates (Feast's offline source) |
 | features | ``reference/<model>/v<version>.parquet`` | training: the drift reference |
-| predictions | ``<model>/dt=<date>/part-<id>.parquet`` | the model server's prediction log |
+| predictions | ``<use case>/dt=<date>/…parquet`` | the model server's prediction log |
 | reports | ``feature-freshness/<use case>/ds=<date>.json`` | materialization |
 | reports | ``drift/<model>/ds=<date>/``, ``performance/<model>/ds=<date>/`` | monitoring checks |
 | reports | ``monitoring/<model>/ds=<date>/summary.json``, ``monitoring/<model>/latest.json`` | the day's summary |
@@ -48,9 +48,9 @@ def reference_key(model: str, version: str) -> str:
     return f"reference/{model}/v{version.removeprefix('v')}.parquet"
 
 
-def prediction_prefix(model: str, day: date | str) -> str:
-    """One day of a model's prediction log in the predictions zone."""
-    return f"{model}/dt={_day(day)}/"
+def prediction_prefix(use_case: str, day: date | str) -> str:
+    """One day of a use case's prediction log in the predictions zone."""
+    return f"{use_case}/dt={_day(day)}/"
 
 
 def freshness_prefix(use_case: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,6 +71,9 @@ class Contract(_Strict):
     # The newest row must be at most this many hours older than the interval's end.
     freshness_hours: float | None = Field(None, gt=0)
     volume: VolumeRule | None = None
+    # [data-onboarding] A partition whose quarantined share of rows exceeds this fails its
+    # validate task (the rows stay quarantined): a wrong contract is loud, not green.
+    max_quarantine_share: float = Field(0.05, ge=0, le=1)
 
 
 class DatasetSpec(_Strict):
@@ -84,6 +89,9 @@ class DatasetSpec(_Strict):
     chunk_rows: int = Field(500_000, ge=1)
     # Let the scheduler create the runs of every missed interval since the DAG's start.
     catchup: bool = False
+    # The first data interval of the dataset's DAGs (their start_date): Airflow runs no task for
+    # an interval before it, so history older than the default (2026-01-01) needs its date here.
+    start: date | None = None
 
     @property
     def key_columns(self) -> list[str]:
@@ -266,6 +274,22 @@ class ApprovalSpec(_Strict):
     timeout_hours: float = Field(72, gt=0)
 
 
+# Model families are entry points of this group (``[project.entry-points."flywheel.families"]``):
+# names are checked here without importing the training layer, and a package of its own can add
+# a family without an engine edit. Baselines per task when the spec names none.
+FAMILY_GROUP = "flywheel.families"
+DEFAULT_BASELINE: dict[str, str] = {"binary": "logistic_regression", "multiclass": "logistic_regression",
+                                    "regression": "linear"}
+
+
+@functools.cache
+def registered_families() -> frozenset[str]:
+    """Names of the installed model families (entry points of :data:`FAMILY_GROUP`)."""
+    from importlib.metadata import entry_points
+
+    return frozenset(ep.name for ep in entry_points(group=FAMILY_GROUP))
+
+
 class TrainingSpec(_Strict):
     lookback_days: int = Field(30, ge=1)
     split: SplitSpec
@@ -282,14 +306,17 @@ class TrainingSpec(_Strict):
         default_factory=lambda: {"xgboost": CandidateSpec()}, min_length=1)
     search: SearchSpec = Field(default_factory=SearchSpec)
     approval: ApprovalSpec = Field(default_factory=ApprovalSpec)
+    # Columns or features the gate compares per value (numeric ones in quantile buckets);
+    # None: the columns of the category request features.
+    slices: list[str] | None = None
 
     @model_validator(mode="after")
     def _known_families(self) -> TrainingSpec:
-        from flywheel.training.families import FAMILIES
-
+        known = registered_families()
+        listed = ", ".join(sorted(known)) or "none: is the flywheel package installed (make venv)?"
         for name in [self.baseline, *self.candidates]:
-            if name not in FAMILIES:
-                raise ValueError(f"unknown model family {name!r} (known: {', '.join(sorted(FAMILIES))})")
+            if name not in known:
+                raise ValueError(f"unknown model family {name!r} (known: {listed})")
         return self
 
     def with_lookback(self, days: int | None) -> TrainingSpec:
@@ -331,16 +358,43 @@ class LabelFeedSpec(_Strict):
 
 
 class PerformanceSpec(_Strict):
-    """Model performance on labelled predictions of the trailing ``window_days``."""
+    """Model performance on labelled predictions of the trailing ``window_days``.
+
+    The monitored ``metric`` (default: ``training.metric``, else the task's first metric) is
+    compared with the champion's holdout value of it. "Worse" follows the metric's direction
+    (lower is better for log_loss, rmse and mae).
+    """
 
     window_days: int = Field(7, ge=1)
     min_labelled_rows: int = Field(500, ge=1)
+    # Binary only: labelled positives needed before PR-AUC means anything.
     min_positives: int = Field(30, ge=1)
-    # Alert when PR-AUC falls this much below the champion's holdout PR-AUC...
-    max_pr_auc_drop: float = Field(0.15, gt=0, le=1)
-    # ...or below this floor, whatever the holdout said (a champion promoted on a holdout it
-    # also failed, e.g. right after a concept shift, would otherwise be its own low bar).
-    min_pr_auc: float | None = Field(None, ge=0, le=1)
+    metric: Metric | None = None
+    # Alert when the live metric is this much worse than the champion's holdout value (in the
+    # metric's own units)...
+    max_metric_drop: float = Field(0.15, gt=0)
+    # ...or worse than this limit, whatever the holdout said (a minimum for higher-is-better
+    # metrics, a maximum for lower-is-better ones): a champion promoted on a holdout it also
+    # failed, e.g. right after a concept shift, would otherwise be its own low bar.
+    metric_limit: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pr_auc_names(cls, data: Any) -> Any:
+        """``max_pr_auc_drop`` / ``min_pr_auc`` (binary specs before task types) mean the same
+        rule on PR-AUC."""
+        if not isinstance(data, dict) or not {"max_pr_auc_drop", "min_pr_auc"} & set(data):
+            return data
+        if {"max_metric_drop", "metric_limit"} & set(data) or data.get("metric", "pr_auc") != "pr_auc":
+            raise ValueError("max_pr_auc_drop/min_pr_auc are the PR-AUC spelling of max_metric_drop/metric_limit"
+                             " with metric: pr_auc; use one spelling")
+        out = {k: v for k, v in data.items() if k not in {"max_pr_auc_drop", "min_pr_auc"}}
+        out["metric"] = "pr_auc"
+        if "max_pr_auc_drop" in data:
+            out["max_metric_drop"] = data["max_pr_auc_drop"]
+        if "min_pr_auc" in data:
+            out["metric_limit"] = data["min_pr_auc"]
+        return out
 
 
 class SkewSpec(_Strict):
@@ -418,6 +472,16 @@ class PipelineSpec(DataSpec):
     def _label_shorthand(cls, data: Any) -> Any:
         if isinstance(data, dict) and isinstance(data.get("label"), str):
             data = {**data, "label": {"column": data["label"]}}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_baseline(cls, data: Any) -> Any:
+        # The baseline's default depends on the task (no logistic regression of a value).
+        training = data.get("training") if isinstance(data, dict) else None
+        if isinstance(training, dict) and "baseline" not in training:
+            baseline = DEFAULT_BASELINE.get(str(data.get("task", "binary")), "logistic_regression")
+            data = {**data, "training": {**training, "baseline": baseline}}
         return data
 
     @property

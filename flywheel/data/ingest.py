@@ -1,9 +1,9 @@
 """Ingest: copy one daily source partition into the raw zone of the object store.
 
-Any source of :mod:`flywheel.data.sources` (local or S3 CSV / Parquet / JSON Lines, or the
-generator) is streamed batch by batch into one Parquet file, so memory stays bounded
-whatever the input size, and committed atomically with a manifest that records the
-rows, schema, content hash, each input's URI and version, and the producing run.
+Any source of :mod:`flywheel.data.sources` (local or S3 CSV / Parquet / JSON Lines) is
+streamed batch by batch into one Parquet file, so memory stays bounded whatever the input
+size, and committed atomically with a manifest that records the rows, schema, content hash,
+each input's URI and version, and the producing run.
 A file that cannot be read is quarantined as it is and raises
 :class:`~flywheel.data.validation.ContractViolation`.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +45,6 @@ class IngestResult:
 def source_objects(spec: DataSpec, ds: str, settings: Settings) -> list[SourceObject]:
     """The input objects of the partition of ``ds`` (empty while it has not arrived)."""
     where = sources.location(spec, ds, settings)
-    if where.startswith("generator://"):
-        from flywheel.datagen import generator_spec
-
-        gen = generator_spec(spec.generator)
-        return [SourceObject(uri=f"generator://{spec.dataset.name}/ds={ds}", size=0,
-                             version=f"seed={gen.seed},rows_per_day={gen.rows_per_day}")]
     return sources.list_objects(spec.dataset, where, settings)
 
 
@@ -63,11 +56,6 @@ def source_files(spec: DataSpec, ds: str, settings: Settings) -> list[str]:
 def _batches(
     spec: DataSpec, ds: str, obj: SourceObject, tmp: Path, settings: Settings
 ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-    if obj.uri.startswith("generator://"):
-        from flywheel.datagen import generate_day, generator_spec
-
-        table = pa.Table.from_pandas(generate_day(date.fromisoformat(ds), generator_spec(spec.generator)), preserve_index=False)
-        return table.schema, iter(table.to_batches(max_chunksize=BATCH_ROWS))
     path = sources.fetch(obj, tmp, settings)
     return sources.open_batches(path, spec.dataset, ds=ds, uri=obj.uri, batch_rows=BATCH_ROWS)
 

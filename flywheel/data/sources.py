@@ -4,8 +4,10 @@ A dataset spec names its source as a location template (``{home}``, ``{ds}``):
 
 * a local directory or file (``{home}/landing/transactions/ds={ds}``),
 * an S3 prefix or object (``s3://bucket/transactions/ds={ds}/``) in the configured
-  object store,
-* the built-in generator (``generator://``), which writes the day's synthetic batch.
+  object store.
+
+Data always arrives as files: a use case with synthetic data (the examples) writes them there
+itself, as any upstream system would.
 
 Files are CSV, Parquet or JSON Lines and are read in bounded memory: Parquet by row
 group, CSV and JSON Lines in blocks, each typed by the dataset contract. A file that
@@ -60,8 +62,6 @@ def location(spec: DataSpec, ds: str, settings: Settings) -> str:
 def list_objects(dataset: DatasetSpec, where: str, settings: Settings) -> list[SourceObject]:
     """The files of one source partition, sorted by URI (empty while it has not arrived)."""
     suffixes = SUFFIXES[dataset.format]
-    if where.startswith("generator://"):
-        return []  # the generator writes its landing files first: see ``ingest``
     if where.startswith("s3://"):
         return _list_s3(where, suffixes, settings)
     path = Path(where)

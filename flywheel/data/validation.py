@@ -49,6 +49,36 @@ class ContractViolation(ValueError):
         super().__init__(f"dataset {dataset!r} partition ds={ds}: {rule}: {detail}")
 
 
+class QuarantineShareExceeded(ContractViolation):
+    """Too large a share of a partition's rows was quarantined (``max_quarantine_share``).
+
+    Raised after both partitions were committed: the rows stay quarantined with their
+    reasons, nothing is lost, and a wrong contract shows as a failed task instead of green.
+    ``summary`` is the validation summary; ``top_rules`` the most frequent rules broken.
+    """
+
+    def __init__(self, dataset: str, ds: str, summary: dict[str, Any], limit: float) -> None:
+        self.summary, self.limit = summary, limit
+        rows, quarantined = int(summary["rows"]), int(summary["quarantined"])
+        self.share = quarantined / rows if rows else 0.0
+        ranked = sorted(summary["rule_failures"].items(), key=lambda kv: (-kv[1], kv[0]))
+        self.top_rules = ranked[:3]
+        rules = ", ".join(f"{rule} ({n} rows)" for rule, n in self.top_rules) or "none"
+        super().__init__(dataset, ds, "max_quarantine_share",
+                         f"{self.share:.1%} of {rows} rows quarantined ({quarantined}), above the contract's "
+                         f"max_quarantine_share {limit:.1%}; top rules: {rules}. The rows are in the "
+                         f"quarantine zone with their reasons: fix the contract or the data, then "
+                         f"`flywheel replay {dataset} --ds {ds}`")
+
+
+def check_quarantine_share(summary: dict[str, Any], dataset: DatasetSpec, ds: str) -> None:
+    """Raise :class:`QuarantineShareExceeded` when the quarantined share is above the contract's."""
+    limit = dataset.contract.max_quarantine_share
+    rows = int(summary["rows"])
+    if rows and int(summary["quarantined"]) / rows > limit:
+        raise QuarantineShareExceeded(dataset.name, ds, summary, limit)
+
+
 @dataclass(frozen=True)
 class ValidationResult:
     curated: pd.DataFrame
@@ -241,8 +271,11 @@ def validate(df: pd.DataFrame, dataset: DatasetSpec, ds: str) -> ValidationResul
     frame[ROW_ID] = range(len(frame))
     reasons = ContractSuite(dataset, ds).failures(frame)
     bad = frame[ROW_ID].isin(reasons)
+    from flywheel.data.keys import ROW_KEY, row_keys
+
     quarantined = frame[bad].copy()
     quarantined[REASONS] = quarantined[ROW_ID].map(lambda r: "; ".join(reasons[r]))
+    quarantined[ROW_KEY] = row_keys(quarantined, dataset)
     curated = frame[~bad].drop(columns=[ROW_ID]).reset_index(drop=True)
     return ValidationResult(
         curated=curated,
@@ -271,6 +304,7 @@ class _Split:
     curated: Path
     quarantined: Path
     schema: pa.Schema
+    dataset: DatasetSpec
     rows: dict[str, int] = field(default_factory=lambda: {"curated": 0, "quarantine": 0})
     failures: dict[str, int] = field(default_factory=dict)
 
@@ -279,14 +313,16 @@ class _Split:
 
         from flywheel.core.storage import PARQUET_OPTIONS
 
-        self.q_schema = self.schema.append(pa.field(REASONS, pa.string()))
+        self.q_schema = quarantine_schema(self.schema)
         self._writers = {
             "curated": pq.ParquetWriter(self.curated, self.schema, **PARQUET_OPTIONS),
             "quarantine": pq.ParquetWriter(self.quarantined, self.q_schema, **PARQUET_OPTIONS),
         }
 
-    def add(self, batch: pa.RecordBatch, reasons: dict[int, list[str]], offset: int) -> None:
+    def add(self, batch: pa.RecordBatch, frame: pd.DataFrame, reasons: dict[int, list[str]], offset: int) -> None:
         import numpy as np
+
+        from flywheel.data.keys import row_keys
 
         local = {row - offset: rules for row, rules in reasons.items()}
         bad = np.zeros(batch.num_rows, dtype=bool)
@@ -295,8 +331,9 @@ class _Split:
         self._writers["curated"].write_batch(good)
         rejected = batch.filter(pa.array(bad))
         why = pa.array(["; ".join(local[int(i)]) for i in np.flatnonzero(bad)], type=pa.string())
+        ids = pa.array(row_keys(frame[bad], self.dataset).tolist(), type=pa.string())
         self._writers["quarantine"].write_batch(
-            pa.RecordBatch.from_arrays([*rejected.columns, why], schema=self.q_schema))
+            pa.RecordBatch.from_arrays([*rejected.columns, why, ids], schema=self.q_schema))
         self.rows["curated"] += good.num_rows
         self.rows["quarantine"] += rejected.num_rows
         for rule, n in _count(local).items():
@@ -321,6 +358,47 @@ def _duplicate_keys(path: Path, dataset: DatasetSpec) -> dict[str, set[Any]]:
     return out
 
 
+def _duplicate_compound_keys(path: Path, dataset: DatasetSpec) -> set[tuple[Any, ...]]:
+    """Values of a composite key seen more than once in the whole partition (duckdb scan)."""
+    import duckdb
+
+    columns = dataset.key_columns
+    if len(columns) < 2:
+        return set()
+    cols = ", ".join(f'"{c}"' for c in columns)
+    with duckdb.connect() as con:
+        rows = con.execute(f"SELECT {cols} FROM read_parquet(?) GROUP BY ALL HAVING count(*) > 1",
+                           [str(path)]).fetchall()
+    return {tuple(r) for r in rows}
+
+
+def _key_failures(frame: pd.DataFrame, dataset: DatasetSpec, duplicates: dict[str, set[Any]],
+                  compound: set[tuple[Any, ...]], repeated: Any) -> dict[int, str]:
+    """Row id -> the key rule it breaks: a unique column, a composite key, or a repeated row."""
+    from flywheel.data.keys import key_rule
+
+    out: dict[int, str] = {}
+    for column, dupes in duplicates.items():
+        if dupes:
+            for row in frame.loc[frame[column].isin(dupes), ROW_ID]:
+                out[int(row)] = _unique_rule(column)
+    if compound:
+        keys = pd.MultiIndex.from_frame(frame[dataset.key_columns].astype(object))
+        hit = keys.isin(list(compound))
+        out.update({int(r): key_rule(dataset) for r in frame.loc[hit, ROW_ID]})
+    if repeated is not None:
+        mask = repeated.repeated(frame.drop(columns=[ROW_ID]))
+        out.update({int(r): key_rule(dataset) for r in frame.loc[mask, ROW_ID]})
+    return out
+
+
+def quarantine_schema(schema: pa.Schema) -> pa.Schema:
+    """A quarantine partition's schema: the raw columns, the rules broken, the row's key."""
+    from flywheel.data.keys import ROW_KEY
+
+    return schema.append(pa.field(REASONS, pa.string())).append(pa.field(ROW_KEY, pa.string()))
+
+
 def _chunks(path: Path, chunk_rows: int) -> Iterator[pa.RecordBatch]:
     import pyarrow.parquet as pq
 
@@ -339,23 +417,25 @@ def split_file(
     """Row-level validation of a local raw Parquet file, chunk by chunk, into two files."""
     import pyarrow.parquet as pq
 
+    from flywheel.data.keys import DuplicateRows
+
     schema = pq.read_schema(path)
     duplicates = _duplicate_keys(path, dataset)
+    compound = _duplicate_compound_keys(path, dataset)
+    repeated = DuplicateRows(dataset) if not dataset.key_columns else None
     suite = ContractSuite(dataset, ds, docs_dir=docs_dir)
-    split = _Split(out_dir / "curated.parquet", out_dir / "quarantine.parquet", schema)
+    split = _Split(out_dir / "curated.parquet", out_dir / "quarantine.parquet", schema, dataset)
     offset = 0
     try:
         for batch in _chunks(path, dataset.chunk_rows):
             frame = _to_pandas(batch)
             frame[ROW_ID] = range(offset, offset + len(frame))
             reasons = suite.failures(frame)
-            for column, dupes in duplicates.items():
-                if dupes:
-                    for row in frame.loc[frame[column].isin(dupes), ROW_ID]:
-                        rules = reasons.setdefault(int(row), [])
-                        if _unique_rule(column) not in rules:
-                            rules.append(_unique_rule(column))
-            split.add(batch, reasons, offset)
+            for row, rule in _key_failures(frame, dataset, duplicates, compound, repeated).items():
+                rules = reasons.setdefault(row, [])
+                if rule not in rules:
+                    rules.append(rule)
+            split.add(batch, frame, reasons, offset)
             offset += len(frame)
     finally:
         split.close()
@@ -406,7 +486,9 @@ def validate_partition(spec: Any, ds: str, *, run_id: str = "", settings: Any = 
     """Validate the raw partition of ``ds``: write curated and quarantine partitions.
 
     A batch-level failure quarantines the whole batch with its reason, withdraws
-    any curated partition of that date, and raises :class:`ContractViolation`.
+    any curated partition of that date, and raises :class:`ContractViolation`. When more
+    than the contract's ``max_quarantine_share`` of the rows is quarantined, both
+    partitions are committed, then :class:`QuarantineShareExceeded` is raised.
     Every chunk's GX result is published as Data Docs to the reports zone.
     """
     from flywheel.core import storage
@@ -442,6 +524,7 @@ def validate_partition(spec: Any, ds: str, *, run_id: str = "", settings: Any = 
                                 extra=summary, settings=settings, client=client)
     log.info("validated %s ds=%s: %s curated, %s quarantined; GX Data Docs: %s",
              name, ds, summary["curated"], summary["quarantined"], docs.get("url"))
+    check_quarantine_share(summary, spec.dataset, ds)
     return summary
 
 
@@ -454,14 +537,22 @@ def _quarantine_batch(
     from flywheel.core import storage
 
     name = spec.dataset.name
+    from flywheel.data.keys import row_keys
+
     parquet = pq.ParquetFile(path)
-    schema = parquet.schema_arrow.append(pa.field(REASONS, pa.string()))
+    schema = quarantine_schema(parquet.schema_arrow)
     why = f"batch: {exc.rule}: {exc.detail}"
+
+    def ids(batch: pa.RecordBatch) -> pa.Array:
+        frame = _to_pandas(batch)
+        if all(c in frame.columns for c in spec.dataset.key_columns):
+            return pa.array(row_keys(frame, spec.dataset).tolist(), type=pa.string())
+        return pa.nulls(batch.num_rows, pa.string())  # the key's columns are missing
 
     def tagged() -> Iterator[pa.RecordBatch]:
         for batch in parquet.iter_batches(batch_size=256 * 1024):
-            yield pa.RecordBatch.from_arrays([*batch.columns, pa.array([why] * batch.num_rows, pa.string())],
-                                             schema=schema)
+            yield pa.RecordBatch.from_arrays(
+                [*batch.columns, pa.array([why] * batch.num_rows, pa.string()), ids(batch)], schema=schema)
 
     out = path.with_name("quarantine-batch.parquet")
     rows = storage.write_batches(tagged(), schema, out)

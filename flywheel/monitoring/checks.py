@@ -1,27 +1,35 @@
 """Daily monitoring checks beyond feature drift, and the day's monitoring summary.
 
-* **performance**: the champion's logged predictions of the trailing window joined, on the
-  transaction id, to the delayed labels that have arrived by ``ds`` (the label feed is a
-  dataset of its own, ingested and validated like any other); PR-AUC, recall at the
-  target precision and expected cost, with the same code as the promotion gate, compared
-  with the champion's holdout PR-AUC; target drift of the label rate (Evidently);
+Everything a check reads about the use case comes from its spec: the log's columns
+(``flywheel.serving.logschema``), the key columns, the label, the task and its metrics.
+
+* **performance**: the champion's logged predictions of the trailing window joined to the
+  labels that have arrived by ``ds``: from the label feed (``monitoring.labels``, a dataset of
+  its own, joined on its ``key``, a column the log carries), or, without a feed, from the use
+  case's own curated dataset (the label arrives with the data; joined on the dataset's key
+  columns; a key-less dataset cannot be joined: "not_applicable"). Metrics per task (binary:
+  PR-AUC, ROC-AUC, recall at the target precision, expected cost with the gate's code;
+  multiclass: macro-F1, accuracy; regression: RMSE, MAE, R²); the monitored metric is compared
+  with the champion's holdout value of it, in the metric's direction; Evidently's preset of the
+  task, and target drift of the label against the training reference;
 * **skew**: the features the service used (the prediction log) against the offline
-  features of the same transactions at the same timestamps (Feast point-in-time join +
-  the training matrix code), feature by feature;
-* **quality**: entity misses, missing features and values outside the training
-  reference's range in the day's serving inputs;
+  features of the same rows (matched on the dataset's key columns) at the same timestamps
+  (Feast point-in-time join + the one featurizer), feature by feature;
+* **quality**: entity misses, unknown categorical values, missing features and values outside
+  the training reference's range in the day's serving inputs;
 * **freshness**: how old the online features were at the end of ``ds`` (data time), and
   the champion's age.
 
 Each check returns a :class:`Check`; :func:`write_summary` writes all of a day's results
 (plus the retraining decision) to ``s3://<reports>/monitoring/<model>/ds=<ds>/summary.json``
-and ``latest.json``, which the Prometheus exporter reads.
+and ``latest.json``, labelled with the use case and its task, which the Prometheus exporter reads.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
@@ -29,18 +37,27 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from flywheel.core import storage
+from flywheel.core import layout, storage
 from flywheel.core.config import Settings, get_settings
-from flywheel.core.spec import PipelineSpec
+from flywheel.core.layout import LATEST, SUMMARY
+from flywheel.core.spec import LOWER_IS_BETTER, TASK_METRICS, PerformanceSpec, PipelineSpec
 from flywheel.features.aggregates import feature_timestamp
+from flywheel.features.featurizer import featurizer_for, label_values
 from flywheel.monitoring import drift as monitoring
-from flywheel.monitoring.exporter import LATEST, SUMMARY_PREFIX  # the exporter reads what this writes
+from flywheel.serving import logschema
 from flywheel.training import evaluation, registry
 
 log = logging.getLogger(__name__)
 
-Status = Literal["ok", "alert", "insufficient_data", "waiting_for_data", "disabled"]
-SUMMARY = "summary.json"  # per day; LATEST is the newest day's copy
+Status = Literal["ok", "alert", "insufficient_data", "waiting_for_data", "disabled", "not_applicable"]
+# The metrics a prediction log can be scored on, per task, in order of preference. Multiclass
+# log loss needs every class's probability; the log carries the predicted class's only.
+LIVE_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("pr_auc", "roc_auc"),
+    "multiclass": ("macro_f1", "accuracy"),
+    "regression": ("rmse", "mae", "r2"),
+}
+_LABEL = "__label"  # the label's column in joined frames (never a column of the log)
 
 
 @dataclass(frozen=True)
@@ -66,7 +83,8 @@ class Champion:
 
     version: str
     threshold: float
-    holdout_pr_auc: float | None
+    # The version's holdout metrics (``holdout_<metric>`` of its training run), by metric name.
+    holdout: dict[str, float]
     window_end: date | None
     registered_at: datetime | None
 
@@ -80,144 +98,319 @@ class Champion:
         return cls(
             version=str(mv.version),
             threshold=float(mv.tags.get("threshold", 0.5)),
-            holdout_pr_auc=metrics.get("holdout_pr_auc", metrics.get("pr_auc")),
+            holdout=holdout_metrics(metrics),
             window_end=registry.window_end(mv),
             registered_at=datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=UTC)
             if mv.creation_timestamp else None,
         )
 
 
+def holdout_metrics(run_metrics: dict[str, float]) -> dict[str, float]:
+    """Metric -> holdout value from a training run's metrics (``holdout_<m>``, else a plain ``<m>``)."""
+    names = {m for task in TASK_METRICS.values() for m in task}
+    return {m: float(run_metrics.get(f"holdout_{m}", run_metrics[m] if m in run_metrics else math.nan))
+            for m in names if f"holdout_{m}" in run_metrics or m in run_metrics}
+
+
 def report_prefix(kind: str, spec: PipelineSpec, ds: date) -> str:
-    return f"{kind}/{spec.model_name}/ds={ds.isoformat()}/"
+    return layout.report_prefix(kind, spec.model_name, ds)
 
 
 # ---- performance on delayed labels ------------------------------------------------------------
 
 
-def arrived_labels(spec: PipelineSpec, *, start: date, end: date, settings: Settings) -> pd.DataFrame:
-    """Curated labels of the label feed that arrived in ``[start, end]`` (key, label)."""
+def monitored_metric(spec: PipelineSpec) -> str:
+    """The metric the performance check alerts on: ``monitoring.performance.metric``, else
+    ``training.metric`` when a log can be scored on it, else the task's first live metric.
+
+    Raises ``ValueError`` (naming the use case and field) for a metric of another task.
+    """
+    chosen = spec.monitoring.performance.metric
+    if chosen is not None:
+        if chosen not in TASK_METRICS[spec.task]:
+            raise ValueError(f"use case {spec.name}: monitoring.performance.metric {chosen!r} is not a "
+                             f"{spec.task} metric (one of {', '.join(TASK_METRICS[spec.task])})")
+        return chosen
+    trained = spec.training.metric
+    return trained if trained in LIVE_METRICS[spec.task] else LIVE_METRICS[spec.task][0]
+
+
+def label_keys(spec: PipelineSpec) -> list[str]:
+    """The columns joining logged predictions to their labels: the feed's key, or the dataset's
+    key columns when the label arrives with the data ([] for a key-less dataset)."""
     feed = spec.monitoring.labels
-    assert feed is not None
+    return [feed.key] if feed is not None else spec.dataset.key_columns
+
+
+def _key_strings(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``keys`` as text (the log holds the caller's ids as text, curated data in its own types)."""
+    return frame.assign(**{k: frame[k].astype("string").astype("object") for k in keys})
+
+
+def arrived_labels(spec: PipelineSpec, *, start: date, end: date, settings: Settings) -> pd.DataFrame:
+    """Labels that arrived in ``[start, end]``: key columns (as text) and ``__label``.
+
+    From the label feed's curated partitions, or, without a feed, from the use case's own
+    curated dataset (its label column or expression, :func:`label_values`). Rows whose label
+    is null stay in (the caller counts them).
+    """
+    feed = spec.monitoring.labels
+    dataset = feed.dataset if feed is not None else spec.dataset.name
+    keys = label_keys(spec)
     client = storage.s3_client(settings)
-    available = set(storage.list_partitions(zone="curated", dataset=feed.dataset, settings=settings,
-                                            client=client))
+    available = set(storage.list_partitions(zone="curated", dataset=dataset, settings=settings, client=client))
     days = [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
-    frames = [storage.read_partition(zone="curated", dataset=feed.dataset, ds=d, settings=settings, client=client)
-              [[feed.key, feed.label]] for d in days if d in available]
+    frames = []
+    for day in (d for d in days if d in available):
+        part = storage.read_partition(zone="curated", dataset=dataset, ds=day, settings=settings, client=client)
+        label = part[feed.label] if feed is not None else label_values(spec, part)
+        frames.append(_key_strings(part[keys], keys).assign(**{_LABEL: label.to_numpy()}))
     if not frames:
-        return pd.DataFrame({feed.key: pd.Series(dtype="object"), feed.label: pd.Series(dtype="int64")})
-    return pd.concat(frames, ignore_index=True).drop_duplicates(feed.key, keep="last")
+        return pd.DataFrame({**{k: pd.Series(dtype="object") for k in keys}, _LABEL: pd.Series(dtype="float64")})
+    return pd.concat(frames, ignore_index=True).drop_duplicates(keys, keep="last")
+
+
+def _outputs(spec: PipelineSpec) -> tuple[str, str | None]:
+    """The log's score column and, for multiclass, its predicted-class column."""
+    cols = monitoring.drift_columns(spec)
+    return cols.prediction, (cols.categorical[0] if cols.categorical else None)
+
+
+def performance_scores(spec: PipelineSpec, y: pd.Series, logged: pd.DataFrame, *,
+                       threshold: float) -> dict[str, Any]:
+    """The task's metrics of logged predictions against their labels ``y`` (same rows).
+
+    Binary and regression: the gate's code (``training.evaluation.metrics``): PR-AUC, ROC-AUC,
+    recall at the target precision, expected cost and calibration error at ``threshold``; RMSE,
+    MAE and R² (None when the labels are constant). Multiclass: macro-F1 and accuracy of the
+    logged class against the label (the gate scores class probabilities, which the log does not
+    carry; log loss is None for the same reason).
+    """
+    from sklearn import metrics as sk
+
+    score, predicted = _outputs(spec)
+    if spec.task == "binary":
+        training = spec.training
+        costs = evaluation.Costs(training.costs.false_positive, training.costs.false_negative)
+        got = evaluation.metrics(y.to_numpy(dtype="int64"), logged[score].to_numpy(dtype="float64"),
+                                 threshold=threshold, costs=costs, precision_target=training.precision_target)
+        return {"pr_auc": _finite(got["pr_auc"]), "roc_auc": _finite(got["roc_auc"]),
+                "recall_at_precision": _finite(got[f"recall_at_p{int(training.precision_target * 100)}"]),
+                "precision_target": training.precision_target, "expected_cost": got["expected_cost"],
+                "calibration_error": got["calibration_error"]}
+    if spec.task == "multiclass":
+        assert predicted is not None
+        truth, guess = y.astype(str).to_numpy(), logged[predicted].astype(str).to_numpy()
+        return {"macro_f1": float(sk.f1_score(truth, guess, average="macro", zero_division=0)),
+                "accuracy": float(sk.accuracy_score(truth, guess)), "log_loss": None,
+                "classes": int(len(set(truth) | set(guess)))}
+    got = evaluation.metrics(y.to_numpy(dtype="float64"), logged[score].to_numpy(dtype="float64"), task="regression")
+    return {name: _finite(value) for name, value in got.items()}
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if value is not None and math.isfinite(float(value)) else None
+
+
+def metric_verdict(metric: str, value: float, holdout: float | None, cfg: PerformanceSpec,
+                   ) -> tuple[Status, str, dict[str, Any]]:
+    """Status, reason and facts of the alert rule: ``value`` worse than ``cfg.metric_limit``, or
+    worse than the champion's ``holdout`` by more than ``cfg.max_metric_drop`` ("worse" in the
+    metric's direction: higher for log_loss/rmse/mae, lower for the others)."""
+    lower = metric in LOWER_IS_BETTER
+    facts: dict[str, Any] = {"metric": metric, "metric_value": value, "lower_is_better": lower,
+                             "reference_metric_value": holdout, f"reference_{metric}": holdout,
+                             "max_metric_drop": cfg.max_metric_drop, "metric_limit": cfg.metric_limit}
+    name = metric.upper().replace("_", "-") if metric != "r2" else "R²"
+    limit = cfg.metric_limit
+    if limit is not None and (value > limit if lower else value < limit):
+        return "alert", f"{name} {value:.3f} is {'above' if lower else 'below'} the limit {limit}", facts
+    if holdout is None or not math.isfinite(holdout):
+        return "ok", f"{name} {value:.3f}; no holdout {name} recorded for the champion: nothing to compare", facts
+    drop = value - holdout if lower else holdout - value  # > 0: worse than the holdout
+    facts |= {"metric_drop": drop, f"{metric}_drop": drop}
+    if drop > cfg.max_metric_drop:
+        return "alert", (f"{name} {value:.3f} is {drop:.3f} worse than the champion's holdout {holdout:.3f} "
+                         f"(tolerance {cfg.max_metric_drop})"), facts
+    return "ok", f"{name} {value:.3f} vs holdout {holdout:.3f}", facts
+
+
+def _labelled(spec: PipelineSpec, logs: pd.DataFrame, labels: pd.DataFrame, *,
+              version: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The champion's own predictions with an arrived, non-null label (``__label``), and counts."""
+    keys = label_keys(spec)
+    own = logs[logs["model_version"].astype(str) == version].dropna(subset=keys)
+    own = _key_strings(own.drop_duplicates(keys, keep="last"), keys)
+    joined = own.merge(labels, on=keys, how="inner", validate="one_to_one")
+    null = joined[_LABEL].isna()
+    counts = {"logged_rows": int(len(logs)), "champion_rows": int(len(own)),
+              "unlabelled_rows": int(null.sum()), "labelled_rows": int((~null).sum()),
+              "label_coverage": float((~null).sum() / len(own)) if len(own) else 0.0}
+    return joined[~null].reset_index(drop=True), counts
+
+
+def _label_facts(spec: PipelineSpec, y: pd.Series) -> dict[str, Any]:
+    if spec.task == "binary":
+        values = y.to_numpy(dtype="int64")
+        return {"positives": int(values.sum()), "label_rate": float(values.mean()) if len(values) else None}
+    if spec.task == "multiclass":
+        return {"label_classes": int(y.astype(str).nunique())}
+    return {"label_mean": float(y.astype("float64").mean()) if len(y) else None}
 
 
 def performance_check(spec: PipelineSpec, ds: date, *, champion: Champion,
                       settings: Settings | None = None) -> Check:
     """The champion's performance over the window's predictions whose labels have arrived."""
     settings = settings or get_settings()
-    feed, cfg = spec.monitoring.labels, spec.monitoring.performance
-    if feed is None:
-        return Check("performance", "disabled", "the spec names no label feed (monitoring.labels)")
+    cfg, keys = spec.monitoring.performance, label_keys(spec)
+    metric = monitored_metric(spec)
+    if not keys:
+        return Check("performance", "not_applicable",
+                     f"dataset {spec.dataset.name} has no key columns and the spec names no label feed "
+                     "(monitoring.labels): logged predictions cannot be matched to their labels", {"metric": metric})
+    missing = [k for k in keys if k not in logschema.log_dtypes(spec)]
+    if missing:
+        return Check("performance", "not_applicable",
+                     f"monitoring.labels.key {missing[0]!r} is not a column of the prediction log (the log carries "
+                     f"the key columns {spec.dataset.key_columns} of {spec.dataset.name})", {"metric": metric})
+    if metric not in LIVE_METRICS[spec.task]:
+        return Check("performance", "not_applicable",
+                     f"{metric} cannot be computed from the prediction log (it carries the predicted class's "
+                     f"probability only); use one of {', '.join(LIVE_METRICS[spec.task])}", {"metric": metric})
     start = ds - timedelta(days=cfg.window_days - 1)
     logs = monitoring.load_predictions(spec, start=start, end=ds, settings=settings)
-    own = logs[(logs["model_version"].astype(str) == champion.version) & logs["transaction_id"].notna()]
-    own = own.drop_duplicates("transaction_id", keep="last")
     labels = arrived_labels(spec, start=start, end=ds, settings=settings)
-    joined = own.merge(labels, left_on="transaction_id", right_on=feed.key, how="inner")
-    y = joined[feed.label].to_numpy(dtype="int64")
-    proba = joined[monitoring.PREDICTION_COLUMN].to_numpy(dtype="float64")
-    facts: dict[str, Any] = {
-        "window": {"start": start.isoformat(), "end": ds.isoformat()},
-        "champion_version": champion.version,
-        "logged_rows": int(len(logs)), "champion_rows": int(len(own)), "labelled_rows": int(len(joined)),
-        "label_coverage": float(len(joined) / len(own)) if len(own) else 0.0,
-        "positives": int(y.sum()), "label_rate": float(y.mean()) if len(y) else None,
-        "reference_pr_auc": champion.holdout_pr_auc,
-    }
-    if len(joined) < cfg.min_labelled_rows or y.sum() < cfg.min_positives:
+    joined, counts = _labelled(spec, logs, labels, version=champion.version)
+    y = joined[_LABEL]
+    facts: dict[str, Any] = {"window": {"start": start.isoformat(), "end": ds.isoformat()},
+                             "champion_version": champion.version, "task": spec.task, "metric": metric,
+                             "label_source": spec.monitoring.labels.dataset if spec.monitoring.labels
+                             else spec.dataset.name, **counts, **_label_facts(spec, y)}
+    positives = facts.get("positives")
+    if len(joined) < cfg.min_labelled_rows or (positives is not None and positives < cfg.min_positives):
+        needs = f"{cfg.min_labelled_rows}" + (f" and {cfg.min_positives} positive" if positives is not None else "")
+        have = f"{len(joined)} labelled predictions" + (f" ({positives} positive)" if positives is not None else "")
         return Check("performance", "insufficient_data",
-                     f"{len(joined)} labelled predictions of v{champion.version} ({int(y.sum())} positive) in "
-                     f"{start}..{ds}; needs {cfg.min_labelled_rows} and {cfg.min_positives}", facts)
-    training = spec.training
-    costs = evaluation.Costs(training.costs.false_positive, training.costs.false_negative)
-    scores = evaluation.metrics(y, proba, threshold=champion.threshold, costs=costs,
-                                precision_target=training.precision_target)
-    facts.update({
-        "pr_auc": scores["pr_auc"], "roc_auc": scores["roc_auc"],
-        "recall_at_precision": scores[f"recall_at_p{int(training.precision_target * 100)}"],
-        "precision_target": training.precision_target, "expected_cost": scores["expected_cost"],
-        "calibration_error": scores["calibration_error"],
-    })
-    facts.update(_performance_report(spec, ds, joined.assign(**{feed.label: y}), champion, settings))
-    facts["min_pr_auc"] = cfg.min_pr_auc
-    if cfg.min_pr_auc is not None and scores["pr_auc"] < cfg.min_pr_auc:
-        return Check("performance", "alert",
-                     f"PR-AUC {scores['pr_auc']:.3f} on {len(joined)} labelled predictions is below the floor "
-                     f"{cfg.min_pr_auc}", facts)
-    if champion.holdout_pr_auc is None:
-        return Check("performance", "ok", "no holdout PR-AUC recorded for the champion: nothing to compare", facts)
-    drop = champion.holdout_pr_auc - scores["pr_auc"]
-    facts["pr_auc_drop"] = drop
-    if drop > cfg.max_pr_auc_drop:
-        return Check("performance", "alert",
-                     f"PR-AUC {scores['pr_auc']:.3f} on {len(joined)} labelled predictions is {drop:.3f} below "
-                     f"the champion's holdout {champion.holdout_pr_auc:.3f} (tolerance {cfg.max_pr_auc_drop})", facts)
-    return Check("performance", "ok", f"PR-AUC {scores['pr_auc']:.3f} vs holdout {champion.holdout_pr_auc:.3f}",
-                 facts)
+                     f"{have} of v{champion.version} in {start}..{ds}; needs {needs}", facts)
+    scores = performance_scores(spec, y, joined, threshold=champion.threshold)
+    facts.update(scores)
+    value = scores[metric]
+    if value is None:
+        return Check("performance", "insufficient_data",
+                     f"{metric} is undefined on {len(joined)} labelled predictions (one class or constant labels)",
+                     facts)
+    facts.update(_performance_report(spec, ds, joined, champion, settings))
+    status, reason, verdict = metric_verdict(metric, value, champion.holdout.get(metric), cfg)
+    facts.update(verdict)
+    return Check("performance", status, f"{reason} ({len(joined)} labelled predictions)", facts)
 
 
-def _performance_report(spec: PipelineSpec, ds: date, current: pd.DataFrame, champion: Champion,
-                        settings: Settings) -> dict[str, Any]:
-    """Evidently classification report + target drift of the label (vs the training reference)."""
-    from evidently import BinaryClassification, DataDefinition, Dataset, Report
+def _evidently_frames(spec: PipelineSpec, current: pd.DataFrame, reference: pd.DataFrame | None,
+                      ) -> tuple[pd.DataFrame, pd.DataFrame | None, Any]:
+    """Current and reference frames (label + outputs) and the data definition of the task."""
+    from evidently import BinaryClassification, DataDefinition, MulticlassClassification, Regression
+
+    label = spec.target
+    score, predicted = _outputs(spec)
+    columns = [label, predicted if spec.task == "multiclass" and predicted else score]
+    if spec.task == "binary":
+        definition = DataDefinition(numerical_columns=[score], categorical_columns=[label], classification=[
+            BinaryClassification(target=label, prediction_probas=score, pos_label=1)])
+    elif spec.task == "multiclass":
+        definition = DataDefinition(categorical_columns=columns, classification=[
+            MulticlassClassification(target=label, prediction_labels=columns[1])])
+    else:
+        definition = DataDefinition(numerical_columns=columns, regression=[Regression(target=label, prediction=score)])
+
+    def typed(frame: pd.DataFrame) -> pd.DataFrame:
+        out = frame[columns].copy()
+        if spec.task == "binary":
+            out[label] = out[label].astype("int64")
+        elif spec.task == "multiclass":
+            out = out.astype(str)
+        else:
+            out = out.astype("float64")
+        return out
+
+    usable = reference is not None and set(columns) <= set(reference.columns)
+    return typed(current), typed(reference) if usable and reference is not None else None, definition
+
+
+def performance_snapshot(spec: PipelineSpec, labelled: pd.DataFrame, reference: pd.DataFrame | None, *,
+                         threshold: float, ds: date, version: str) -> Any:
+    """Evidently's report of the task (ClassificationPreset / RegressionPreset) on ``labelled``
+    (the log's outputs + ``__label``), with the label's drift against ``reference`` (the training
+    reference; compared only when it carries the label and the outputs)."""
+    from evidently import Dataset, Report
     from evidently.metrics import ValueDrift
-    from evidently.presets import ClassificationPreset
+    from evidently.presets import ClassificationPreset, RegressionPreset
 
-    label, proba = spec.target, monitoring.PREDICTION_COLUMN
-    feed = spec.monitoring.labels
-    assert feed is not None
-    current = current.rename(columns={feed.label: label})[[label, proba]]
-    reference = monitoring.load_reference(spec, version=champion.version, settings=settings)
-    reference = reference[[label, proba]] if label in reference.columns else None
-    definition = DataDefinition(
-        numerical_columns=[proba], categorical_columns=[label],
-        classification=[BinaryClassification(target=label, prediction_probas=proba, pos_label=1)])
-    report = Report([ClassificationPreset(probas_threshold=champion.threshold), ValueDrift(column=label)],
-                    include_tests=True)
+    label = spec.target
+    current, ref, definition = _evidently_frames(spec, labelled.rename(columns={_LABEL: label}), reference)
+    preset = (RegressionPreset() if spec.task == "regression" else
+              ClassificationPreset(probas_threshold=threshold) if spec.task == "binary" else
+              ClassificationPreset())
+    report = Report([preset, ValueDrift(column=label)] if ref is not None else [preset], include_tests=True)
     with monitoring._quiet_evidently():
-        snapshot = report.run(
+        return report.run(
             Dataset.from_pandas(current, data_definition=definition),
-            Dataset.from_pandas(reference, data_definition=definition) if reference is not None else None,
+            Dataset.from_pandas(ref, data_definition=definition) if ref is not None else None,
             timestamp=datetime.combine(ds, time.min),
-            metadata={"model_name": spec.model_name, "ds": ds.isoformat(), "version": champion.version},
+            metadata={"model_name": spec.model_name, "use_case": spec.name, "ds": ds.isoformat(),
+                      "version": version},
             tags=["performance", spec.model_name])
+
+
+def target_drift(spec: PipelineSpec, snapshot: Any, reference: pd.DataFrame | None) -> dict[str, Any]:
+    """The label's drift as Evidently judged it (empty when no reference was compared)."""
     result = snapshot.dict()
     drift = [m for m in result["metrics"] if monitoring._metric_type(m) == "ValueDrift"]
+    if not drift:
+        return {}
     verdicts = monitoring._drift_verdicts(result.get("tests", []))
-    out: dict[str, Any] = {}
-    if drift and reference is not None:
-        out["target_drift_score"] = monitoring._finite(drift[0]["value"])
-        out["target_drifted"] = verdicts.get(drift[0]["id"])
-        out["reference_label_rate"] = float(reference[label].mean())
+    out: dict[str, Any] = {"target_drift_score": monitoring._finite(drift[0]["value"]),
+                           "target_drifted": verdicts.get(drift[0]["id"])}
+    if spec.task == "binary" and reference is not None:
+        out["reference_label_rate"] = float(reference[spec.target].astype("float64").mean())
+    return out
+
+
+def _performance_report(spec: PipelineSpec, ds: date, labelled: pd.DataFrame, champion: Champion,
+                        settings: Settings) -> dict[str, Any]:
+    """The task's Evidently report to the reports bucket and the workspace; the label's drift."""
+    reference = monitoring.load_reference(spec, version=champion.version, settings=settings)
+    snapshot = performance_snapshot(spec, labelled, reference, threshold=champion.threshold, ds=ds,
+                                    version=champion.version)
+    out = target_drift(spec, snapshot, reference)
     prefix = report_prefix("performance", spec, ds)
     bucket = settings.bucket("reports")
     storage.put_bytes("reports", prefix + "report.html", snapshot.get_html_str(as_iframe=False).encode(),
                       content_type="text/html; charset=utf-8", settings=settings)
     monitoring.sync_workspace(snapshot, project_name=f"{spec.model_name} performance", ds=ds, settings=settings,
-                              dashboard=_performance_dashboard)
+                              dashboard=lambda: performance_dashboard(spec))
     out["report"] = f"s3://{bucket}/{prefix}report.html"
     return out
 
 
-def _performance_dashboard() -> Any:
+_DASHBOARD_PANELS = {
+    "binary": (("ROC-AUC on labelled predictions", "roc_auc", "RocAuc"),
+               ("Recall (at the model's threshold)", "recall", "Recall")),
+    "multiclass": (("Accuracy on labelled predictions", "accuracy", "Accuracy"),
+                   ("F1 on labelled predictions", "f1", "F1Score")),
+    "regression": (("RMSE on labelled predictions", "rmse", "RMSE"),
+                   ("MAE on labelled predictions", "mae", "MAE")),
+}
+
+
+def performance_dashboard(spec: PipelineSpec) -> Any:
+    """The Evidently project's panels: the task's quality metrics and the label's drift."""
     from evidently.sdk.models import DashboardModel, DashboardTabModel, PanelMetric
     from evidently.sdk.panels import line_plot_panel
 
-    panels = [
-        line_plot_panel(title="ROC-AUC on labelled predictions",
-                        values=[PanelMetric(legend="roc_auc", metric="RocAuc")]),
-        line_plot_panel(title="Recall (at the model's threshold)",
-                        values=[PanelMetric(legend="recall", metric="Recall")]),
-        line_plot_panel(title="Label drift score", values=[PanelMetric(legend="is_fraud", metric="ValueDrift")]),
-    ]
+    panels = [line_plot_panel(title=title, values=[PanelMetric(legend=legend, metric=metric)])
+              for title, legend, metric in _DASHBOARD_PANELS[spec.task]]
+    panels.append(line_plot_panel(title="Label drift score", values=[
+        PanelMetric(legend=spec.target, metric="ValueDrift", metric_labels={"column": spec.target})]))
     tab = DashboardTabModel(title="Performance", panels=[panel.id for panel in panels])
     return DashboardModel(tabs=[tab], panels=panels)
 
@@ -226,16 +419,20 @@ def _performance_dashboard() -> Any:
 
 
 def skew_check(spec: PipelineSpec, ds: date, *, settings: Settings | None = None) -> Check:
-    """Served features of a sample of ``ds``'s predictions vs their offline features."""
-    from flywheel.features.store import feature_store, historical_features
+    """Served features of a sample of ``ds``'s predictions vs their offline features (the rows
+    matched on the dataset's key columns, recomputed by the one featurizer)."""
+    from flywheel.features.store import cast_join_keys, feature_store, historical_features
     from flywheel.training.trainer import features_of
 
     settings = settings or get_settings()
-    cfg = spec.monitoring.skew
-    logs = monitoring.load_predictions(spec, start=ds, end=ds, settings=settings)
-    logs = logs[logs["transaction_id"].notna()].drop_duplicates("transaction_id", keep="last")
+    cfg, keys = spec.monitoring.skew, spec.dataset.key_columns
+    if not keys:
+        return Check("skew", "not_applicable", f"dataset {spec.dataset.name} has no key columns: served rows "
+                                               "cannot be matched to curated rows", {"rows": 0})
+    logs = monitoring.load_predictions(spec, start=ds, end=ds, settings=settings).dropna(subset=keys)
+    logs = _key_strings(logs.drop_duplicates(keys, keep="last"), keys)
     if logs.empty:
-        return Check("skew", "insufficient_data", f"no logged predictions with a transaction id on {ds}",
+        return Check("skew", "insufficient_data", f"no logged predictions with a key ({', '.join(keys)}) on {ds}",
                      {"rows": 0})
     try:
         curated = storage.read_partition(zone="curated", dataset=spec.dataset.name, ds=ds.isoformat(),
@@ -243,18 +440,17 @@ def skew_check(spec: PipelineSpec, ds: date, *, settings: Settings | None = None
     except storage.PartitionNotFound:
         return Check("skew", "waiting_for_data", f"curated {spec.dataset.name} ds={ds} is not there yet",
                      {"rows": 0})
-    key = spec.dataset.key
-    sample = logs.sample(n=min(cfg.sample_rows, len(logs)), random_state=0)
-    ids = sample[["transaction_id"]].rename(columns={"transaction_id": key})
-    rows = curated.drop_duplicates(key, keep=False).merge(ids, on=key)
-    for column in spec.features.entities.values():
-        rows[column] = rows[column].astype("int64")
+    names = featurizer_for(spec).names
+    sample = logs.sample(n=min(cfg.sample_rows, len(logs)), random_state=0).set_index(keys)
+    curated = curated.drop_duplicates(keys, keep=False)
+    matched = _key_strings(curated, keys).set_index(keys).index.isin(sample.index)
+    rows = cast_join_keys(spec, curated[matched].reset_index(drop=True))
     offline = historical_features(feature_store(settings), spec, rows)
-    matrix = features_of(offline).set_index(offline[key])  # the training matrix code
-    served = sample.set_index("transaction_id").loc[matrix.index, MODEL_FEATURES].astype("float64")
-    offline_values = matrix[MODEL_FEATURES].to_numpy()
-    diff = _mismatches(served.to_numpy(), offline_values, rel_tol=cfg.rel_tol, abs_tol=cfg.abs_tol)
-    share = {name: float(diff[:, i].mean()) for i, name in enumerate(MODEL_FEATURES)}
+    matrix = features_of(offline, spec)  # the training matrix: the one featurizer
+    matrix.index = _key_strings(offline, keys).set_index(keys).index
+    served = sample.loc[matrix.index, names].astype("float64")
+    diff = _mismatches(served.to_numpy(), matrix[names].to_numpy(), rel_tol=cfg.rel_tol, abs_tol=cfg.abs_tol)
+    share = {name: float(diff[:, i].mean()) if len(diff) else 0.0 for i, name in enumerate(names)}
     worst = max(share, key=lambda n: share[n])
     facts = {"rows": int(len(matrix)), "unmatched_rows": int(len(sample) - len(matrix)),
              "mismatch_share": share, "max_mismatch_share": share[worst], "worst_feature": worst,
@@ -278,14 +474,15 @@ def _mismatches(served: np.ndarray, offline: np.ndarray, *, rel_tol: float, abs_
 
 def quality_check(spec: PipelineSpec, ds: date, *, reference_version: str,
                   settings: Settings | None = None) -> Check:
-    """Entity misses, missing features and out-of-range values in ``ds``'s serving inputs."""
+    """Entity misses, unknown categorical values, missing features and out-of-range values in
+    ``ds``'s serving inputs (the model inputs of the one featurizer, as logged)."""
     settings = settings or get_settings()
     cfg = spec.monitoring.quality
     logs = monitoring.load_predictions(spec, start=ds, end=ds, settings=settings)
     if logs.empty:
         return Check("quality", "insufficient_data", f"no logged predictions on {ds}", {"rows": 0})
     reference = monitoring.load_reference(spec, version=reference_version, settings=settings)
-    features = [f for f in MODEL_FEATURES if f in reference.columns]
+    features = [f for f in featurizer_for(spec).names if f in reference.columns and f in logs.columns]
     current = logs[features].astype("float64")
     expected = reference[features].astype("float64")
     missing = current.isna().mean() - expected.isna().mean()  # beyond what training saw
@@ -294,10 +491,12 @@ def quality_check(spec: PipelineSpec, ds: date, *, reference_version: str,
     span = (expected.max() - expected.min()).fillna(0)
     low, high = expected.min() - cfg.range_margin * span, expected.max() + cfg.range_margin * span
     outside = ((current < low) | (current > high)).mean()
-    miss_rate = float(logs["feature_miss"].mean())
+    miss_rate = float(logs["feature_miss"].astype(bool).mean())
+    unknown = logs["unknown_value"] if "unknown_value" in logs.columns else pd.Series(False, index=logs.index)
     facts = {
         "rows": int(len(logs)),
         "feature_miss_rate": miss_rate,
+        "unknown_value_rate": float(unknown.fillna(False).astype(bool).mean()),
         "missing_rate": {f: float(current[f].isna().mean()) for f in features},
         "excess_missing_rate": {f: float(max(missing[f], 0.0)) for f in features},
         "out_of_range_rate": {f: float(outside[f]) for f in features},
@@ -319,7 +518,7 @@ def freshness_check(spec: PipelineSpec, ds: date, *, champion: Champion,
     """Age of the online features at the end of ``ds`` (data time), and of the champion."""
     settings = settings or get_settings()
     cfg = spec.monitoring.quality
-    records = storage.list_keys("reports", f"feature-freshness/{spec.name}/", settings=settings)
+    records = storage.list_keys("reports", layout.freshness_prefix(spec.name), settings=settings)
     days = sorted(d for d in (k.rsplit("ds=", 1)[-1].removesuffix(".json") for k in records)
                   if d <= ds.isoformat())
     end = feature_timestamp(ds)
@@ -353,6 +552,8 @@ def drift_section(drift: dict[str, Any]) -> dict[str, Any]:
         "rows": drift.get("rows"), "drift_share": drift.get("drift_share"),
         "drift_detected": bool(drift.get("drift_detected")),
         "prediction_drift_score": drift.get("prediction_drift_score"),
+        "prediction_column": drift.get("prediction_column"),
+        "output_drift_scores": {name: column.get("score") for name, column in (drift.get("output_scores") or {}).items()},
         "drifted_columns": drift.get("drifted_columns", []),
         "column_scores": {name: column.get("score") for name, column in scores.items()},
         "report": drift.get("html_uri"),
@@ -363,10 +564,10 @@ def write_summary(spec: PipelineSpec, ds: date, sections: dict[str, Any], *, cha
                   settings: Settings | None = None) -> str:
     """Write the day's summary, and ``latest.json`` unless a later day's summary is there."""
     settings = settings or get_settings()
-    summary = {"model": spec.model_name, "ds": ds.isoformat(), "champion_version": champion_version,
-               "generated_at": datetime.now(UTC).isoformat(), **sections}
+    summary = {"model": spec.model_name, "use_case": spec.name, "task": spec.task, "ds": ds.isoformat(),
+               "champion_version": champion_version, "generated_at": datetime.now(UTC).isoformat(), **sections}
     body = json.dumps(monitoring._json_safe(summary), indent=2, sort_keys=True, allow_nan=False).encode()
-    base = f"{SUMMARY_PREFIX}{spec.model_name}/"
+    base = layout.summary_prefix(spec.model_name)
     uri = storage.put_bytes("reports", f"{base}ds={ds.isoformat()}/{SUMMARY}", body,
                             content_type="application/json", settings=settings)
     try:
@@ -381,7 +582,7 @@ def write_summary(spec: PipelineSpec, ds: date, sections: dict[str, Any], *, cha
 def read_summaries(spec: PipelineSpec, *, settings: Settings | None = None) -> list[dict[str, Any]]:
     """Every day's summary of a model, by day."""
     settings = settings or get_settings()
-    keys = [k for k in storage.list_keys("reports", f"{SUMMARY_PREFIX}{spec.model_name}/ds=", settings=settings)
+    keys = [k for k in storage.list_keys("reports", f"{layout.summary_prefix(spec.model_name)}ds=", settings=settings)
             if k.endswith(SUMMARY)]
     return sorted((json.loads(storage.get_bytes("reports", k, settings=settings)) for k in keys),
                   key=lambda s: s["ds"])

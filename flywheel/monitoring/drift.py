@@ -4,8 +4,10 @@ One check per logical date ``ds``: the prediction logs of the trailing window
 ``[ds - window_days + 1, ds]`` are compared with the reference the model was
 trained on, column by column, with Evidently 0.7 (``DataDriftPreset``). The
 monitored features (``spec.monitoring.features``) give the drift share; the
-model's output (``probability``) is compared too, as prediction drift, but is
-not counted in the share.
+model's outputs are compared too, as prediction drift, but are not counted in the
+share: the task's score column (``logschema.prediction_column``: a probability or
+a regressed value) and, for multiclass, the predicted class as a categorical column.
+The log's columns and dtypes come from the spec (``flywheel.serving.logschema``).
 
 Outputs, replaced on every rerun of the same ``ds``:
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import html
 import io
 import json
@@ -38,9 +41,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flywheel.core import storage
+from flywheel.core import layout, storage
 from flywheel.core.config import Settings, get_settings
 from flywheel.core.spec import PipelineSpec
+from flywheel.serving import logschema
 
 if TYPE_CHECKING:
     from evidently.core.report import Snapshot
@@ -48,23 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PREDICTION_COLUMN = "probability"
 WORKSPACE_DIR = "evidently"
-# Schema of the prediction logs written by the model server (fixed contract).
-LOG_DTYPES: dict[str, str] = {
-    "request_id": "object",
-    # The caller's id (None when not sent): joins the log to labels that arrive later.
-    "transaction_id": "object",
-    "event_timestamp": "datetime64[ns, UTC]",
-    "logged_at": "datetime64[ns, UTC]",
-    "user_id": "int64",
-    "merchant_id": "int64",
-    "model_version": "object",
-    PREDICTION_COLUMN: "float64",
-    "decision": "bool",
-    "feature_miss": "bool",
-    # (model inputs: see flywheel.serving.logschema.log_dtypes)
-}
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 _READ_THREADS = 8
 
@@ -94,6 +82,34 @@ class DriftReportError(MonitoringError):
 
 
 @dataclass(frozen=True)
+class DriftColumns:
+    """What a use case's drift check compares: features (the share) and the model's outputs."""
+
+    features: list[str]
+    # The task's score column (numerical): probability, or the regressed value.
+    prediction: str
+    # Categorical outputs compared too (multiclass: the predicted class).
+    categorical: list[str] = field(default_factory=list)
+
+    @property
+    def outputs(self) -> list[str]:
+        return [self.prediction, *self.categorical]
+
+    @property
+    def all(self) -> list[str]:
+        return [*self.features, *self.outputs]
+
+
+def drift_columns(spec: PipelineSpec) -> DriftColumns:
+    """The monitored features and the task's output columns, from the spec and its log schema."""
+    prediction = logschema.prediction_column(spec)
+    outputs = logschema.OUTPUTS[spec.task]
+    categorical = [name for name, dtype in outputs.items() if dtype == "object"]
+    features = [name for name in spec.monitoring.features if name not in outputs]
+    return DriftColumns(features=features, prediction=prediction, categorical=categorical)
+
+
+@dataclass(frozen=True)
 class ColumnDrift:
     """Drift of one column as Evidently judged it."""
 
@@ -112,6 +128,8 @@ class DriftSummary:
     drifted_columns: list[str]
     column_scores: dict[str, ColumnDrift]
     prediction: ColumnDrift
+    # Every output compared (the prediction column first).
+    outputs: dict[str, ColumnDrift] = field(default_factory=dict)
 
     @property
     def drift_detected(self) -> bool:
@@ -140,6 +158,10 @@ class DriftResult:
     prediction_drifted: bool | None = None
     drifted_columns: list[str] = field(default_factory=list)
     column_scores: dict[str, ColumnDrift] = field(default_factory=dict)
+    # The task's score column whose drift ``prediction_drift_score`` is, and every output's drift
+    # (multiclass: the predicted class too).
+    prediction_column: str = ""
+    output_scores: dict[str, ColumnDrift] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -151,25 +173,24 @@ class DriftResult:
 
 
 def prediction_prefix(spec: PipelineSpec, day: date) -> str:
-    """Key prefix of one day of prediction logs in the predictions bucket (keyed by use case)."""
-    from flywheel.core import layout
-
+    """Key prefix of one day of a use case's prediction logs in the predictions bucket (keyed by
+    the use case, as the model server writes them)."""
     return layout.prediction_prefix(spec.name, day)
 
 
 def reference_key(spec: PipelineSpec, version: str) -> str:
     """Key of a model version's training reference in the features bucket."""
-    return f"reference/{spec.model_name}/v{version.removeprefix('v')}.parquet"
+    return layout.reference_key(spec.model_name, version)
 
 
 def report_prefix(spec: PipelineSpec, ds: date) -> str:
     """Key prefix of one day's drift report in the reports bucket."""
-    return f"drift/{spec.model_name}/ds={ds.isoformat()}/"
+    return layout.report_prefix("drift", spec.model_name, ds)
 
 
-def empty_predictions() -> pd.DataFrame:
-    """A prediction-log frame with no rows and the contract's columns and dtypes."""
-    return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in LOG_DTYPES.items()})
+def empty_predictions(spec: PipelineSpec) -> pd.DataFrame:
+    """A prediction-log frame with no rows and the use case's log columns and dtypes."""
+    return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in logschema.log_dtypes(spec).items()})
 
 
 def load_predictions(
@@ -194,7 +215,7 @@ def load_predictions(
         if _is_log_part(key)
     ]
     if not keys:
-        return empty_predictions()
+        return empty_predictions(spec)
 
     def read(key: str) -> pa.Table:
         body = storage.get_bytes("predictions", key, settings=settings, client=client)
@@ -231,18 +252,21 @@ def load_reference(spec: PipelineSpec, *, version: str, settings: Settings | Non
     return pq.read_table(io.BytesIO(body)).to_pandas()
 
 
-def comparable_frame(df: pd.DataFrame, columns: Sequence[str], *, dataset: str) -> pd.DataFrame:
-    """The ``columns`` of ``df`` as float64, ready for Evidently.
+def comparable_frame(
+    df: pd.DataFrame, columns: Sequence[str], *, dataset: str, categorical: Sequence[str] = ()
+) -> pd.DataFrame:
+    """The ``columns`` of ``df`` ready for Evidently: float64, or text for the ``categorical`` ones.
 
-    Raises :class:`DriftInputError` if a column is missing, not numeric, or has no
-    non-null value (Evidently cannot compare an empty column).
+    Raises :class:`DriftInputError` if a column is missing, not numeric (unless categorical),
+    or has no non-null value (Evidently cannot compare an empty column).
     """
     out = {}
     for column in columns:
         if column not in df.columns:
             raise DriftInputError(dataset, column, "missing column")
         try:
-            values = df[column].astype("float64")
+            values = (df[column].astype("string").astype("object") if column in categorical
+                      else df[column].astype("float64"))
         except (TypeError, ValueError) as exc:
             raise DriftInputError(dataset, column, f"not numeric ({df[column].dtype})") from exc
         if not values.notna().any():
@@ -259,26 +283,30 @@ def build_drift_snapshot(
     current: pd.DataFrame,
     *,
     features: Sequence[str],
+    prediction: str,
+    categorical: Sequence[str] = (),
     drift_share_threshold: float,
     timestamp: datetime | None = None,
     metadata: Mapping[str, str] | None = None,
     tags: Sequence[str] = (),
 ) -> Snapshot:
-    """Run Evidently's drift report: ``features`` + the prediction column, all numerical.
+    """Run Evidently's drift report: numerical ``features`` and ``prediction``, and the
+    ``categorical`` outputs (e.g. a predicted class), each output with its own ``ValueDrift``.
 
-    ``reference`` and ``current`` must already be numeric (see :func:`comparable_frame`).
+    ``reference`` and ``current`` must already be comparable (see :func:`comparable_frame`).
     Per-column tests are included: they carry Evidently's own drifted/not-drifted verdict.
     """
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
     from evidently.presets import DataDriftPreset
 
-    columns = [*features, PREDICTION_COLUMN]
-    definition = DataDefinition(numerical_columns=columns)
+    outputs = [prediction, *categorical]
+    columns = [*features, *outputs]
+    definition = DataDefinition(numerical_columns=[*features, prediction], categorical_columns=list(categorical))
     report = Report(
         [
             DataDriftPreset(columns=list(features), drift_share=drift_share_threshold),
-            ValueDrift(column=PREDICTION_COLUMN),
+            *(ValueDrift(column=name) for name in outputs),
         ],
         include_tests=True,
     )
@@ -303,7 +331,12 @@ def _quiet_evidently() -> Iterator[None]:
 
 
 def summarize_drift(
-    report: Mapping[str, Any], *, features: Sequence[str], drift_share_threshold: float
+    report: Mapping[str, Any],
+    *,
+    features: Sequence[str],
+    prediction: str,
+    categorical: Sequence[str] = (),
+    drift_share_threshold: float,
 ) -> DriftSummary:
     """Read a drift report (``snapshot.dict()`` of :func:`build_drift_snapshot`).
 
@@ -329,12 +362,14 @@ def summarize_drift(
             f"Evidently counts {count['count']} drifted columns, its per-column tests "
             f"flag {len(drifted)}: {drifted}"
         )
+    outputs = {name: _column_drift(name, drifts, verdicts) for name in (prediction, *categorical)}
     return DriftSummary(
         drift_share=float(count["share"]),
         drift_share_threshold=drift_share_threshold,
         drifted_columns=drifted,
         column_scores=columns,
-        prediction=_column_drift(PREDICTION_COLUMN, drifts, verdicts),
+        prediction=outputs[prediction],
+        outputs=outputs,
     )
 
 
@@ -401,15 +436,16 @@ def run_drift_check(
         raise ValueError(f"window_days must be >= 1, got {window_days}")
     settings = settings or get_settings()
     monitoring = spec.monitoring
-    features = [name for name in monitoring.features if name != PREDICTION_COLUMN]
-    columns = [*features, PREDICTION_COLUMN]
     start = ds - timedelta(days=window_days - 1)
 
     current = load_predictions(spec, start=start, end=ds, settings=settings)
+    raw_reference = load_reference(spec, version=reference_version, settings=settings)
+    cols = _with_reference_outputs(drift_columns(spec), raw_reference, spec=spec)
     reference = comparable_frame(
-        load_reference(spec, version=reference_version, settings=settings),
-        columns,
+        raw_reference,
+        cols.all,
         dataset=f"reference of {spec.model_name} v{reference_version.removeprefix('v')}",
+        categorical=cols.categorical,
     )
     bucket, prefix = settings.bucket("reports"), report_prefix(spec, ds)
     base = DriftResult(
@@ -425,6 +461,7 @@ def run_drift_check(
         drift_detected=False,
         html_uri=f"s3://{bucket}/{prefix}report.html",
         json_uri=f"s3://{bucket}/{prefix}report.json",
+        prediction_column=cols.prediction,
     )
     snapshot = None
     result = base
@@ -432,8 +469,10 @@ def run_drift_check(
         dataset = f"predictions of {spec.model_name} dt={start}..{ds}"
         snapshot = build_drift_snapshot(
             reference,
-            comparable_frame(current, columns, dataset=dataset),
-            features=features,
+            comparable_frame(current, cols.all, dataset=dataset, categorical=cols.categorical),
+            features=cols.features,
+            prediction=cols.prediction,
+            categorical=cols.categorical,
             drift_share_threshold=monitoring.drift_share_threshold,
             timestamp=datetime.combine(ds, time.min),
             metadata=_snapshot_metadata(base),
@@ -442,11 +481,16 @@ def run_drift_check(
         result = _with_summary(
             base,
             summarize_drift(
-                snapshot.dict(), features=features, drift_share_threshold=monitoring.drift_share_threshold
+                snapshot.dict(),
+                features=cols.features,
+                prediction=cols.prediction,
+                categorical=cols.categorical,
+                drift_share_threshold=monitoring.drift_share_threshold,
             ),
         )
     _write_reports(result, snapshot, spec=spec, settings=settings)
-    sync_workspace(snapshot, project_name=spec.model_name, ds=ds, settings=settings)
+    sync_workspace(snapshot, project_name=spec.model_name, ds=ds, settings=settings,
+                   dashboard=functools.partial(drift_dashboard, cols.prediction))
     log.info(
         "drift %s ds=%s: status=%s rows=%d share=%s drift=%s",
         spec.model_name,
@@ -459,6 +503,15 @@ def run_drift_check(
     return result
 
 
+def _with_reference_outputs(cols: DriftColumns, reference: pd.DataFrame, *, spec: PipelineSpec) -> DriftColumns:
+    """``cols`` less the categorical outputs a (older) reference lacks: they cannot be compared."""
+    missing = [name for name in cols.categorical if name not in reference.columns]
+    if not missing:
+        return cols
+    log.warning("drift %s: the training reference has no %s: not compared", spec.model_name, ", ".join(missing))
+    return replace(cols, categorical=[name for name in cols.categorical if name not in missing])
+
+
 def _with_summary(base: DriftResult, summary: DriftSummary) -> DriftResult:
     return replace(
         base,
@@ -469,6 +522,7 @@ def _with_summary(base: DriftResult, summary: DriftSummary) -> DriftResult:
         column_scores=summary.column_scores,
         prediction_drift_score=summary.prediction.score,
         prediction_drifted=summary.prediction.drifted,
+        output_scores=summary.outputs,
     )
 
 
@@ -544,12 +598,12 @@ def workspace_path(settings: Settings) -> Path:
 
 def sync_workspace(
     snapshot: Snapshot | None, *, project_name: str, ds: date, settings: Settings,
-    dashboard: Callable[[], Any] | None = None,
+    dashboard: Callable[[], Any],
 ) -> str | None:
     """Make ``snapshot`` the only run of ``ds`` in the project's workspace; returns its id.
 
-    The project is found by name (created on first use; given ``dashboard()``, by default the
-    drift dashboard, if it has none). Runs are
+    The project is found by name (created on first use; given ``dashboard()`` if it has
+    none, e.g. ``functools.partial(drift_dashboard, prediction)``). Runs are
     tracked per ``ds`` in ``<workspace>/.flywheel/<project id>.json`` so a rerun
     replaces its earlier run; with ``snapshot=None`` the earlier run is only removed.
     A file lock serialises concurrent checks on the same machine.
@@ -561,7 +615,7 @@ def sync_workspace(
     state.mkdir(parents=True, exist_ok=True)
     with _locked(state / "lock"), _quiet_evidently():
         workspace = Workspace(str(root))
-        project = _project(workspace, project_name, dashboard or _dashboard)
+        project = _project(workspace, project_name, dashboard)
         index_file = state / f"{project.id}.json"
         index = _run_index(workspace, project, index_file)
         existing = {str(run) for run in workspace.list_runs(project.id)}
@@ -596,9 +650,9 @@ def _project(workspace: Workspace, name: str, dashboard: Callable[[], Any]) -> P
     return project
 
 
-def _dashboard() -> Any:
-    """Drift share and prediction drift over time (one model: ``add_panel(tab=...)`` in
-    Evidently 0.7.23 lists a panel twice in an existing tab)."""
+def drift_dashboard(prediction: str) -> Any:
+    """Drift share and the drift of the ``prediction`` column over time (one model:
+    ``add_panel(tab=...)`` in Evidently 0.7.23 lists a panel twice in an existing tab)."""
     from evidently.sdk.models import DashboardModel, DashboardTabModel, PanelMetric
     from evidently.sdk.panels import line_plot_panel
 
@@ -614,9 +668,7 @@ def _dashboard() -> Any:
         line_plot_panel(
             title="Prediction drift score",
             values=[
-                PanelMetric(
-                    legend=PREDICTION_COLUMN, metric="ValueDrift", metric_labels={"column": PREDICTION_COLUMN}
-                )
+                PanelMetric(legend=prediction, metric="ValueDrift", metric_labels={"column": prediction})
             ],
         ),
     ]

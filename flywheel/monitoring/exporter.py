@@ -1,15 +1,19 @@
 """Prometheus export of the daily monitoring summaries (for Grafana and alerting).
 
 Every monitoring run writes ``s3://<reports>/monitoring/<model>/latest.json`` (see
-``flywheel/checks.py``, ``write_summary``). On each scrape the exporter reads the ``latest.json`` of
+``flywheel/monitoring/checks.py``, ``write_summary``). On each scrape the exporter reads the ``latest.json`` of
 every model under ``monitoring/`` and turns it into gauges. The read is reused for
 ``cache_s`` seconds, so frequent scrapes (several Prometheus replicas, Grafana's
 "explore") cost one S3 listing per interval, not one per scrape.
 
 Flattening is generic, so a key the producer adds later shows up without a change here:
 
+Every series carries the labels ``model`` and ``use_case`` (the summary's ``use_case``; the
+model's name for summaries written before use cases had names), so several use cases share
+one exporter and one dashboard.
+
 * a numeric or boolean leaf ``<section>.<key>`` becomes
-  ``flywheel_monitoring_<section>_<key>{model}`` (booleans 0/1);
+  ``flywheel_monitoring_<section>_<key>{model, use_case}`` (booleans 0/1);
 * a mapping of numbers (``skew.mismatch_share``) becomes one gauge with a ``feature``
   label; a mapping of mappings (``{"amount": {"score": 0.1}}``) one gauge per inner key,
   ``..._<key>_<inner>{model, feature}``;
@@ -17,8 +21,11 @@ Flattening is generic, so a key the producer adds later shows up without a chang
 
 Fixed metrics: ``flywheel_monitoring_last_ds_timestamp_seconds``,
 ``flywheel_monitoring_generated_timestamp_seconds``, ``flywheel_champion_version``,
+``flywheel_monitoring_use_case_info{task}`` (1),
 ``flywheel_monitoring_alert{check}`` (each section's ``alert``),
 ``flywheel_monitoring_check_status{check, status}`` (each section's ``status``),
+``flywheel_monitoring_performance_metric{metric}`` (the task's monitored metric, whatever its
+name: PR-AUC, macro-F1, RMSE, ...),
 ``flywheel_monitoring_decision{action}`` and ``flywheel_monitoring_decision_fired{signal}``.
 A store that cannot be read is not an error of the scrape: ``flywheel_monitoring_up``
 drops to 0 and ``flywheel_monitoring_scrape_errors_total`` counts it (also logged).
@@ -42,6 +49,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from flywheel.core.config import Settings
+from flywheel.core.layout import LATEST, SUMMARY_PREFIX, summary_prefix
 
 if TYPE_CHECKING:
     from threading import Thread
@@ -52,8 +60,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NAMESPACE = "flywheel_monitoring"
-SUMMARY_PREFIX = "monitoring/"
-LATEST = "latest.json"
 # A scrape must answer inside Prometheus' scrape_timeout (10 s by default).
 S3_CONNECT_TIMEOUT_S = 2.0
 S3_READ_TIMEOUT_S = 5.0
@@ -65,10 +71,14 @@ _HELP = {
     "drift_drift_share": "Share of the monitored features whose distribution drifted (latest day)",
     "drift_prediction_drift_score": "Drift score of the model output against the training reference",
     "drift_column_scores": "Drift score of each feature against the training reference",
-    "performance_pr_auc": "PR-AUC of the champion on the labelled predictions of the latest day",
+    "performance_pr_auc": "PR-AUC of the champion on the labelled predictions of the window",
     "performance_reference_pr_auc": "PR-AUC of the champion on its training holdout",
     "performance_pr_auc_drop": "PR-AUC drop: reference minus live",
-    "performance_label_rate": "Share of the latest day's predictions that have a label",
+    "performance_metric_value": "The monitored metric of the champion on the labelled predictions of the window",
+    "performance_reference_metric_value": "The monitored metric of the champion on its training holdout",
+    "performance_metric_drop": "How much worse the live metric is than the holdout (in its direction)",
+    "performance_label_rate": "Share of positive labels among the labelled predictions (binary)",
+    "performance_label_coverage": "Share of the champion's predictions of the window that have a label",
     "skew_mismatch_share": "Share of rows whose online feature differs from the offline recomputation",
     "skew_max_mismatch_share": "Largest online/offline mismatch share over the features",
     "quality_feature_miss_rate": "Share of requests served with a missing online feature",
@@ -83,7 +93,7 @@ class ExporterError(RuntimeError):
 
 def latest_key(model: str) -> str:
     """Key of a model's newest summary in the reports bucket."""
-    return f"{SUMMARY_PREFIX}{model}/{LATEST}"
+    return summary_prefix(model) + LATEST
 
 
 def metric_name(*parts: str) -> str:
@@ -94,6 +104,8 @@ def metric_name(*parts: str) -> str:
 
 # ---- flattening: summary → samples -------------------------------------------------------
 
+Labels = tuple[tuple[str, str], ...]
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -101,7 +113,7 @@ class Sample:
 
     name: str
     help: str
-    labels: tuple[tuple[str, str], ...]
+    labels: Labels
     value: float
 
 
@@ -127,8 +139,17 @@ def _timestamp(value: Any) -> float | None:
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
-def _fixed_samples(model: str, summary: Mapping[str, Any]) -> Iterator[Sample]:
-    labels = (("model", model),)
+def base_labels(model: str, summary: Mapping[str, Any]) -> Labels:
+    """The labels of every series of one summary: the model and its use case."""
+    use_case = summary.get("use_case")
+    return (("model", model), ("use_case", use_case if isinstance(use_case, str) and use_case else model))
+
+
+def _fixed_samples(labels: Labels, summary: Mapping[str, Any]) -> Iterator[Sample]:
+    task = summary.get("task")
+    if isinstance(task, str) and task:
+        yield Sample(f"{NAMESPACE}_use_case_info", "1 for each use case exported, labelled with its task",
+                     labels + (("task", task),), 1.0)
     readings = (
         (f"{NAMESPACE}_last_ds_timestamp_seconds", "Logical date (ds, midnight UTC) of the newest summary",
          _timestamp(summary.get("ds"))),
@@ -149,8 +170,7 @@ def _version(value: Any) -> float | None:
         return None
 
 
-def _section_samples(model: str, section: str, body: Mapping[str, Any]) -> Iterator[Sample]:
-    labels = (("model", model),)
+def _section_samples(labels: Labels, section: str, body: Mapping[str, Any]) -> Iterator[Sample]:
     alert, status = body.get("alert"), body.get("status")
     if isinstance(alert, bool):
         yield Sample(f"{NAMESPACE}_alert", "1 while a check's alert is raised (0 when it ran and is quiet)",
@@ -166,12 +186,16 @@ def _section_samples(model: str, section: str, body: Mapping[str, Any]) -> Itera
         if number is not None:
             yield Sample(name, _help(name, f"{section}.{key}"), labels, number)
         elif isinstance(value, Mapping):
-            yield from _per_feature(model, name, f"{section}.{key}", value)
+            yield from _per_feature(labels, name, f"{section}.{key}", value)
+    metric, value = body.get("metric"), _number(body.get("metric_value"))
+    if section == "performance" and isinstance(metric, str) and value is not None:
+        yield Sample(f"{NAMESPACE}_performance_metric", "The task's monitored metric on the window's labelled "
+                     "predictions, named by the metric label", labels + (("metric", metric),), value)
 
 
-def _per_feature(model: str, name: str, path: str, values: Mapping[str, Any]) -> Iterator[Sample]:
+def _per_feature(base: Labels, name: str, path: str, values: Mapping[str, Any]) -> Iterator[Sample]:
     for feature, value in values.items():
-        labels = (("model", model), ("feature", str(feature)))
+        labels = base + (("feature", str(feature)),)
         number = _number(value)
         if number is not None:
             yield Sample(name, _help(name, path, per_feature=True), labels, number)
@@ -189,25 +213,26 @@ def _help(name: str, path: str, *, per_feature: bool = False) -> str:
     return known or f"Monitoring summary field {path}{', per feature' if per_feature else ''} (latest day)"
 
 
-def _decision_samples(model: str, decision: Mapping[str, Any]) -> Iterator[Sample]:
+def _decision_samples(labels: Labels, decision: Mapping[str, Any]) -> Iterator[Sample]:
     action, fired = decision.get("action"), decision.get("fired")
     if isinstance(action, str) and action:
         yield Sample(f"{NAMESPACE}_decision", "1 for the retraining policy's latest action",
-                     (("model", model), ("action", action)), 1.0)
+                     labels + (("action", action),), 1.0)
     for fired_signal in fired if isinstance(fired, list) else []:
         yield Sample(f"{NAMESPACE}_decision_fired", "1 for each signal that fired in the latest decision",
-                     (("model", model), ("signal", str(fired_signal))), 1.0)
+                     labels + (("signal", str(fired_signal)),), 1.0)
 
 
 def summary_samples(model: str, summary: Mapping[str, Any]) -> list[Sample]:
     """Every sample of one model's summary; missing or ``null`` sections give none."""
-    samples = list(_fixed_samples(model, summary))
+    labels = base_labels(model, summary)
+    samples = list(_fixed_samples(labels, summary))
     for section, body in summary.items():
         if isinstance(body, Mapping):
-            samples.extend(_section_samples(model, str(section), body))
+            samples.extend(_section_samples(labels, str(section), body))
     decision = summary.get("decision")
     if isinstance(decision, Mapping):
-        samples.extend(_decision_samples(model, decision))
+        samples.extend(_decision_samples(labels, decision))
     return samples
 
 

@@ -1,7 +1,8 @@
 """Retraining policy: whether monitoring signals become a retrain request, with guardrails.
 
 Signals (``monitoring.retrain.signals`` in the spec choose which may retrain): data drift share
-over its threshold (``data_drift``), a PR-AUC drop on delayed labels (``performance``),
+over its threshold (``data_drift``), the task's metric on delayed labels worse than the
+champion's holdout or its limit (``performance``: PR-AUC, macro-F1, RMSE, ... per the spec),
 training/serving skew (``skew``, off by default: skew is a pipeline bug that retraining does not
 fix), and model staleness (days of data since the champion's training window ended, when
 ``max_model_age_days`` is set). Quality and freshness alerts are recorded but never retrain. Guardrails,
@@ -14,7 +15,8 @@ all in *data time* (the monitored day ``ds``) so backfills and reruns decide the
   of many drifted days cannot start a storm of retrains.
 
 Every decision, triggered or suppressed, is recorded as JSON under
-``s3://<prefix>-reports/policy/<model>/`` (``flywheel decisions`` lists them).
+``s3://<prefix>-reports/policy/<model>/`` (``flywheel decisions`` lists them), per model, so
+per use case.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
-from flywheel.core import storage
+from flywheel.core import layout, storage
 from flywheel.core.config import Settings, get_settings
 from flywheel.core.spec import PipelineSpec
 from flywheel.training import registry
@@ -43,6 +45,8 @@ class Decision:
     run_id: str
     champion_version: str | None
     decided_at: str = field(default_factory=lambda: stamp(datetime.now(UTC)))
+    # The spec's name (records written before use cases had names: "").
+    use_case: str = ""
 
     @property
     def triggered(self) -> bool:
@@ -52,21 +56,17 @@ class Decision:
         return asdict(self) | {"triggered": self.triggered}
 
 
-def _prefix(model_name: str) -> str:
-    return f"policy/{model_name}/"
-
-
 def history(model_name: str, *, settings: Settings | None = None) -> list[Decision]:
     """Every recorded decision of a model, in the order they were made."""
     settings = settings or get_settings()
-    keys = storage.list_keys("reports", _prefix(model_name), settings=settings)
+    keys = storage.list_keys("reports", layout.policy_prefix(model_name), settings=settings)
     records = [json.loads(storage.get_bytes("reports", k, settings=settings)) for k in keys]
     decisions = [Decision(**{k: v for k, v in r.items() if k != "triggered"}) for r in records]
     return sorted(decisions, key=lambda d: d.decided_at)
 
 
 def record(decision: Decision, *, settings: Settings | None = None) -> str:
-    key = f"{_prefix(decision.model)}ds={decision.ds}/{decision.decided_at}-{uuid.uuid4().hex[:6]}.json"
+    key = f"{layout.policy_prefix(decision.model)}ds={decision.ds}/{decision.decided_at}-{uuid.uuid4().hex[:6]}.json"
     return storage.put_bytes("reports", key, json.dumps(decision.to_dict(), sort_keys=True).encode(),
                              content_type="application/json", settings=settings or get_settings())
 
@@ -91,8 +91,9 @@ def signals(spec: PipelineSpec, observed: dict[str, Any], *, champion_end: date 
         "model_age_days": age,
         "max_model_age_days": policy.max_model_age_days,
         "performance_status": performance.get("status"),
-        "pr_auc": performance.get("pr_auc"),
-        "pr_auc_drop": performance.get("pr_auc_drop"),
+        "metric": performance.get("metric"),
+        "metric_value": performance.get("metric_value"),
+        "metric_drop": performance.get("metric_drop"),
         "labelled_predictions": performance.get("labelled_rows"),
         "skew_status": skew.get("status"),
         "max_mismatch_share": skew.get("max_mismatch_share"),
@@ -132,7 +133,8 @@ def decide(spec: PipelineSpec, observed: dict[str, Any], *, run_id: str, new_lab
 
     def made(action: Action, reason: str) -> Decision:
         return Decision(model=spec.model_name, ds=ds.isoformat(), action=action, reason=reason, signals=seen,
-                        run_id=run_id, champion_version=champion_version, decided_at=stamp(now))
+                        run_id=run_id, champion_version=champion_version, decided_at=stamp(now),
+                        use_case=spec.name)
 
     if not seen["fired"]:
         return made("no_signal", "no retraining signal fired")

@@ -1,8 +1,8 @@
 """MLflow registry: one registered model per use case, promotion by alias.
 
 Aliases: ``champion`` (served) and ``challenger`` (registered, not promoted).
-A model version carries what serving needs as tags: decision threshold and the
-ordered feature list.
+A model version carries what serving needs as tags: ``task``, ``classes`` (multiclass),
+the decision ``threshold`` (binary) and the ordered ``features`` list.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+import numpy as np
+
 from flywheel.core.config import Settings, get_settings
+from flywheel.core.spec import LOWER_IS_BETTER
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -34,22 +37,29 @@ class GateDecision:
 
 def decide(
     *, challenger: float, baseline: float, champion: float | None, min_improvement: float = 0.0,
-    regressions: list[str] | None = None,
+    regressions: list[str] | None = None, metric: str = "pr_auc",
 ) -> GateDecision:
-    """The promotion gate: strictly beat the baseline, beat the champion by more than
-    ``min_improvement``, and regress no slice beyond its tolerance (``regressions``)."""
-    if challenger <= baseline:
-        reason = f"challenger {challenger:.4f} does not beat the baseline {baseline:.4f}"
+    """The promotion gate on ``metric`` (lower is better for those in ``LOWER_IS_BETTER``):
+    strictly beat the baseline, beat the champion by more than ``min_improvement``, and regress
+    no slice beyond its tolerance (``regressions``). A NaN score never promotes."""
+    lower = metric in LOWER_IS_BETTER
+    sign = -1.0 if lower else 1.0
+
+    def beats(a: float, b: float, margin: float = 0.0) -> bool:
+        return bool(sign * a > sign * b + margin)
+
+    if not beats(challenger, baseline):
+        reason = f"challenger {metric} {challenger:.4f} does not beat the baseline {baseline:.4f}"
         return GateDecision(False, reason, challenger, baseline, champion)
-    if champion is not None and challenger <= champion + min_improvement:
-        reason = (f"challenger {challenger:.4f} does not beat the champion {champion:.4f} "
+    if champion is not None and not beats(challenger, champion, min_improvement):
+        reason = (f"challenger {metric} {challenger:.4f} does not beat the champion {champion:.4f} "
                   f"by {min_improvement}")
         return GateDecision(False, reason, challenger, baseline, champion)
     if regressions:
-        reason = f"challenger {challenger:.4f} regresses slices: {'; '.join(regressions[:5])}"
+        reason = f"challenger {metric} {challenger:.4f} regresses slices: {'; '.join(regressions[:5])}"
         return GateDecision(False, reason, challenger, baseline, champion)
     against = "no champion yet" if champion is None else f"champion {champion:.4f}"
-    reason = f"challenger {challenger:.4f} beats baseline {baseline:.4f} and {against}"
+    reason = f"challenger {metric} {challenger:.4f} beats baseline {baseline:.4f} and {against}"
     return GateDecision(True, reason, challenger, baseline, champion)
 
 
@@ -84,8 +94,39 @@ def set_alias(model_name: str, alias: str, version: str, *, settings: Settings |
     client(settings).set_registered_model_alias(model_name, alias, version)
 
 
+class TaskError(TypeError):
+    """A prediction was asked of a model whose task does not produce it."""
+
+
+def outputs(task: str, scores: Any, *, threshold: float, classes: Sequence[Any]) -> dict[str, Any]:
+    """What a model returns, from its raw scores, per task:
+
+    - binary: ``probability`` (n,) of the positive class, ``decision`` (n,) bool
+      (``probability >= threshold``);
+    - multiclass: ``probabilities`` (n, k) in ``classes`` order, ``class`` (n,) the most probable
+      class's label, ``probability`` (n,) its probability;
+    - regression: ``value`` (n,).
+    """
+    scores = np.asarray(scores, dtype="float64")
+    if task == "binary":
+        return {"probability": scores, "decision": scores >= threshold}
+    if task == "multiclass":
+        best = scores.argmax(axis=1) if len(scores) else np.empty(0, dtype="int64")
+        labels = np.asarray(list(classes), dtype=object)
+        return {"probabilities": scores, "class": labels[best] if len(labels) else best,
+                "probability": scores[np.arange(len(scores)), best]}
+    return {"value": scores}
+
+
 @dataclass
 class LoadedModel:
+    """A registered version ready to score. ``task`` (binary|multiclass|regression), ``classes``
+    (multiclass: labels in probability-column order), ``threshold`` (binary; NaN otherwise).
+
+    ``predict(matrix)`` / ``predict_array(matrix, columns)``: the task's outputs (:func:`outputs`);
+    ``scores`` / ``scores_array``: the raw array (binary (n,), multiclass (n, k), regression (n,)).
+    """
+
     name: str
     version: str
     family: str
@@ -93,15 +134,17 @@ class LoadedModel:
     threshold: float
     features: list[str]
     scorer: Any = field(repr=False)  # the family (flywheel.training.families), resolved once at load: request path
+    task: str = "binary"
+    classes: list[Any] = field(default_factory=list)
 
     _positions: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)
 
-    def predict_proba(self, matrix: Any) -> Any:
-        """Positive-class probabilities (1-d) of a model matrix."""
-        return self.scorer.predict_proba(self.model, matrix[self.features])
+    def scores(self, matrix: Any) -> Any:
+        """The task's raw output for a model-matrix DataFrame (extra columns are ignored)."""
+        return self.scorer.predict(self.model, matrix[self.features], task=self.task)
 
-    def predict_proba_array(self, matrix: Any, columns: Sequence[str]) -> Any:
-        """``predict_proba`` of a float ndarray whose columns are ``columns`` (a superset of the
+    def scores_array(self, matrix: Any, columns: Sequence[str]) -> Any:
+        """``scores`` of a float ndarray whose columns are ``columns`` (a superset of the
         model's features, any order): the request path, without a DataFrame."""
         key = tuple(columns)
         if key not in self._positions:  # once per column layout: the model's features, in its order
@@ -110,13 +153,36 @@ class LoadedModel:
             self._positions[key] = None if wanted == list(range(len(key))) else wanted
         positions = self._positions[key]
         x = matrix if positions is None else matrix[:, positions]
-        return self.scorer.predict_proba_array(self.model, x, self.features)
+        return self.scorer.predict_array(self.model, x, self.features, task=self.task)
+
+    def predict(self, matrix: Any) -> dict[str, Any]:
+        """The task's outputs (:func:`outputs`) for a model-matrix DataFrame."""
+        return outputs(self.task, self.scores(matrix), threshold=self.threshold, classes=self.classes)
+
+    def predict_array(self, matrix: Any, columns: Sequence[str]) -> dict[str, Any]:
+        """The task's outputs (:func:`outputs`) for a float ndarray whose columns are ``columns``."""
+        return outputs(self.task, self.scores_array(matrix, columns), threshold=self.threshold,
+                       classes=self.classes)
+
+    def predict_proba(self, matrix: Any) -> Any:
+        """Class probabilities: binary (n,) of the positive class, multiclass (n, k)."""
+        self._classification()
+        return self.scores(matrix)
+
+    def predict_proba_array(self, matrix: Any, columns: Sequence[str]) -> Any:
+        """``predict_proba`` of a float ndarray whose columns are ``columns``."""
+        self._classification()
+        return self.scores_array(matrix, columns)
+
+    def _classification(self) -> None:
+        if self.task == "regression":
+            raise TaskError(f"{self.name} v{self.version} is a regression model: it has no class "
+                            "probabilities (use predict or scores)")
 
 
 def load_version(model_name: str, version: str, *, settings: Settings | None = None) -> LoadedModel:
-    """Load a registered version with its serving metadata (family, threshold, features).
-
-    PyTorch models load onto ``settings.torch_device`` (CUDA when configured and present).
+    """Load a registered version with its serving metadata (family, task, classes, threshold,
+    features). PyTorch models load onto ``settings.torch_device`` (CUDA when configured and present).
     """
     from flywheel.training import families
 
@@ -130,8 +196,10 @@ def load_version(model_name: str, version: str, *, settings: Settings | None = N
         family=family,
         model=scorer.load(f"models:/{model_name}/{version}", settings),
         scorer=scorer,
-        threshold=float(mv.tags["threshold"]),
+        threshold=float(mv.tags.get("threshold", "nan")),
         features=json.loads(mv.tags["features"]),
+        task=mv.tags.get("task", "binary"),  # versions before task types were binary
+        classes=json.loads(mv.tags.get("classes", "[]")),
     )
 
 

@@ -1,11 +1,18 @@
-"""Train a baseline and an XGBoost candidate on a temporal split, track and gate in MLflow."""
+"""Train a baseline and candidate families on a temporal split, track and gate in MLflow.
+
+One path for every task type (binary, multiclass, regression): labels from the spec (rows
+without one counted and left out), the one featurizer's model matrix, the task's metrics, the
+gate on ``training.metric`` (or the task's default) in its direction, slices from the spec.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from datetime import date
 from typing import Any
 
@@ -15,13 +22,14 @@ import pandas as pd
 from flywheel.core import storage
 from flywheel.core.config import Settings, get_settings
 from flywheel.core.spec import PipelineSpec
-from flywheel.features import store as features
 from flywheel.features.featurizer import featurizer_for
 from flywheel.training import evaluation, families, lineage, promotion, registry, tuning
 from flywheel.training.families.base import FitData, Trained, permutation_importance
+from flywheel.training.labels import LabelEncoding, drop_null
 
 log = logging.getLogger(__name__)
 REFERENCE_ROWS = 20_000
+PARTS = ("train", "validation", "holdout")
 
 
 @dataclass(frozen=True)
@@ -44,23 +52,88 @@ class TrainResult:
     reason: str
     reference_uri: str
     families: dict[str, dict[str, float]]
+    task: str = "binary"
+    metric: str = "pr_auc"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready (the training task's XCom): a NaN (the threshold of a non-binary task, a
+        metric a family could not compute) becomes None, as JSON has no NaN."""
+        return _without_nan(asdict(self))
+
+
+def _without_nan(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _without_nan(v) for k, v in value.items()}
+    return value
 
 
 def temporal_split(frame: pd.DataFrame, spec: PipelineSpec) -> Split:
-    """Train / validation / holdout by time: no holdout row precedes a training row."""
-    ordered = frame.sort_values([spec.dataset.timestamp, spec.dataset.key]).reset_index(drop=True)
+    """Train / validation / holdout by time: no holdout row precedes a training row. Ties in
+    time are ordered by the dataset's key columns, or by a hash of the row when the dataset has
+    no key: the point-in-time join does not return rows in a fixed order (STACK-NOTES), so the
+    split must not depend on it."""
+    frame = frame.reset_index(drop=True)
+    keys = [c for c in spec.dataset.key_columns if c in frame.columns]
+    order = pd.DataFrame({"_ts": frame[spec.dataset.timestamp]})
+    for i, key in enumerate(keys):
+        order[f"_k{i}"] = frame[key]
+    if not keys:
+        order["_k0"] = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    ordered = frame.iloc[order.sort_values(list(order.columns), kind="stable").index].reset_index(drop=True)
     n = len(ordered)
     a = int(n * spec.training.split.train)
     b = int(n * (spec.training.split.train + spec.training.split.validation))
     return Split(ordered.iloc[:a], ordered.iloc[a:b], ordered.iloc[b:])
 
 
+def asdict_split(split: Split) -> dict[str, pd.DataFrame]:
+    return {"train": split.train, "validation": split.validation, "holdout": split.holdout}
+
+
 def features_of(frame: pd.DataFrame, spec: PipelineSpec) -> pd.DataFrame:
     """The model matrix of a training frame: the spec's one featurizer."""
     return featurizer_for(spec).frame(frame)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A training frame made ready to fit: split by time, model matrices, encoded labels."""
+
+    split: Split
+    x: dict[str, pd.DataFrame]
+    y: dict[str, pd.Series]
+    encoding: LabelEncoding
+    counts: dict[str, float] = field(default_factory=dict)
+
+    def fit_data(self, spec: PipelineSpec, categorical: dict[str, int]) -> FitData:
+        return FitData(self.x["train"], self.y["train"], self.x["validation"], self.y["validation"],
+                       task=spec.task, n_classes=self.encoding.n_classes, categorical=dict(categorical),
+                       metric=evaluation.metric_of(spec))
+
+
+def prepare(spec: PipelineSpec, frame: pd.DataFrame, featurize: Callable[[pd.DataFrame], pd.DataFrame]) -> Prepared:
+    """Leave out rows without a label (counted: ``rows_label_null``), split by time, encode labels
+    (multiclass: classes of the training split; later rows of a class unseen in training are left
+    out, counted: ``rows_label_unseen_class``) and build each part's model matrix with ``featurize``."""
+    labelled, nulls = drop_null(spec, frame)
+    split = temporal_split(labelled, spec)
+    encoding = LabelEncoding.fit(spec, split.train[spec.target])
+    parts, y, unseen = {}, {}, 0
+    for name, part in asdict_split(split).items():
+        codes = encoding.encode(part[spec.target], name=spec.name).reset_index(drop=True)
+        known = codes.notna().to_numpy()
+        unseen += int((~known).sum())
+        parts[name] = part.reset_index(drop=True).loc[known].reset_index(drop=True)
+        y[name] = codes[known].reset_index(drop=True).astype("int64" if spec.task != "regression" else "float64")
+    if unseen:
+        log.warning("%s: %d validation/holdout rows have a class unseen in training: left out", spec.name, unseen)
+    split = Split(parts["train"], parts["validation"], parts["holdout"])
+    x = {name: featurize(part).reset_index(drop=True) for name, part in parts.items()}
+    counts = {"rows_label_null": float(nulls), "rows_label_unseen_class": float(unseen),
+              **{f"rows_{name}": float(len(part)) for name, part in parts.items()}}
+    return Prepared(split, x, y, encoding, counts)
 
 
 @dataclass(frozen=True)
@@ -71,8 +144,8 @@ class Evaluation:
     champion: dict[str, float] | None
     slices: pd.DataFrame
     regressions: list[str]
-    holdout_proba: np.ndarray
-    baseline_proba: np.ndarray
+    holdout_scores: np.ndarray
+    baseline_scores: np.ndarray
 
     def logged_metrics(self) -> dict[str, float]:
         out = {f"holdout_{k}": v for k, v in self.candidate.items()}
@@ -87,57 +160,96 @@ def _costs(spec: PipelineSpec) -> evaluation.Costs:
 
 @dataclass(frozen=True)
 class Scored:
-    """A model's cost-minimising threshold (on validation), holdout scores and metrics."""
+    """A model's decision threshold (binary: cost-minimising on validation; NaN otherwise),
+    holdout metrics and holdout scores."""
 
     threshold: float
     metrics: dict[str, float]
-    holdout_proba: np.ndarray
+    holdout_scores: np.ndarray
 
 
-def score(spec: PipelineSpec, y: dict[str, pd.Series], x: dict[str, pd.DataFrame], model: Trained) -> Scored:
-    costs = _costs(spec)
-    threshold = evaluation.cost_threshold(y["validation"].to_numpy(), model.predict_proba(x["validation"]), costs)
-    proba = model.predict_proba(x["holdout"])
-    return Scored(threshold, evaluation.metrics(y["holdout"].to_numpy(), proba, threshold=threshold, costs=costs,
-                                                precision_target=spec.training.precision_target), proba)
+def measure(spec: PipelineSpec, y: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """The task's holdout metrics of ``scores`` (binary: decided at ``threshold``)."""
+    binary = spec.task == "binary"
+    return evaluation.metrics(y, scores, task=spec.task, threshold=threshold if binary else 0.5,
+                              costs=_costs(spec) if binary else None,
+                              precision_target=spec.training.precision_target)
 
 
-def evaluate(spec: PipelineSpec, split: Split, x: dict[str, pd.DataFrame], y: dict[str, pd.Series],
-             scored: Scored, baseline: Trained, settings: Settings) -> Evaluation:
-    """The selected model's holdout scores (threshold from validation) against the baseline and
-    the current champion on the same holdout, overall and per slice."""
-    t = spec.training
-    costs = _costs(spec)
-    yh = y["holdout"].to_numpy()
-    threshold, candidate, proba = scored.threshold, scored.metrics, scored.holdout_proba
-    base = baseline.predict_proba(x["holdout"])
+def score(spec: PipelineSpec, prepared: Prepared, model: Trained) -> Scored:
+    x, y = prepared.x, prepared.y
+    threshold = float("nan")
+    if spec.task == "binary":
+        threshold = evaluation.cost_threshold(y["validation"].to_numpy(), model.scores(x["validation"]),
+                                              _costs(spec))
+    scores = model.scores(x["holdout"])
+    return Scored(threshold, measure(spec, y["holdout"].to_numpy(), scores, threshold), scores)
 
-    def measure(scores: np.ndarray, at: float) -> dict[str, float]:
-        return evaluation.metrics(yh, scores, threshold=at, costs=costs, precision_target=t.precision_target)
 
-    slices = evaluation.slice_columns(split.holdout, spec, split.holdout["user_txn_count_7d"].isna())
-    cand_slices = evaluation.slice_metrics(slices, yh, proba)
-    champion, regressions = None, []
+def align_classes(scores: np.ndarray, have: list[Any], want: list[Any]) -> np.ndarray:
+    """Class probabilities whose columns are ``have`` reordered to ``want`` (absent classes: 0)."""
+    where = {_key(c): i for i, c in enumerate(have)}
+    out = np.zeros((len(scores), len(want)))
+    for j, c in enumerate(want):
+        if _key(c) in where:
+            out[:, j] = scores[:, where[_key(c)]]
+    return out
+
+
+def _key(value: Any) -> str:
+    return json.dumps(value)
+
+
+def champion_scores(spec: PipelineSpec, prepared: Prepared, settings: Settings) -> tuple[np.ndarray, float] | None:
+    """The current champion's holdout scores and threshold, comparable with the challenger's;
+    None without a champion, or when it was trained for another task (then only the baseline gates)."""
     mv = registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings)
-    if mv is not None:
-        current = registry.load_version(spec.model_name, str(mv.version), settings=settings)
-        champ_proba = current.predict_proba(x["holdout"])
-        champion = measure(champ_proba, current.threshold)
+    if mv is None:
+        return None
+    current = registry.load_version(spec.model_name, str(mv.version), settings=settings)
+    if current.task != spec.task:
+        log.warning("%s: the champion v%s is a %s model, the spec a %s one: it is not compared",
+                    spec.name, current.version, current.task, spec.task)
+        return None
+    scores = np.asarray(current.scores(prepared.x["holdout"]), dtype="float64")
+    if spec.task == "multiclass":
+        scores = align_classes(scores, current.classes, list(prepared.encoding.classes))
+    return scores, current.threshold
+
+
+def evaluate(spec: PipelineSpec, prepared: Prepared, scored: Scored, baseline: Trained,
+             settings: Settings) -> Evaluation:
+    """The selected model's holdout scores (threshold from validation) against the baseline and
+    the current champion on the same holdout, overall and per slice (the task's metric)."""
+    metric = evaluation.metric_of(spec)
+    yh = prepared.y["holdout"].to_numpy()
+    base = baseline.scores(prepared.x["holdout"])
+    slices = evaluation.slice_columns(prepared.split.holdout, evaluation.slice_names(spec),
+                                      features=prepared.x["holdout"])
+    cand_slices = evaluation.slice_metrics(slices, yh, scored.holdout_scores, metric=metric)
+    champion, regressions = None, []
+    current = champion_scores(spec, prepared, settings)
+    if current is not None:
+        champ, champ_threshold = current
+        champion = measure(spec, yh, champ, champ_threshold)
         regressions = evaluation.slice_regressions(
-            cand_slices, evaluation.slice_metrics(slices, yh, champ_proba), tolerance=t.slice_tolerance)
-    return Evaluation(threshold=threshold, candidate=candidate, baseline=measure(base, threshold),
-                      champion=champion, slices=cand_slices, regressions=regressions,
-                      holdout_proba=proba, baseline_proba=base)
+            cand_slices, evaluation.slice_metrics(slices, yh, champ, metric=metric),
+            tolerance=spec.training.slice_tolerance, metric=metric)
+    return Evaluation(threshold=scored.threshold, candidate=scored.metrics,
+                      baseline=measure(spec, yh, base, scored.threshold), champion=champion,
+                      slices=cand_slices, regressions=regressions, holdout_scores=scored.holdout_scores,
+                      baseline_scores=base)
 
 
 def train_candidates(
-    spec: PipelineSpec, data: FitData, x: dict[str, pd.DataFrame], y: dict[str, pd.Series], settings: Settings,
+    spec: PipelineSpec, data: FitData, prepared: Prepared, settings: Settings,
 ) -> tuple[dict[str, Trained], dict[str, Scored], dict[str, dict[str, float]]]:
-    """Each candidate family in its own child run (trials nested below it); returns the
-    families' best models, their holdout scores (for comparison, not for selection) and
-    the logged per-family report."""
+    """Each candidate family in its own child run (trials nested below it, curves as step
+    metrics); returns the families' best models, their holdout scores (for comparison, not for
+    selection) and the logged per-family report."""
     import mlflow
 
+    metric = evaluation.metric_of(spec)
     trained: dict[str, Trained] = {}
     scores: dict[str, Scored] = {}
     report: dict[str, dict[str, float]] = {}
@@ -147,103 +259,116 @@ def train_candidates(
             started = time.perf_counter()
             best = tuning.tune(family, candidate, data, spec=spec, settings=settings)
             search_seconds = time.perf_counter() - started
-            scores[name] = scored = score(spec, y, x, best)
-            threshold, metrics = scored.threshold, scored.metrics
-            report[name] = {f"val_{spec.training.metric}": best.val_score, "train_seconds": best.seconds,
+            scores[name] = scored = score(spec, prepared, best)
+            report[name] = {f"val_{metric}": best.val_score, "train_seconds": best.seconds,
                             "search_seconds": search_seconds, "trials": float(best.trials),
-                            **{f"holdout_{k}": v for k, v in metrics.items()}}
-            mlflow.set_tags({"family": name, "search.cut_by_timeout": str(best.extra.get(
+                            **{f"holdout_{k}": v for k, v in scored.metrics.items()}}
+            mlflow.set_tags({"family": name, "task": spec.task, "search.cut_by_timeout": str(best.extra.get(
                 "search_cut_by_timeout", False)).lower()})
-            mlflow.log_params({k: tuning.loggable(v) for k, v in best.params.items()} | {"threshold": threshold})
+            mlflow.log_params({k: tuning.loggable(v) for k, v in best.params.items()}
+                              | {"threshold": scored.threshold})
             mlflow.log_metrics(report[name])
-        log.info("%s: val %s %.4f, holdout PR-AUC %.4f, %d trial(s) in %.1f s", name, spec.training.metric,
-                 best.val_score, metrics["pr_auc"], best.trials, search_seconds)
+        log.info("%s: val %s %.4f, holdout %s %.4f, %d trial(s) in %.1f s", name, metric, best.val_score,
+                 metric, scored.metrics[metric], best.trials, search_seconds)
         trained[name] = best
     return trained, scores, report
 
 
-def select(candidates: dict[str, Trained]) -> Trained:
-    """The family with the best validation score (spec order breaks ties): the holdout stays
-    untouched by selection, so the gate's comparison on it is fair."""
-    return max(candidates.values(), key=lambda t: t.val_score)
+def select(candidates: dict[str, Trained], *, metric: str = "pr_auc") -> Trained:
+    """The family with the best validation score on ``metric`` (spec order breaks ties): the
+    holdout stays untouched by selection, so the gate's comparison on it is fair."""
+    sign = -1.0 if evaluation.lower_is_better(metric) else 1.0
+    return max(candidates.values(), key=lambda t: sign * t.val_score)
 
 
 def train(spec: PipelineSpec, *, end: date, reason: str = "scheduled",
           settings: Settings | None = None) -> TrainResult:
-    """Train the baseline and every candidate family; register the best; gate it."""
+    """Train the baseline and every candidate family; register the best; gate it.
+
+    Raises ``FamilyTaskError`` (before reading data) when a family cannot learn the spec's task,
+    ``LabelError`` when the labels do not fit the task."""
     import mlflow
 
+    from flywheel.features import store as features
+
+    families.check(spec)
     settings = settings or get_settings()
+    fz = featurizer_for(spec)
     frame, identity = features.training_frame(spec, end=end, settings=settings)
-    split = temporal_split(frame, spec)
-    seed = spec.training.seed
-    x = {name: features_of(part, spec) for name, part in asdict_split(split).items()}
-    y = {name: part[spec.target].astype("int64") for name, part in asdict_split(split).items()}
-    data = FitData(x["train"], y["train"], x["validation"], y["validation"])
+    prepared = prepare(spec, frame, fz.frame)
+    metric, seed = evaluation.metric_of(spec), spec.training.seed
+    data = prepared.fit_data(spec, fz.categorical)
     registry.client(settings)
     mlflow.set_experiment(spec.model_name)
     with mlflow.start_run(run_name=f"train-{end.isoformat()}") as run:
+        mlflow.log_metrics(prepared.counts)
         baseline = families.get(spec.training.baseline).train(data, {}, seed=seed, settings=settings)
-        candidates, scores, per_family = train_candidates(spec, data, x, y, settings)
-        best = select(candidates)
-        ev = evaluate(spec, split, x, y, scores[best.name], baseline, settings)
-        metric = spec.training.metric
+        candidates, scores, per_family = train_candidates(spec, data, prepared, settings)
+        best = select(candidates, metric=metric)
+        ev = evaluate(spec, prepared, scores[best.name], baseline, settings)
         decision = registry.decide(
             challenger=ev.candidate[metric], baseline=ev.baseline[metric],
             champion=ev.champion[metric] if ev.champion else None,
-            min_improvement=spec.training.min_improvement, regressions=ev.regressions,
+            min_improvement=spec.training.min_improvement, regressions=ev.regressions, metric=metric,
         )
         version = log_run(spec, end=end, reason=reason, frame=frame, identity=identity, model=best,
-                          ev=ev, x=x, y=y, per_family=per_family, decision=decision, settings=settings)
+                          ev=ev, prepared=prepared, per_family=per_family, decision=decision, settings=settings)
     run_id = run.info.run_id
     awaiting = decision.promote and spec.training.approval.required
     tag_version(spec, version, settings, threshold=ev.threshold, run_id=run_id, family=best.name,
-                decision=decision, identity=identity, awaiting_approval=awaiting)
-    reference_uri = write_reference(spec, version, recent_days(frame, spec), best, settings)
+                decision=decision, identity=identity, awaiting_approval=awaiting, features=fz.names,
+                classes=list(prepared.encoding.classes))
+    labelled = pd.concat(list(asdict_split(prepared.split).values()), ignore_index=True)
+    reference_uri = write_reference(spec, version, recent_days(labelled, spec), best, settings,
+                                    featurize=fz.frame, classes=list(prepared.encoding.classes))
     if decision.promote and not awaiting:
         promotion.promote(spec.model_name, version, reason=decision.reason,
                           actor=f"training-gate:{run_id}", settings=settings)
     else:
         registry.set_alias(spec.model_name, registry.CHALLENGER, version, settings=settings)
     outcome = "awaiting approval" if awaiting else ("promoted" if decision.promote else "not promoted")
-    log.info("model %s v%s (%s): %s (%s)", spec.model_name, version, best.name, decision.reason, outcome)
+    log.info("model %s v%s (%s, %s): %s (%s)", spec.model_name, version, best.name, spec.task,
+             decision.reason, outcome)
     return TrainResult(run_id=run_id, model_name=spec.model_name, version=version, family=best.name,
                        metrics=ev.logged_metrics(), threshold=ev.threshold,
                        promoted=decision.promote and not awaiting, awaiting_approval=awaiting,
-                       reason=decision.reason, reference_uri=reference_uri, families=per_family)
+                       reason=decision.reason, reference_uri=reference_uri, families=per_family,
+                       task=spec.task, metric=metric)
 
 
 def log_run(spec: PipelineSpec, *, end: date, reason: str, frame: pd.DataFrame, identity: dict[str, Any],
-            model: Trained, ev: Evaluation, x: dict[str, pd.DataFrame], y: dict[str, pd.Series],
-            per_family: dict[str, dict[str, float]], decision: registry.GateDecision,
-            settings: Settings) -> str:
+            model: Trained, ev: Evaluation, prepared: Prepared, per_family: dict[str, dict[str, float]],
+            decision: registry.GateDecision, settings: Settings) -> str:
     """Into the active run: params, metrics, data, evaluation report; registers the model."""
     import tempfile
     from pathlib import Path
 
     import mlflow
 
-    mlflow.set_tags({"trigger": reason, "data.end": end.isoformat(), "family": model.name,
-                     "data.feature_service": spec.feature_service,
+    metric = evaluation.metric_of(spec)
+    mlflow.set_tags({"trigger": reason, "data.end": end.isoformat(), "family": model.name, "task": spec.task,
+                     "data.feature_service": spec.feature_service, "gate.metric": metric,
                      "gate.promote": str(decision.promote).lower(), "gate.reason": decision.reason})
-    mlflow.log_params({"family": model.name, "seed": spec.training.seed, "rows": len(frame),
-                       "threshold": round(ev.threshold, 6), "baseline": spec.training.baseline,
+    mlflow.log_params({"family": model.name, "seed": spec.training.seed, "rows": len(frame), "task": spec.task,
+                       "metric": metric, "threshold": round(ev.threshold, 6), "baseline": spec.training.baseline,
                        **{k: tuning.loggable(v) for k, v in model.params.items()}})
     mlflow.log_metrics(ev.logged_metrics() | {f"{name}_{k}": v for name, metrics in per_family.items()
                                               for k, v in metrics.items()})
     mlflow.log_dict(identity, "data_identity.json")
     mlflow.log_dict(per_family, "evaluation/families.json")
     mlflow.log_input(_dataset(frame, spec, identity, bucket=settings.bucket("curated")), context="training")
-    importance = permutation_importance(model, x["validation"], y["validation"], seed=spec.training.seed)
+    importance = permutation_importance(model, prepared.x["validation"], prepared.y["validation"],
+                                        metric=metric, seed=spec.training.seed)
     with tempfile.TemporaryDirectory() as tmp:
         evaluation.write_report(
-            Path(tmp), y=y["holdout"].to_numpy(), proba=ev.holdout_proba, baseline=ev.baseline_proba,
+            Path(tmp), y=prepared.y["holdout"].to_numpy(), pred=ev.holdout_scores, baseline=ev.baseline_scores,
             metrics_={"candidate": ev.candidate, "baseline": ev.baseline, **(
                 {"champion": ev.champion} if ev.champion else {})},
-            slices=ev.slices, importance=importance, threshold=ev.threshold, families=per_family)
+            slices=ev.slices, importance=importance, threshold=ev.threshold, families=per_family,
+            task=spec.task, metric=metric, classes=[str(c) for c in prepared.encoding.classes])
         mlflow.log_artifacts(tmp, "evaluation")
     info = model.family.log_model(model.model, registered_model_name=spec.model_name,
-                                  example=x["holdout"].head(3))
+                                  example=prepared.x["holdout"].head(3))
     return str(info.registered_model_version)
 
 
@@ -252,28 +377,28 @@ def _dataset(frame: pd.DataFrame, spec: PipelineSpec, identity: dict[str, Any], 
     from mlflow.data.pandas_dataset import from_pandas
 
     source = f"s3://{bucket}/{spec.dataset.name}/ds={identity['start']}..{identity['end']}"
-    return from_pandas(frame, source=source, name=f"{spec.dataset.name}-{identity['end']}",
-                                   targets=spec.target)
-
-
-def asdict_split(split: Split) -> dict[str, pd.DataFrame]:
-    return {"train": split.train, "validation": split.validation, "holdout": split.holdout}
+    targets = spec.target if spec.target in frame.columns else None
+    return from_pandas(frame, source=source, name=f"{spec.dataset.name}-{identity['end']}", targets=targets)
 
 
 def tag_version(spec: PipelineSpec, version: str, settings: Settings, *, threshold: float, run_id: str,
-                family: str, decision: registry.GateDecision, identity: dict[str, Any],
-                awaiting_approval: bool = False) -> None:
+                family: str, decision: registry.GateDecision, identity: dict[str, Any], features: list[str],
+                classes: list[Any], awaiting_approval: bool = False) -> None:
+    """What serving needs (task, classes, threshold, features) and the version's lineage, as tags."""
     mlflow_client = registry.client(settings)
     tags = {
         "family": family,
+        "task": spec.task,
         "gate.awaiting_approval": str(awaiting_approval).lower(),
         "threshold": str(threshold),
-        "features": json.dumps(featurizer_for(spec).names),
+        "features": json.dumps(list(features)),
         "run_id": run_id,
+        "gate.metric": evaluation.metric_of(spec),
         "gate.promote": str(decision.promote).lower(),
         "gate.reason": decision.reason,
         "data.window": f"{identity['start']}..{identity['end']}",
         "data.partitions": json.dumps(identity["partitions"])[:5000],
+        **({"classes": json.dumps(classes)} if spec.task == "multiclass" else {}),
         **lineage.lineage_tags(spec, settings, seed=spec.training.seed),
     }
     for key, value in tags.items():
@@ -287,8 +412,22 @@ def recent_days(frame: pd.DataFrame, spec: PipelineSpec, *, share: float = 0.3) 
     return frame[days.isin(keep)]
 
 
+def reference_frame(spec: PipelineSpec, sample: pd.DataFrame, model: Trained,
+                    featurize: Callable[[pd.DataFrame], pd.DataFrame], classes: list[Any]) -> pd.DataFrame:
+    """Model matrix of ``sample`` with the model's 1-d outputs (binary: ``probability``;
+    multiclass: ``predicted_class`` and its ``probability``; regression: ``value``) and the label,
+    named as the prediction log names them (``flywheel.serving.logschema.OUTPUTS``)."""
+    matrix = featurize(sample).reset_index(drop=True)
+    out = registry.outputs(spec.task, model.scores(matrix), threshold=0.5, classes=classes)
+    kept = {k: v for k, v in out.items() if np.ndim(v) == 1 and k != "decision"}
+    if "class" in kept:
+        kept["predicted_class"] = np.asarray([str(c) for c in kept.pop("class")], dtype=object)
+    return matrix.assign(**kept, **{spec.target: sample[spec.target].to_numpy()})
+
+
 def write_reference(spec: PipelineSpec, version: str, frame: pd.DataFrame, model: Trained,
-                    settings: Settings) -> str:
+                    settings: Settings, *, featurize: Callable[[pd.DataFrame], pd.DataFrame],
+                    classes: list[Any] | None = None) -> str:
     """The reference monitoring compares serving traffic with.
 
     Built from the most recent whole days of the training window: early days have
@@ -296,8 +435,6 @@ def write_reference(spec: PipelineSpec, version: str, frame: pd.DataFrame, model
     hour of day, either of which would make steady traffic look drifted.
     """
     sample = frame.sample(n=min(REFERENCE_ROWS, len(frame)), random_state=spec.training.seed)
-    matrix = features_of(sample, spec)
-    reference = matrix.assign(probability=model.predict_proba(matrix),
-                              **{spec.target: sample[spec.target].to_numpy()})
+    reference = reference_frame(spec, sample, model, featurize, classes or [])
     key = f"reference/{spec.model_name}/v{version}.parquet"
     return storage.put_bytes("features", key, storage.df_to_parquet_bytes(reference), settings=settings)

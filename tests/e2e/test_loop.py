@@ -19,10 +19,10 @@ import httpx
 import pandas as pd
 import pytest
 
+from examples.demo import valid_rows, wait_for_prediction_logs
+from examples.fraud.generator import DriftKind, write_landing
 from flywheel.core import storage
 from flywheel.core.config import Settings
-from flywheel.datagen import DriftKind, write_landing
-from flywheel.demo import valid_rows, wait_for_prediction_logs
 from flywheel.stack import launcher as stack
 from flywheel.training import registry
 from tests.ports import ports

@@ -15,9 +15,7 @@ from datetime import timedelta
 
 import pytest
 
-from flywheel.core.config import Settings
-from flywheel.monitoring import checks, policy
-from flywheel.simulation import (
+from examples.fraud.simulation import (
     CONCEPT,
     COVARIATE,
     STABLE,
@@ -27,6 +25,8 @@ from flywheel.simulation import (
     prepare_history,
     simulate,
 )
+from flywheel.core.config import Settings
+from flywheel.monitoring import checks, policy
 from flywheel.stack import launcher as stack
 from flywheel.training import registry
 from flywheel.training.packaging import build_bento
@@ -143,8 +143,8 @@ def test_serving_features_from_the_future_are_flagged_as_skew(run, spec):
     """The fault the skew check exists for, caused for real: a day served *after* its own
     aggregates were materialized reads features that include the very transactions it scores."""
     settings, result = run
-    from flywheel import simulation
-    from flywheel.datagen import write_landing
+    from examples.fraud import simulation
+    from examples.fraud.generator import write_landing
 
     day = result.scenario.last_day + timedelta(days=1)
     labels = simulation.label_spec(spec, settings)

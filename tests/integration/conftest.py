@@ -30,9 +30,9 @@ def services(tmp_path_factory) -> Iterator[Settings]:
 @pytest.fixture(scope="session")
 def loaded(services: Settings, spec) -> dict:
     """DAYS days of generated data taken through ingest → validate → features, in-process."""
+    from examples.fraud.generator import write_landing
     from flywheel.data.ingest import ingest
     from flywheel.data.validation import validate_partition
-    from flywheel.datagen import write_landing
     from flywheel.features import store as features
 
     write_landing(services.home / "landing", FIRST_DAY, DAYS, spec.generator)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from examples.fraud.generator import write_landing
 from flywheel.airflow.client import AirflowClient
 from flywheel.core import storage
 from flywheel.core.config import Settings
-from flywheel.datagen import write_landing
 from flywheel.features import store as features
 from flywheel.stack import launcher as stack
 from tests.ports import ports
@@ -90,3 +90,23 @@ def test_seven_day_backfill_fills_every_partition_and_the_online_store(airflow_s
                                        [{"user_id": int(u), "merchant_id": 1} for u in top.user_id])
     assert online["user_txn_count_7d"].tolist() == top["user_txn_count_7d"].tolist()
     assert online["user_seconds_since_last_txn"].tolist() == top["user_seconds_since_last_txn"].tolist()
+
+
+def test_flywheel_backfill_runs_a_range_with_progress(airflow_stack, spec):
+    """`flywheel backfill` (REST, progress bar) over two days of a dataset spec's data DAG."""
+    import os
+
+    settings = airflow_stack
+    first = FIRST + timedelta(days=3)
+    write_landing(settings.home / "landing", first, 2, spec.generator, labels_dataset="transaction_labels")
+    stack.up(settings, services=SERVICES)  # idempotent: the scheduler runs what the CLI creates
+    env = os.environ | settings.component_env()
+    env.pop("FLYWHEEL_USE_CASE")
+    flywheel = str(Path(sys.executable).parent / "flywheel")
+    out = subprocess.run([flywheel, "backfill", "--use-case", "transaction_labels", "--from", first.isoformat(),
+                          "--to", (first + timedelta(days=1)).isoformat()], env=env, capture_output=True,
+                         text=True, timeout=900, check=False)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "2 runs succeeded" in out.stdout and "transaction_labels_data" in out.stderr  # the progress bar
+    days = {(first + timedelta(days=i)).isoformat() for i in range(2)}
+    assert days <= set(storage.list_partitions(zone="curated", dataset="transaction_labels", settings=settings))

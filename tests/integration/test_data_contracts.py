@@ -15,11 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from examples.fraud.generator import generate_day
 from flywheel.core import storage
 from flywheel.core.spec import PipelineSpec
-from flywheel.data.ingest import ingest
+from flywheel.data.ingest import SourceNotFound, ingest
 from flywheel.data.validation import REASONS, ContractViolation, validate_partition
-from flywheel.datagen import generate_day
 
 pytestmark = pytest.mark.integration
 DS = "2026-02-10"
@@ -35,7 +35,7 @@ def _spec(spec: PipelineSpec, case: str, fmt: str = "parquet", **contract: objec
 
 
 def _clean(rows: int = 400) -> pd.DataFrame:
-    from flywheel.core.spec import GeneratorSpec
+    from examples.fraud.generator import GeneratorSpec
 
     return generate_day(DAY, GeneratorSpec(rows_per_day=rows), bad_records=False)
 
@@ -96,7 +96,7 @@ def _assert_batch_quarantined(settings, spec, err, rows_in: int, rule: str) -> N
         df.index % 25 == 0, pd.Timestamp("2030-01-01", tz="UTC"))), "be_between(event_timestamp)"),
 ])
 def test_row_level_failures_are_quarantined_with_their_rule(services, spec, case, mutate, rule):
-    s = _spec(spec, case)
+    s = _spec(spec, case, max_quarantine_share=1.0)  # the share rule: test_data_onboarding.py
     frame = mutate(_clean())
     _land(services, s, frame)
     summary = _run(services, s)
@@ -232,7 +232,7 @@ def test_large_file_is_validated_in_chunks(services, spec):
 # --- replay: a quarantined batch is processed again once the data are fixed ---------------------
 
 def test_replay_after_the_data_is_fixed(services, spec):
-    from flywheel.data.contracts import replay
+    from flywheel.runs import replay
 
     s = _spec(spec, "replay")
     frame = _clean()
@@ -263,12 +263,9 @@ def test_ingest_from_s3_records_object_versions(services, spec):
     assert summary["curated"] == len(frame)
 
 
-def test_generator_source_needs_no_files(services, spec):
+def test_the_engine_has_no_generator_source(services, spec):
+    """Data arrives as files (the examples write theirs): ``generator://`` is no source."""
     s = _spec(spec, "generator")
     s = s.model_copy(update={"dataset": s.dataset.model_copy(update={"source": "generator://"})})
-    result = ingest(s, DS, run_id="gen", settings=services)
-    assert result.rows == len(generate_day(DAY, spec.generator))
-    manifest = storage.read_manifest(zone="raw", dataset=s.dataset.name, ds=DS, settings=services)
-    assert manifest.inputs[0]["uri"] == f"generator://{s.dataset.name}/ds={DS}"
-    summary = validate_partition(s, DS, settings=services)
-    assert summary["curated"] + summary["quarantined"] == result.rows and summary["quarantined"] > 0
+    with pytest.raises(SourceNotFound, match="generator://"):
+        ingest(s, DS, run_id="gen", settings=services)

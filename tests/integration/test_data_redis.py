@@ -18,7 +18,7 @@ REDIS_DB = 1  # this suite's own database on the shared Redis
 
 
 @pytest.fixture(scope="module")
-def redis_settings(services, loaded):
+def redis_settings(services, loaded, spec):
     try:
         redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB, socket_connect_timeout=2).ping()
     except redis.ConnectionError as exc:

@@ -25,9 +25,17 @@ pytestmark = pytest.mark.integration
 Series = dict[str, dict[tuple[tuple[str, str], ...], float]]
 
 
+USE_CASES = {"fraud-detector": "fraud", "churn": "churn", "new-model": "new"}
+
+
+def labels(model: str, **more: str) -> tuple[tuple[str, str], ...]:
+    """A series' labels: the model, its use case and ``more``."""
+    return tuple(sorted({"model": model, "use_case": USE_CASES[model], **more}.items()))
+
+
 def summary(model: str, ds: str, *, drift_share: float, alert: bool) -> dict[str, Any]:
     return {
-        "model": model, "ds": ds, "champion_version": "4", "generated_at": f"{ds}T09:00:00+00:00",
+        "model": model, "use_case": USE_CASES[model], "task": "binary", "ds": ds, "champion_version": "4", "generated_at": f"{ds}T09:00:00+00:00",
         "drift": {"status": "ok", "rows": 2400, "drift_share": drift_share, "drift_detected": drift_share > 0.3,
                   "prediction_drift_score": 0.02, "column_scores": {"amount": 0.03}},
         "performance": None,
@@ -81,15 +89,15 @@ def test_two_models_are_scraped_over_http(served: str) -> None:
     assert series["flywheel_monitoring_up"] == {(): 1.0}
     assert series["flywheel_monitoring_models"] == {(): 2.0}
     assert series["flywheel_monitoring_drift_drift_share"] == {
-        (("model", "churn"),): 0.45, (("model", "fraud-detector"),): 0.11}
-    assert series["flywheel_monitoring_skew_mismatch_share"][(("feature", "hour"), ("model", "churn"))] == 0.04
+        labels("churn"): 0.45, labels("fraud-detector"): 0.11}
+    assert series["flywheel_monitoring_skew_mismatch_share"][labels("churn", feature="hour")] == 0.04
     assert series["flywheel_monitoring_alert"] == {
-        (("check", "skew"), ("model", "churn")): 1.0, (("check", "skew"), ("model", "fraud-detector")): 0.0}
+        labels("churn", check="skew"): 1.0, labels("fraud-detector", check="skew"): 0.0}
     assert series["flywheel_monitoring_decision"] == {
-        (("action", "retrain"), ("model", "churn")): 1.0, (("action", "no_signal"), ("model", "fraud-detector")): 1.0}
-    assert series["flywheel_champion_version"][(("model", "churn"),)] == 4.0
+        labels("churn", action="retrain"): 1.0, labels("fraud-detector", action="no_signal"): 1.0}
+    assert series["flywheel_champion_version"][labels("churn")] == 4.0
     assert not [name for name in series if "performance" in name]
-    assert all(dict(labels).get("model") != "new-model" for values in series.values() for labels in values)
+    assert all(dict(names).get("model") != "new-model" for values in series.values() for names in values)
 
 
 def test_a_new_latest_json_shows_on_the_next_scrape(settings: Settings, served: str) -> None:
@@ -97,8 +105,8 @@ def test_a_new_latest_json_shows_on_the_next_scrape(settings: Settings, served: 
              summary("fraud-detector", "2026-01-21", drift_share=0.2, alert=False))
     try:
         series = scrape(served)
-        assert series["flywheel_monitoring_drift_drift_share"][(("model", "fraud-detector"),)] == 0.2
-        assert series["flywheel_monitoring_last_ds_timestamp_seconds"][(("model", "fraud-detector"),)] == (
+        assert series["flywheel_monitoring_drift_drift_share"][labels("fraud-detector")] == 0.2
+        assert series["flywheel_monitoring_last_ds_timestamp_seconds"][labels("fraud-detector")] == (
             1768953600.0)  # 2026-01-21T00:00Z
     finally:
         put_json(settings, "monitoring/fraud-detector/latest.json",
@@ -162,7 +170,7 @@ def test_the_stack_service_serves_the_metrics(settings: Settings, tmp_path: Path
             time.sleep(0.3)
         series = scrape(str(service.url(native)))
         assert series["flywheel_monitoring_up"] == {(): 1.0}
-        assert series["flywheel_monitoring_drift_drift_share"][(("model", "churn"),)] == 0.45
+        assert series["flywheel_monitoring_drift_drift_share"][labels("churn")] == 0.45
     finally:
         process.terminate()
         process.wait(timeout=15)

@@ -1,10 +1,13 @@
 """Train → register → gate in a real MLflow; package with BentoML; serve over HTTP."""
 
+import io
 import json
 import time
 from datetime import timedelta
 
 import httpx
+import numpy as np
+import pandas as pd
 import pytest
 
 from flywheel.core import storage
@@ -256,3 +259,34 @@ def test_gate_accepts_a_challenger_that_beats_the_champion(services, first, spec
     champion = registry.alias_version(spec.model_name, registry.CHAMPION, settings=services)
     assert str(champion.version) == better.version
     promotion.promote(spec.model_name, first.version, reason="test: restore", actor="tester", settings=services)
+
+
+@pytest.mark.parametrize(("task", "label", "metric", "baseline"), [
+    # Labels derived from the fraud window (they leak the amount: the point is the task's path
+    # through the real stores). A step, so that the linear baseline cannot fit it exactly.
+    ("regression", "CASE WHEN amount > 100 THEN 50 ELSE 0 END + ln(amount + 1)", "rmse", "linear"),
+    ("multiclass", "CASE WHEN amount < 20 THEN 'small' WHEN amount < 200 THEN 'mid' ELSE 'large' END",
+     "macro_f1", "logistic_regression"),
+])
+def test_other_task_types_train_gate_register_and_score(services, loaded, spec, task, label, metric, baseline):
+    """A regression and a multiclass model on the same stack: Feast's training frame, the label
+    expression, the gate in the metric's direction, the registry's tags, the reference frame."""
+    from flywheel.core.spec import LabelSpec
+
+    t = only(spec, "xgboost", n_estimators=30).training
+    other = spec.model_copy(update={
+        "model_name": f"tasks-{task}", "task": task, "label": LabelSpec(expr=label, name="y"),
+        "training": t.model_copy(update={"metric": metric, "baseline": baseline})})
+    result = train(other, end=END, reason="test", settings=services)
+    assert result.task == task and result.metric == metric and result.promoted, result.reason
+    model = registry.load_alias(other.model_name, settings=services)
+    assert model.task == task
+    reference = pd.read_parquet(io.BytesIO(storage.get_bytes(
+        "features", f"reference/{other.model_name}/v{result.version}.parquet", settings=services)))
+    out = model.predict(reference)
+    if task == "multiclass":
+        assert model.classes == ["large", "mid", "small"]
+        assert out["probabilities"].shape == (len(reference), 3)
+        assert set(reference["predicted_class"]) <= set(model.classes)
+    else:
+        assert np.allclose(out["value"], reference["value"])

@@ -29,12 +29,12 @@ import psycopg2
 import pytest
 import redis
 
+from examples.demo import START, replay, run_monitoring, wait_for_prediction_logs, wait_for_retrain
+from examples.fraud.generator import DriftKind, write_landing
 from flywheel.airflow.client import AirflowClient
 from flywheel.core import storage
 from flywheel.core.config import ProductionServices, Profile, Settings
 from flywheel.core.profiles import admin_dsn, database_name
-from flywheel.datagen import DriftKind, write_landing
-from flywheel.demo import START, replay, run_monitoring, wait_for_prediction_logs, wait_for_retrain
 from flywheel.features import store as features
 from flywheel.stack import launcher as stack
 from flywheel.stack.provision import drop_databases

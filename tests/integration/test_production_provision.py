@@ -107,7 +107,7 @@ def test_cluster_policy_routes_configured_tasks_to_the_gpu_queue(monkeypatch: py
     assert queues[("fraud_data", "ingest")] != "gpu"
 
 
-def test_feast_registry_in_the_object_store(services: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_feast_registry_in_the_object_store(services: Settings, monkeypatch: pytest.MonkeyPatch, spec) -> None:
     """``production.feast_registry = "s3"``: the registry is an object in the features bucket."""
     from flywheel.core import storage
     from flywheel.features import store as features

@@ -12,9 +12,9 @@ from datetime import date
 
 import pytest
 
+from examples.fraud.generator import write_landing
 from flywheel.airflow.client import AirflowClient
 from flywheel.core.config import ProductionServices, Profile, Settings
-from flywheel.datagen import write_landing
 from flywheel.stack import launcher as stack
 from flywheel.stack.provision import drop_databases
 from tests.ports import ports

@@ -634,6 +634,6 @@ def test_prometheus_scrapes_the_monitoring_exporter_and_grafana_charts_its_metri
     boards = [json.loads(f.read_text()) for f in (ROOT / "infra" / "grafana" / "dashboards").glob("*.json")]
     queried = {name for board in boards for panel in board["panels"] for target in panel["targets"]
                for name in re.findall(r"\bflywheel_[a-z0-9_]+", target["expr"])}
-    assert {"flywheel_monitoring_drift_drift_share", "flywheel_monitoring_performance_pr_auc_drop",
+    assert {"flywheel_monitoring_drift_drift_share", "flywheel_monitoring_performance_metric_drop",
             "flywheel_monitoring_alert"} <= queried
     assert queried <= exported, f"dashboards query unknown metrics: {sorted(queried - exported)}"

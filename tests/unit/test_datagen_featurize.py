@@ -4,12 +4,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flywheel.datagen import (
+from examples.fraud.generator import (
     BAD_KINDS,
     DriftKind,
     Phase,
     drift_on,
     generate_day,
+    generator_spec,
     labels_arriving,
     write_landing,
 )
@@ -75,7 +76,7 @@ def test_concept_shift_shows_in_labels_not_in_inputs(spec):
 
 
 def test_each_label_arrives_once_within_the_delay(spec):
-    gen = spec.generator
+    gen = generator_spec(spec.generator)
     first = date(2026, 1, 1)
     arrived = pd.concat([labels_arriving(first + timedelta(days=i), gen) for i in range(1, 12)])
     assert arrived["transaction_id"].is_unique
@@ -97,3 +98,12 @@ def test_write_landing_is_idempotent(tmp_path, spec):
     content = [p.read_bytes() for p in first]
     second = write_landing(tmp_path, DAY, 2, spec.generator)
     assert first == second and content == [p.read_bytes() for p in second]
+
+
+def test_the_generator_validates_its_own_section(spec):
+    """The engine keeps ``generator:`` as a free-form dict; the example's generator checks it."""
+    from pydantic import ValidationError
+
+    assert generator_spec(spec.generator).rows_per_day == spec.generator["rows_per_day"]
+    with pytest.raises(ValidationError, match="rows_per_dya"):
+        generator_spec({**spec.generator, "rows_per_dya": 10})

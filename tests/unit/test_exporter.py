@@ -22,13 +22,14 @@ pytestmark = pytest.mark.unit
 
 VALID_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 SUMMARY: dict[str, Any] = {
-    "model": "fraud-detector", "ds": "2026-01-20", "champion_version": "2",
+    "model": "fraud-detector", "use_case": "fraud", "task": "binary", "ds": "2026-01-20", "champion_version": "2",
     "generated_at": "2026-11-26T09:00:00+00:00",
     "drift": {"status": "ok", "rows": 2400, "drift_share": 0.11, "drift_detected": False,
               "prediction_drift_score": 0.02, "column_scores": {"amount": 0.03, "hour": 0.01}},
     "performance": {"status": "ok", "labelled_rows": 2100, "positives": 30, "pr_auc": 0.41,
                     "recall_at_precision": 0.3, "expected_cost": 0.7, "reference_pr_auc": 0.42,
-                    "pr_auc_drop": 0.01, "label_rate": 0.015, "alert": False},
+                    "pr_auc_drop": 0.01, "label_rate": 0.015, "alert": False,
+                    "metric": "pr_auc", "metric_value": 0.41, "reference_metric_value": 0.42, "metric_drop": 0.01},
     "skew": {"status": "ok", "rows": 500, "mismatch_share": {"amount": 0.0, "user_txn_count_7d": 0.02},
              "max_mismatch_share": 0.02, "alert": False},
     "quality": {"status": "ok", "rows": 2400, "feature_miss_rate": 0.01, "missing_rate": {"amount": 0.0},
@@ -56,8 +57,12 @@ def of(summaries: dict[str, dict[str, Any]], errors: tuple[str, ...] = ()) -> Mo
     return MonitoringCollector(lambda: StoreRead(summaries, errors), cache_s=0)
 
 
+USE_CASES = {"fraud-detector": "fraud", "churn": "churn"}
+
+
 def model(name: str = "fraud-detector", **labels: str) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted({"model": name, **labels}.items()))
+    """Labels of a series: the model, its use case (the model's name for summaries without one)."""
+    return tuple(sorted({"model": name, "use_case": USE_CASES.get(name, name), **labels}.items()))
 
 
 def test_contract_summary_becomes_named_gauges() -> None:
@@ -83,13 +88,17 @@ def test_contract_summary_becomes_named_gauges() -> None:
     assert series["flywheel_monitoring_check_status"][model(check="drift", status="ok")] == 1.0
     assert series["flywheel_monitoring_up"] == {(): 1.0}
     assert series["flywheel_monitoring_models"] == {(): 1.0}
+    # The task's metric whatever its name, and the use case's task.
+    assert series["flywheel_monitoring_performance_metric"] == {model(metric="pr_auc"): 0.41}
+    assert series["flywheel_monitoring_performance_metric_drop"] == {m: 0.01}
+    assert series["flywheel_monitoring_use_case_info"] == {model(task="binary"): 1.0}
     # Strings are not values; "alert" is exported once, as flywheel_monitoring_alert.
     generic = {f"flywheel_monitoring_{section}_{key}" for section in SUMMARY for key in ("status", "alert")}
     assert not generic & set(series) and "flywheel_monitoring_model" not in series
 
 
 def test_missing_and_null_sections_export_nothing_for_them() -> None:
-    partial = {"model": "fraud-detector", "ds": "2026-01-21", "drift": SUMMARY["drift"],
+    partial = {"model": "fraud-detector", "use_case": "fraud", "ds": "2026-01-21", "drift": SUMMARY["drift"],
                "performance": None, "decision": None}
     series = scrape(of({"fraud-detector": partial}))
     assert series["flywheel_monitoring_drift_drift_share"] == {model(): 0.11}
@@ -135,11 +144,17 @@ def test_names_are_sanitized_and_collisions_keep_one_series() -> None:
 
 
 def test_two_models_share_one_family_per_metric() -> None:
-    other = copy.deepcopy(SUMMARY) | {"model": "churn", "champion_version": "7"}
+    other = copy.deepcopy(SUMMARY) | {"model": "churn", "use_case": "churn", "task": "regression",
+                                      "champion_version": "7"}
     other["drift"]["drift_share"] = 0.5
+    other["performance"] |= {"metric": "rmse", "metric_value": 3.5}
     series = scrape(of({"fraud-detector": SUMMARY, "churn": other}))
     assert series["flywheel_monitoring_drift_drift_share"] == {model(): 0.11, model("churn"): 0.5}
     assert series["flywheel_champion_version"] == {model(): 2.0, model("churn"): 7.0}
+    assert series["flywheel_monitoring_performance_metric"] == {model(metric="pr_auc"): 0.41,
+                                                                model("churn", metric="rmse"): 3.5}
+    assert series["flywheel_monitoring_use_case_info"] == {model(task="binary"): 1.0,
+                                                           model("churn", task="regression"): 1.0}
     assert series["flywheel_monitoring_models"] == {(): 2.0}
 
 

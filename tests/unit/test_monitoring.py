@@ -1,4 +1,5 @@
-"""Drift reading: real Evidently on small synthetic reference/current pairs."""
+"""Drift reading: real Evidently on small synthetic reference/current pairs; the columns
+compared come from the spec (its monitored features, the task's outputs in the log schema)."""
 
 from __future__ import annotations
 
@@ -14,19 +15,22 @@ import pytest
 from flywheel.core.config import PROJECT_ROOT
 from flywheel.core.spec import PipelineSpec, load_spec_file
 from flywheel.monitoring.drift import (
-    PREDICTION_COLUMN,
     ColumnDrift,
     DriftInputError,
     DriftReportError,
     DriftResult,
     build_drift_snapshot,
     comparable_frame,
+    drift_columns,
+    empty_predictions,
     summarize_drift,
 )
+from flywheel.serving.logschema import log_dtypes
 
 pytestmark = pytest.mark.unit
 
 SHIFTED = ["amount", "log_amount", "amount_to_user_mean", "user_amount_mean_7d"]
+PREDICTION = "probability"  # the binary task's score column in the log
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +54,7 @@ def synthetic(rows: int, seed: int, *, shift: float = 1.0) -> pd.DataFrame:
             "merchant_txn_count_7d": rng.poisson(80, rows).astype(float),
             "merchant_amount_mean_7d": rng.lognormal(3.5, 0.3, rows),
             "amount_to_user_mean": amount / user_mean,
-            PREDICTION_COLUMN: rng.beta(1, 40, rows),
+            PREDICTION: rng.beta(1, 40, rows),
         }
     )
     frame[SHIFTED] = frame[SHIFTED] * shift
@@ -62,6 +66,7 @@ def drift_report(spec: PipelineSpec, reference: pd.DataFrame, current: pd.DataFr
         reference,
         current,
         features=spec.monitoring.features,
+        prediction=PREDICTION,
         drift_share_threshold=spec.monitoring.drift_share_threshold,
     )
     return snapshot.dict()
@@ -79,7 +84,8 @@ def shifted(spec: PipelineSpec) -> dict[str, Any]:
 
 def test_identical_distributions_show_no_drift(spec: PipelineSpec, same: dict[str, Any]) -> None:
     summary = summarize_drift(
-        same, features=spec.monitoring.features, drift_share_threshold=spec.monitoring.drift_share_threshold
+        same, features=spec.monitoring.features, prediction=PREDICTION,
+        drift_share_threshold=spec.monitoring.drift_share_threshold,
     )
     assert summary.drift_share == 0.0
     assert summary.drifted_columns == []
@@ -95,6 +101,7 @@ def test_shifted_amount_columns_are_flagged(spec: PipelineSpec, shifted: dict[st
     summary = summarize_drift(
         shifted,
         features=spec.monitoring.features,
+        prediction=PREDICTION,
         drift_share_threshold=spec.monitoring.drift_share_threshold,
     )
     assert sorted(summary.drifted_columns) == sorted(SHIFTED)
@@ -106,7 +113,7 @@ def test_shifted_amount_columns_are_flagged(spec: PipelineSpec, shifted: dict[st
         assert drift.drifted and drift.score is not None and drift.score >= drift.threshold
     assert not summary.column_scores["hour"].drifted
     # The prediction column is reported apart and never counted in the share.
-    assert PREDICTION_COLUMN not in summary.column_scores
+    assert PREDICTION not in summary.column_scores
     assert summary.prediction.score is not None
 
 
@@ -114,7 +121,8 @@ def test_small_reference_uses_p_values_and_still_flags_the_shift(spec: PipelineS
     """≤ 1000 reference rows: Evidently switches to p-value tests (drift when score is LOW)."""
     report = drift_report(spec, synthetic(800, seed=4), synthetic(600, seed=5, shift=2.5))
     summary = summarize_drift(
-        report, features=spec.monitoring.features, drift_share_threshold=spec.monitoring.drift_share_threshold
+        report, features=spec.monitoring.features, prediction=PREDICTION,
+        drift_share_threshold=spec.monitoring.drift_share_threshold,
     )
     assert set(SHIFTED) <= set(summary.drifted_columns)
     amount = summary.column_scores["amount"]
@@ -128,12 +136,14 @@ def test_a_report_contradicting_its_count_is_refused(spec: PipelineSpec, shifted
     count = next(m for m in tampered["metrics"] if m["config"]["type"].endswith(":DriftedColumnsCount"))
     count["value"]["count"] = 0.0
     with pytest.raises(DriftReportError, match="drifted columns"):
-        summarize_drift(tampered, features=spec.monitoring.features, drift_share_threshold=0.3)
+        summarize_drift(tampered, features=spec.monitoring.features, prediction=PREDICTION,
+                        drift_share_threshold=0.3)
 
 
 def test_a_report_without_tests_is_refused(spec: PipelineSpec, same: dict[str, Any]) -> None:
     with pytest.raises(DriftReportError, match="no drift test"):
-        summarize_drift({**same, "tests": []}, features=spec.monitoring.features, drift_share_threshold=0.3)
+        summarize_drift({**same, "tests": []}, features=spec.monitoring.features, prediction=PREDICTION,
+                        drift_share_threshold=0.3)
 
 
 def test_missing_or_empty_columns_name_the_dataset_and_column() -> None:
@@ -170,3 +180,54 @@ def test_result_to_dict_is_json_serializable() -> None:
     data = json.loads(json.dumps(result.to_dict()))
     assert data["ds"] == "2024-03-01"
     assert data["column_scores"]["amount"]["drifted"] is True
+
+
+# ---- per task: the log schema decides what is compared -------------------------------------------
+
+
+def as_task(spec: PipelineSpec, task: str) -> PipelineSpec:
+    return spec.model_copy(update={"task": task})
+
+
+def test_drift_compares_the_outputs_of_each_task(spec: PipelineSpec) -> None:
+    binary = drift_columns(spec)
+    assert (binary.prediction, binary.categorical) == ("probability", [])
+    assert binary.features == spec.monitoring.features
+    multiclass = drift_columns(as_task(spec, "multiclass"))
+    assert (multiclass.prediction, multiclass.categorical) == ("probability", ["predicted_class"])
+    regression = drift_columns(as_task(spec, "regression"))
+    assert (regression.prediction, regression.categorical) == ("value", [])
+    for task in ("binary", "multiclass", "regression"):
+        assert set(drift_columns(as_task(spec, task)).all) <= set(log_dtypes(as_task(spec, task)))
+
+
+def test_an_empty_log_has_the_use_cases_columns(spec: PipelineSpec) -> None:
+    for task in ("binary", "regression"):
+        typed = as_task(spec, task)
+        empty = empty_predictions(typed)
+        assert empty.empty and list(empty.columns) == list(log_dtypes(typed))
+        assert {str(t) for t in empty.dtypes} >= {"float64", "object", "bool"}
+    assert "value" in empty_predictions(as_task(spec, "regression")).columns
+    assert "value" not in empty_predictions(spec).columns
+    # the key and entity columns come from the spec, not from the engine
+    assert set(spec.dataset.key_columns) <= set(empty_predictions(spec).columns)
+
+
+def test_a_shifted_predicted_class_is_a_categorical_output_drift(spec: PipelineSpec) -> None:
+    cols = drift_columns(as_task(spec, "multiclass"))
+    rng = np.random.default_rng(9)
+
+    def frame(rows: int, seed: int, share_a: float) -> pd.DataFrame:
+        out = synthetic(rows, seed=seed)
+        out["predicted_class"] = np.where(rng.random(rows) < share_a, "a", rng.choice(["b", "c"], rows))
+        return comparable_frame(out, cols.all, dataset="t", categorical=cols.categorical)
+
+    reference, current = frame(2000, 1, 0.2), frame(2000, 2, 0.8)
+    assert current["predicted_class"].dtype == object
+    report = build_drift_snapshot(reference, current, features=cols.features, prediction=cols.prediction,
+                                  categorical=cols.categorical, drift_share_threshold=0.3).dict()
+    summary = summarize_drift(report, features=cols.features, prediction=cols.prediction,
+                              categorical=cols.categorical, drift_share_threshold=0.3)
+    assert summary.outputs["predicted_class"].drifted and not summary.outputs["probability"].drifted
+    assert summary.drift_share == 0.0  # outputs never count in the share
+    assert "predicted_class" not in summary.column_scores

@@ -31,6 +31,8 @@ def test_drift_triggers(spec):
     d = call(spec)
     assert d.triggered and d.action == "triggered" and "data_drift" in d.reason
     assert d.signals["fired"] == ["data_drift"] and d.signals["new_labelled_rows"] == 5000
+    assert (d.model, d.use_case) == (spec.model_name, spec.name)  # every decision names its use case
+    assert Decision(**{k: v for k, v in d.to_dict().items() if k != "triggered"}) == d
 
 
 def test_no_signal_no_trigger(spec):
@@ -70,10 +72,12 @@ def test_daily_cap_counts_decisions_made_today(spec):
 
 
 def test_performance_drop_triggers_and_is_reported(spec):
-    perf = {"status": "alert", "alert": True, "pr_auc": 0.2, "pr_auc_drop": 0.22, "labelled_rows": 4000}
+    perf = {"status": "alert", "alert": True, "metric": "pr_auc", "metric_value": 0.2, "metric_drop": 0.22,
+            "labelled_rows": 4000}
     d = call(spec, drift(detected=False, performance=perf))
     assert d.triggered and d.signals["fired"] == ["performance"] and "performance" in d.reason
-    assert d.signals["pr_auc_drop"] == 0.22 and d.signals["alerts"] == ["performance"]
+    assert (d.signals["metric"], d.signals["metric_value"], d.signals["metric_drop"]) == ("pr_auc", 0.2, 0.22)
+    assert d.signals["alerts"] == ["performance"]
     days = spec.monitoring.retrain.performance_lookback_days
     assert d.signals.get("lookback_days") == days
     from flywheel.monitoring.policy import retrain_spec
@@ -111,7 +115,8 @@ def test_the_training_dag_reads_the_window_of_the_newest_retrain_request():
 def test_a_trigger_becomes_the_retrain_request_the_training_dag_reads(spec):
     from flywheel.monitoring.policy import retrain_request
 
-    perf = {"status": "alert", "alert": True, "pr_auc": 0.1, "pr_auc_drop": 0.3, "labelled_rows": 4000}
+    perf = {"status": "alert", "alert": True, "metric": "rmse", "metric_value": 4.1, "metric_drop": 0.3,
+            "labelled_rows": 4000}
     request = retrain_request(call(spec, drift(performance=perf)))
     assert request["window_end"] == DS.isoformat() and request["drifted_columns"] == ["amount"]
     assert request["signals"] == ["data_drift", "performance"] and request["report"] == "s3://r/x.html"

@@ -32,17 +32,30 @@ def test_temporal_split_never_leaks_the_future(spec):
     assert len(split.train) + len(split.validation) + len(split.holdout) == 1000
 
 
+CATEGORICAL = {"cat_a_code": 8, "cat_b_code": 4}
+
+
+def test_temporal_split_without_a_key_does_not_depend_on_row_order(spec):
+    rng = np.random.default_rng(0)
+    ts = pd.to_datetime("2026-01-01", utc=True) + pd.to_timedelta(rng.integers(0, 48, 400), unit="h")
+    frame = pd.DataFrame({"event_timestamp": ts, "v": rng.normal(size=400), "is_fraud": 0})
+    keyless = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"key": None})})
+    first = temporal_split(frame, keyless)
+    again = temporal_split(frame.sample(frac=1, random_state=3), keyless)
+    assert first.train.equals(again.train) and first.holdout.equals(again.holdout)
+
+
 def _data(n: int = 4000, seed: int = 0) -> FitData:
-    """Tabular data shaped like the model matrix: numeric (with NaN) plus two categorical codes."""
+    """Tabular data shaped like a model matrix: numeric (with NaN) plus two category codes."""
     rng = np.random.default_rng(seed)
     x = pd.DataFrame(rng.normal(size=(n, 5)), columns=list("abcde"))
     x.loc[rng.random(n) < 0.1, "b"] = np.nan
-    x["merchant_category_code"] = rng.integers(0, 8, n).astype("float64")
-    x["device_code"] = rng.integers(-1, 4, n).astype("float64")
-    logit = 2 * x["a"] - 1.5 * (x["merchant_category_code"] == 3) + x["c"] * x["d"] - 3
+    x["cat_a_code"] = rng.integers(0, 8, n).astype("float64")
+    x["cat_b_code"] = rng.integers(-1, 4, n).astype("float64")
+    logit = 2 * x["a"] - 1.5 * (x["cat_a_code"] == 3) + x["c"] * x["d"] - 3
     y = pd.Series((rng.random(n) < 1 / (1 + np.exp(-logit))).astype("int64"))
     cut = int(n * 0.75)
-    return FitData(x.iloc[:cut], y.iloc[:cut], x.iloc[cut:], y.iloc[cut:])
+    return FitData(x.iloc[:cut], y.iloc[:cut], x.iloc[cut:], y.iloc[cut:], categorical=CATEGORICAL)
 
 
 CPU = Settings(torch_device="cpu")
@@ -75,8 +88,9 @@ def test_torch_mlp_is_deterministic_on_cpu_and_learns():
 def test_torch_mlp_scores_unseen_categories_and_missing_values():
     data, mlp = _data(), families.get("torch_mlp")
     model = mlp.fit(data, {"epochs": 1}, seed=1, settings=CPU)
+    assert model.categorical == CATEGORICAL  # embeddings for the featurizer's category codes only
     odd = data.x_val.head(4).copy()
-    odd["merchant_category_code"] = [99, -1, np.nan, 2]
+    odd["cat_a_code"] = [99, -1, np.nan, 2]
     odd["a"] = np.nan
     assert np.isfinite(mlp.predict_proba(model, odd)).all()
 

@@ -3,8 +3,8 @@ from datetime import date
 import pandas as pd
 import pytest
 
+from examples.fraud.generator import generate_day
 from flywheel.data.validation import REASONS, ContractViolation, validate
-from flywheel.datagen import generate_day
 
 pytestmark = pytest.mark.unit
 DS = "2026-01-05"

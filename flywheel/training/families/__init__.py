@@ -1,37 +1,42 @@
 """Model families: one class per kind of model, behind one small interface.
 
-A family knows how to fit on a train/validation split, score, log to and load from
-MLflow, and sample hyperparameters for a search. Adding a family is one class
-(subclass :class:`flywheel.training.families.base.Family`) plus one line here. This module
-stays import-light: specs validate family names against it at DAG-parse time.
+A family knows which task types it supports, how to fit on a train/validation split, score,
+log to and load from MLflow, and report its training curve. Families are entry points of the
+group ``flywheel.families`` (see ``pyproject.toml``): a package of its own can add one with
+no engine edit. Specs check family names against the entry points without importing this
+layer; :func:`check` checks that each family named by a spec supports the spec's task.
 """
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING
+from importlib.metadata import EntryPoint, entry_points
 
-if TYPE_CHECKING:
-    from flywheel.training.families.base import Family
+from flywheel.core.spec import FAMILY_GROUP, PipelineSpec
+from flywheel.training.families.base import Family, FamilyTaskError, UnknownFamilyError
 
-# name -> "module:Class"; the class is imported only when the family is used.
-FAMILIES: dict[str, str] = {
-    "logistic_regression": "flywheel.training.families.baseline:LogisticRegressionFamily",
-    "xgboost": "flywheel.training.families.xgb:XGBoostFamily",
-    "torch_mlp": "flywheel.training.families.torch_mlp:TorchMLPFamily",
-}
+__all__ = ["Family", "FamilyTaskError", "UnknownFamilyError", "check", "get", "registered"]
 
 
-class UnknownFamilyError(KeyError):
-    """A spec or a model version names a family that is not registered."""
+def registered() -> dict[str, EntryPoint]:
+    """Installed families by name."""
+    return {ep.name: ep for ep in entry_points(group=FAMILY_GROUP)}
 
 
 def get(name: str) -> Family:
-    """An instance of the family registered under ``name``."""
-    try:
-        module, cls = FAMILIES[name].split(":")
-    except KeyError:
-        raise UnknownFamilyError(
-            f"unknown model family {name!r} (known: {', '.join(sorted(FAMILIES))})") from None
-    family: Family = getattr(import_module(module), cls)()
+    """An instance of the family registered under ``name``; raises :class:`UnknownFamilyError`."""
+    known = registered()
+    if name not in known:
+        raise UnknownFamilyError(f"unknown model family {name!r} (known: {', '.join(sorted(known)) or 'none'})")
+    family: Family = known[name].load()()
     return family
+
+
+def check(spec: PipelineSpec) -> None:
+    """Raise :class:`FamilyTaskError` when the baseline or a candidate cannot learn ``spec.task``."""
+    for field, name in [("training.baseline", spec.training.baseline),
+                        *((f"training.candidates.{c}", c) for c in spec.training.candidates)]:
+        family = get(name)
+        if spec.task not in family.tasks:
+            raise FamilyTaskError(
+                f"{spec.name}: {field}: family {name!r} does not support task {spec.task!r} "
+                f"(it supports: {', '.join(sorted(family.tasks))}); pick another family or task")

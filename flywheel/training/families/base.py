@@ -1,4 +1,9 @@
-"""The family interface and what every family shares (search sampling, importance)."""
+"""The family interface and what every family shares (search sampling, importance).
+
+What a model returns depends on the task (:func:`Family.predict`): binary → the positive
+class's probability, shape (n,); multiclass → class probabilities, shape (n, k), columns in
+class-code order; regression → the predicted value, shape (n,).
+"""
 
 from __future__ import annotations
 
@@ -11,17 +16,44 @@ import numpy as np
 import pandas as pd
 
 from flywheel.core.config import Settings
-from flywheel.core.spec import ParamRange
+from flywheel.core.spec import TASK_METRICS, ParamRange, TaskType
+
+ALL_TASKS: frozenset[str] = frozenset({"binary", "multiclass", "regression"})
+CLASSIFICATION: frozenset[str] = frozenset({"binary", "multiclass"})
+
+
+class UnknownFamilyError(KeyError):
+    """A spec or a model version names a family that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0]) if self.args else ""
+
+
+class FamilyTaskError(ValueError):
+    """A spec names a family that does not support its task type."""
 
 
 @dataclass(frozen=True)
 class FitData:
-    """Model matrices and labels of a temporal split (validation is for early stopping only)."""
+    """Model matrices and labels of a temporal split (validation is for early stopping only).
+
+    Labels are encoded: binary 0/1, multiclass codes ``0..n_classes-1``, regression floats.
+    ``categorical``: category-code columns -> number of known codes (``Featurizer.categorical``).
+    ``metric``: the validation metric early stopping follows (default: the task's).
+    """
 
     x_train: pd.DataFrame
     y_train: pd.Series
     x_val: pd.DataFrame
     y_val: pd.Series
+    task: TaskType = "binary"
+    n_classes: int = 2
+    categorical: dict[str, int] = field(default_factory=dict)
+    metric: str | None = None
+
+    @property
+    def validation_metric(self) -> str:
+        return self.metric or TASK_METRICS[self.task][0]
 
 
 @dataclass
@@ -32,6 +64,7 @@ class Trained:
     model: Any
     params: dict[str, Any]
     seconds: float
+    task: TaskType = "binary"
     val_score: float = float("nan")
     trials: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
@@ -40,32 +73,55 @@ class Trained:
     def name(self) -> str:
         return self.family.name
 
+    def scores(self, x: pd.DataFrame) -> np.ndarray:
+        """The task's raw output (see the module docstring) for the rows of ``x``."""
+        return np.asarray(self.family.predict(self.model, x, task=self.task), dtype="float64")
+
     def predict_proba(self, x: pd.DataFrame) -> np.ndarray:
-        """Probability of the positive class, one value per row of ``x``."""
-        return np.asarray(self.family.predict_proba(self.model, x), dtype="float64")
+        """Class probabilities: binary (n,) of the positive class; multiclass (n, k)."""
+        if self.task not in CLASSIFICATION:
+            raise TypeError(f"a {self.task} model has no class probabilities: use scores()")
+        return self.scores(x)
+
+    def curves(self) -> dict[str, list[float]]:
+        """Training curves (per epoch / boosting round), keyed by metric name."""
+        return self.family.curves(self.model)
 
 
 class Family(ABC):
-    """One kind of model. Subclasses set ``name`` and implement fit/predict/log/load."""
+    """One kind of model. Subclasses set ``name`` and ``tasks`` and implement fit/predict/log/load."""
 
     name: ClassVar[str]
+    tasks: ClassVar[frozenset[str]]
     # Packages whose exact versions a logged model needs (MLflow pip requirements).
     requirements: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def fit(self, data: FitData, params: dict[str, Any], *, seed: int, settings: Settings) -> Any:
-        """Fit on ``data.x_train``/``y_train``; deterministic for a given seed on the CPU."""
+        """Fit on ``data.x_train``/``y_train`` for ``data.task``; deterministic for a seed on the CPU."""
 
     @abstractmethod
+    def predict(self, model: Any, x: pd.DataFrame, *, task: str) -> np.ndarray:
+        """The task's raw output: binary (n,) probability, multiclass (n, k), regression (n,) value."""
+
+    def predict_array(self, model: Any, x: np.ndarray, features: list[str], *, task: str) -> np.ndarray:
+        """``predict`` of a float matrix whose columns are ``features`` (the serving path).
+
+        Families override it to skip building a DataFrame; results must equal ``predict``.
+        """
+        return self.predict(model, pd.DataFrame(x, columns=features), task=task)
+
     def predict_proba(self, model: Any, x: pd.DataFrame) -> np.ndarray:
-        """Positive-class probabilities (1-d)."""
+        """Positive-class probabilities (1-d) of a binary model."""
+        return self.predict(model, x, task="binary")
 
     def predict_proba_array(self, model: Any, x: np.ndarray, features: list[str]) -> np.ndarray:
-        """``predict_proba`` of a float matrix whose columns are ``features`` (the serving path).
+        """``predict_proba`` of a float matrix whose columns are ``features``."""
+        return self.predict_array(model, x, features, task="binary")
 
-        Families override it to skip building a DataFrame; results must equal ``predict_proba``.
-        """
-        return self.predict_proba(model, pd.DataFrame(x, columns=features))
+    def curves(self, model: Any) -> dict[str, list[float]]:
+        """Per-iteration training curves (metric -> values); none by default."""
+        return {}
 
     @abstractmethod
     def log_model(self, model: Any, *, registered_model_name: str, example: pd.DataFrame) -> Any:
@@ -76,9 +132,13 @@ class Family(ABC):
         """Load a logged model (``models:/name/version``) ready to score."""
 
     def train(self, data: FitData, params: dict[str, Any], *, seed: int, settings: Settings) -> Trained:
+        """Fit and time; raises ``FamilyTaskError`` when the family cannot learn ``data.task``."""
+        if data.task not in self.tasks:
+            raise FamilyTaskError(f"family {self.name!r} does not support task {data.task!r} "
+                                  f"(it supports: {', '.join(sorted(self.tasks))})")
         started = time.perf_counter()
         model = self.fit(data, params, seed=seed, settings=settings)
-        return Trained(self, model, dict(params), seconds=time.perf_counter() - started)
+        return Trained(self, model, dict(params), seconds=time.perf_counter() - started, task=data.task)
 
     def pip_requirements(self) -> list[str]:
         from importlib import metadata
@@ -87,13 +147,16 @@ class Family(ABC):
 
 
 class SklearnApiFamily(Family):
-    """A family whose models follow scikit-learn's ``predict_proba`` and have an MLflow flavor
-    of their own (``mlflow.<flavor>``): only ``fit`` is left to write."""
+    """A family whose models follow scikit-learn's ``predict_proba``/``predict`` and have an
+    MLflow flavor of their own (``mlflow.<flavor>``): only ``fit`` is left to write."""
 
     flavor: ClassVar[str]
 
-    def predict_proba(self, model: Any, x: pd.DataFrame) -> np.ndarray:
-        return np.asarray(model.predict_proba(x)[:, 1])
+    def predict(self, model: Any, x: pd.DataFrame, *, task: str) -> np.ndarray:
+        if task == "regression":
+            return np.asarray(model.predict(x), dtype="float64")
+        proba = np.asarray(model.predict_proba(x), dtype="float64")
+        return proba[:, 1] if task == "binary" else proba
 
     def log_model(self, model: Any, *, registered_model_name: str, example: pd.DataFrame) -> Any:
         return self._mlflow().log_model(model, name="model", registered_model_name=registered_model_name,
@@ -121,22 +184,24 @@ def sample(trial: Any, space: dict[str, ParamRange]) -> dict[str, Any]:
     return params
 
 
-def permutation_importance(trained: Trained, x: pd.DataFrame, y: pd.Series, *, seed: int,
+def permutation_importance(trained: Trained, x: pd.DataFrame, y: pd.Series, *, metric: str, seed: int,
                            max_rows: int = 5000) -> dict[str, float]:
-    """Drop in average precision when one feature is shuffled (model-agnostic, seeded)."""
-    from sklearn.metrics import average_precision_score
+    """How much ``metric`` worsens when one feature is shuffled (model-agnostic, seeded); positive
+    means the feature matters, whatever the metric's direction."""
+    from flywheel.training import evaluation
 
     if len(x) > max_rows:
         x = x.sample(n=max_rows, random_state=seed)
         y = y.loc[x.index]
     yv = y.to_numpy()
-    if yv.sum() == 0:
+    base = evaluation.score(metric, yv, trained.scores(x))
+    if not np.isfinite(base):
         return {}
-    base = average_precision_score(yv, trained.predict_proba(x))
+    sign = -1.0 if evaluation.lower_is_better(metric) else 1.0
     rng = np.random.default_rng(seed)
     out = {}
     for column in x.columns:
         shuffled = x.copy()
         shuffled[column] = rng.permutation(shuffled[column].to_numpy())
-        out[column] = float(base - average_precision_score(yv, trained.predict_proba(shuffled)))
+        out[column] = float(sign * (base - evaluation.score(metric, yv, trained.scores(shuffled))))
     return out

@@ -18,11 +18,10 @@ import numpy as np
 import pandas as pd
 
 from flywheel.core.config import PROJECT_ROOT, Settings
-from flywheel.training.families.base import Family, FitData
+from flywheel.training.families.base import ALL_TASKS, Family, FitData
 
 MODULE_FILE = PROJECT_ROOT / "models" / "tabular_mlp.py"
 MODULE_NAME = "tabular_mlp"  # the name pickled with the model; MLflow's code_paths provides it
-CATEGORICAL = ("merchant_category_code", "device_code")
 DEFAULTS: dict[str, Any] = {"hidden": [64, 32], "dropout": 0.1, "embedding_dim": 4, "lr": 3e-3,
                             "weight_decay": 1e-4, "epochs": 15, "batch_size": 512, "patience": 4,
                             "pos_weight": 3.0}
@@ -82,59 +81,116 @@ def _scaling(x: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return center, np.where(spread > 1e-6, spread, 1.0)
 
 
+def _targets(data: FitData, where: str) -> tuple[Any, Any, float, float]:
+    """Train/validation targets as tensors (regression: standardized) and the target scaling."""
+    import torch
+
+    if data.task == "multiclass":
+        return (torch.as_tensor(data.y_train.to_numpy(dtype="int64"), device=where),
+                torch.as_tensor(data.y_val.to_numpy(dtype="int64"), device=where), 0.0, 1.0)
+    center, scale = 0.0, 1.0
+    if data.task == "regression":
+        center = float(data.y_train.mean())
+        scale = float(data.y_train.std()) if float(data.y_train.std() or 0.0) > 1e-12 else 1.0
+    y_train = (data.y_train.to_numpy(dtype="float64") - center) / scale
+    y_val = (data.y_val.to_numpy(dtype="float64") - center) / scale
+    return (torch.as_tensor(y_train, dtype=torch.float32, device=where),
+            torch.as_tensor(y_val, dtype=torch.float32, device=where), center, scale)
+
+
+def _loss(task: str, p: dict[str, Any], where: str) -> Any:
+    """BCE (binary, positives weighted by ``pos_weight``), cross-entropy (multiclass), MSE (regression)."""
+    import torch
+
+    if task == "multiclass":
+        return torch.nn.CrossEntropyLoss()
+    if task == "regression":
+        return torch.nn.MSELoss()
+    return torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(p["pos_weight"]), device=where))
+
+
+def _epochs(model: Any, data: FitData, p: dict[str, Any], *, where: str, seed: int) -> dict[str, list[float]]:
+    """Mini-batch AdamW with early stopping on the validation metric; leaves the best weights in
+    ``model`` and returns the curve: train/validation loss and validation metric per epoch."""
+    import torch
+
+    from flywheel.training import evaluation
+
+    metric = data.validation_metric
+    sign = -1.0 if evaluation.lower_is_better(metric) else 1.0
+    y, y_val, _, _ = _targets(data, where)
+    x_num, x_cat = model.tensors(data.x_train)
+    xv_num, xv_cat = model.tensors(data.x_val)
+    loss_fn = _loss(data.task, p, where)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
+    shuffle = torch.Generator().manual_seed(seed)
+    curve: dict[str, list[float]] = {"train_loss": [], "val_loss": [], f"val_{metric}": []}
+    best, best_state, stale = -np.inf, None, 0
+    for _epoch in range(int(p["epochs"])):
+        model.train()
+        total = 0.0
+        for idx in torch.randperm(len(y), generator=shuffle).split(int(p["batch_size"])):
+            idx = idx.to(where)
+            optimizer.zero_grad()
+            loss = loss_fn(model(x_num[idx], x_cat[idx]), y[idx])
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(idx)
+        model.eval()
+        with torch.no_grad():
+            raw = model(xv_num, xv_cat)
+            curve["val_loss"].append(float(loss_fn(raw, y_val)))
+            score = evaluation.score(metric, data.y_val.to_numpy(), model.output(raw).float().cpu().numpy())
+        curve["train_loss"].append(total / max(len(y), 1))
+        curve[f"val_{metric}"].append(score)
+        if sign * score > best:
+            best, stale = sign * score, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= int(p["patience"]):
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return curve
+
+
 class TorchMLPFamily(Family):
     name: ClassVar[str] = "torch_mlp"
+    tasks: ClassVar[frozenset[str]] = ALL_TASKS
     requirements = ("torch",)
 
     def fit(self, data: FitData, params: dict[str, Any], *, seed: int, settings: Settings) -> Any:
-        import torch
-        from sklearn.metrics import average_precision_score
-
         p = DEFAULTS | params
         if "width" in p:  # searchable shorthand: two layers, the second half as wide
             p["hidden"] = [int(p["width"]), max(8, int(p["width"]) // 2)]
-        categorical = [c for c in CATEGORICAL if c in data.x_train.columns]
+        # Category codes (Featurizer.categorical: feature -> number of known codes) get embeddings.
+        categorical = {c: int(n) for c, n in data.categorical.items() if c in data.x_train.columns}
         numeric = [c for c in data.x_train.columns if c not in categorical]
-        sizes = {c: int(max(data.x_train[c].max(), 0)) + 1 for c in categorical}
         center, scale = _scaling(data.x_train[numeric])
         where = device(settings.torch_device)
+        _, _, target_center, target_scale = _targets(data, "cpu")
         with deterministic(seed):
-            model = module().TabularMLP(numeric, sizes, center=center, scale=scale, hidden=p["hidden"],
-                                        dropout=p["dropout"], embedding_dim=p["embedding_dim"]).to(where)
-            x_num, x_cat = model.tensors(data.x_train)
-            y = torch.as_tensor(data.y_train.to_numpy(dtype="float32"), device=where)
-            loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(p["pos_weight"]), device=where))
-            optimizer = torch.optim.AdamW(model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
-            shuffle = torch.Generator().manual_seed(seed)
-            best, best_state, stale = -1.0, None, 0
-            for _epoch in range(int(p["epochs"])):
-                model.train()
-                for idx in torch.randperm(len(y), generator=shuffle).split(int(p["batch_size"])):
-                    idx = idx.to(where)
-                    optimizer.zero_grad()
-                    loss_fn(model(x_num[idx], x_cat[idx]), y[idx]).backward()
-                    optimizer.step()
-                score = average_precision_score(data.y_val, model.predict_proba(data.x_val))
-                if score > best:
-                    best, stale = score, 0
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                else:
-                    stale += 1
-                    if stale >= int(p["patience"]):
-                        break
-            if best_state is not None:
-                model.load_state_dict(best_state)
+            model = module().TabularMLP(
+                numeric, categorical, center=center, scale=scale, hidden=p["hidden"], dropout=p["dropout"],
+                embedding_dim=p["embedding_dim"], task=data.task,
+                outputs=data.n_classes if data.task == "multiclass" else 1,
+                target_center=target_center, target_scale=target_scale).to(where)
+            model.history = _epochs(model, data, p, where=where, seed=seed)
         return model.eval()
 
-    def predict_proba(self, model: Any, x: pd.DataFrame) -> np.ndarray:
-        return np.asarray(model.predict_proba(x), dtype="float64")
+    def predict(self, model: Any, x: pd.DataFrame, *, task: str) -> np.ndarray:
+        return np.asarray(model.predict(x), dtype="float64")
+
+    def curves(self, model: Any) -> dict[str, list[float]]:
+        return dict(getattr(model, "history", {}))
 
     def log_model(self, model: Any, *, registered_model_name: str, example: pd.DataFrame) -> Any:
         import mlflow.pytorch
         from mlflow.models import infer_signature
 
         cpu = model.to("cpu")  # saved on the CPU: loads anywhere, moved to the GPU at load time
-        signature = infer_signature(example, self.predict_proba(cpu, example))
+        signature = infer_signature(example, np.asarray(cpu.predict(example)))
         return mlflow.pytorch.log_model(cpu, name="model", registered_model_name=registered_model_name,
                                         code_paths=[str(MODULE_FILE)], signature=signature,
                                         serialization_format="pickle",

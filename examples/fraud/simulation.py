@@ -30,10 +30,10 @@ from typing import Any
 import httpx
 import pandas as pd
 
+from examples.fraud.generator import DriftKind, Phase, drift_label, drift_on, write_landing
 from flywheel.core import storage
 from flywheel.core.config import Settings
 from flywheel.core.spec import DataSpec, PipelineSpec, find_dataset_spec
-from flywheel.datagen import DriftKind, Phase, drift_label, drift_on, write_landing
 from flywheel.monitoring import checks
 from flywheel.monitoring.policy import Decision
 from flywheel.training import registry
@@ -165,21 +165,16 @@ def write_data(settings: Settings, spec: PipelineSpec, scenario: Scenario) -> No
 
 
 def process_data(settings: Settings, spec: PipelineSpec, day: date, *, run_id: str) -> dict[str, Any]:
-    """The data DAG's tasks for one day (ingest → validate → features), then the label feed's."""
-    from flywheel.data.ingest import ingest
-    from flywheel.data.validation import validate_partition
-    from flywheel.features import store as features
+    """The data DAG's stages for one day (flywheel.runs.data_day: ingest → validate → features),
+    then the label feed's."""
+    from flywheel import runs
 
     ds = day.isoformat()
-    ingest(spec, ds, run_id=run_id, settings=settings)
-    validated = validate_partition(spec, ds, run_id=run_id, settings=settings)
-    features.compute_aggregates(spec, day, settings=settings)
-    features.materialize(spec, day, settings=settings)
+    validated = runs.data_day(spec, ds, run_id=run_id, settings=settings)["validate"]
     out = {"curated_rows": validated.get("curated_rows"), "quarantined_rows": validated.get("quarantined_rows")}
     labels = label_spec(spec, settings)
     if labels is not None:
-        ingest(labels, ds, run_id=run_id, settings=settings)
-        out["labels"] = validate_partition(labels, ds, run_id=run_id, settings=settings).get("curated_rows")
+        out["labels"] = runs.data_day(labels, ds, run_id=run_id, settings=settings)["validate"].get("curated_rows")
     return out
 
 
@@ -193,7 +188,7 @@ def send_traffic(settings: Settings, spec: PipelineSpec, day: date, *, batch_siz
     versions: set[str] = set()
     with http_client(settings) as http:
         for i in range(0, len(records), batch_size):
-            resp = http.post("/predict_batch", json=records[i : i + batch_size])
+            resp = http.post(f"/{spec.name}/predict_batch", json=records[i : i + batch_size])
             resp.raise_for_status()
             versions.update(p["model_version"] for p in resp.json())
     return {"requests": len(records), "versions": sorted(versions)}
@@ -229,12 +224,13 @@ def wait_for_logs(settings: Settings, spec: PipelineSpec, day: date, rows: int, 
     raise TimeoutError(f"{logged} of {rows} predictions of {day} logged after {timeout:.0f} s")
 
 
-def wait_for_version(settings: Settings, version: str, probe: dict[str, Any], *, timeout: float = 120) -> None:
+def wait_for_version(settings: Settings, spec: PipelineSpec, version: str, probe: dict[str, Any], *,
+                     timeout: float = 120) -> None:
     """Wait until the model server answers with ``version`` (it follows the alias by itself)."""
     deadline = clock.monotonic() + timeout
     with http_client(settings) as http:
         while clock.monotonic() < deadline:
-            resp = http.post("/predict", json=probe)
+            resp = http.post(f"/{spec.name}/predict", json=probe)
             if resp.status_code == 200 and resp.json()["model_version"] == version:
                 return
             clock.sleep(1)
@@ -270,10 +266,7 @@ Retrain = Callable[[Settings, PipelineSpec, Decision], tuple[str, bool]]
 def prepare_history(settings: Settings, spec: PipelineSpec, scenario: Scenario,
                     progress: Callable[[str], None] | None = None) -> None:
     """Land the scenario's files and run the data pipeline over its history (in-process)."""
-    from flywheel.features import store as features
-
     write_data(settings, spec, scenario)
-    features.apply(spec, settings)  # the feature definitions (the data DAG applies them on every run)
     for offset in range(scenario.history_days):
         day = scenario.start + timedelta(days=offset)
         process_data(settings, spec, day, run_id=f"simulation__{day}")
@@ -326,7 +319,7 @@ def simulate_day(settings: Settings, spec: PipelineSpec, scenario: Scenario, day
         outcome.retrained, outcome.promoted = version, promoted
         champion = registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings)
         if champion is not None:
-            wait_for_version(settings, str(champion.version), probe(settings, spec, day))
+            wait_for_version(settings, spec, str(champion.version), probe(settings, spec, day))
     log.info("simulated %s (%s): %s %s", day, outcome.phase, outcome.action, outcome.reason)
     return outcome
 
