@@ -81,6 +81,30 @@ def prepare(home: Path, offset: int, redis_db: int) -> Settings:
     return settings
 
 
+SECOND, SECOND_FIRST_DAY = "flights", date(2013, 6, 1)
+
+
+def prepare_second(settings: Settings) -> list[dict[str, Any]]:
+    """The second use case (models/flights.yaml, regression, composite route key), when its spec
+    exists: DAYS of its real data through the same stages and a champion; returns request bodies
+    (the last day's flights). Served by the same Flywheel server (every use case with a champion)."""
+    from examples.flights.landing import write_landing
+    from examples.flights.traffic import landed_day, requests_of
+    from flywheel.core.spec import load_spec
+    from flywheel.runs import data_day
+    from flywheel.training import registry
+    from flywheel.training.trainer import train
+
+    spec = load_spec(SECOND, settings=settings)
+    last = SECOND_FIRST_DAY + timedelta(days=DAYS - 1)
+    if registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings) is None:
+        write_landing(settings.home / "landing" / SECOND, SECOND_FIRST_DAY, DAYS)
+        for i in range(DAYS):
+            data_day(spec, (SECOND_FIRST_DAY + timedelta(days=i)).isoformat(), run_id="bench", settings=settings)
+        train(xgboost_only(spec), end=last, reason="benchmark", settings=settings)
+    return requests_of(landed_day(settings, spec, last), spec)[:256]
+
+
 def bodies(n: int = 256) -> list[dict[str, Any]]:
     rng = np.random.default_rng(7)
     cats = ["grocery", "electronics", "travel", "restaurants", "fuel"]
@@ -349,6 +373,10 @@ def ratios(load: dict[str, dict[str, dict[str, Any]]]) -> dict[str, float]:
                 out[f"null_rps_vs_mlflow_c{c}"] = load["null_asgi"][c]["rps"] / mlf[c]["rps"]
         if "bentoml_default" in load:
             out[f"flywheel_rps_vs_bentoml_default_c{c}"] = fw[c]["rps"] / load["bentoml_default"][c]["rps"]
+    second = load.get("flywheel_" + SECOND, {})
+    for c in second:  # the second use case through the same server: its cost next to fraud's
+        out[f"{SECOND}_p50_vs_fraud_c{c}"] = second[c]["p50_ms"] / fw[c]["p50_ms"]
+        out[f"{SECOND}_p50_vs_floor_c{c}"] = second[c]["p50_ms"] / floor[c]["p50_ms"]
     if "1" in fw:
         out["flywheel_p99_vs_p50_c1"] = fw["1"]["p99_ms"] / fw["1"]["p50_ms"]
         out["floor_p99_vs_p50_c1"] = floor["1"]["p99_ms"] / floor["1"]["p50_ms"]  # the machine's own tail
@@ -443,6 +471,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--micro-n", type=int, default=2000, help="calls per in-process micro-benchmark")
     ap.add_argument("--batch-rows", type=int, default=1000)
     ap.add_argument("--keep-stack", action="store_true")
+    ap.add_argument("--no-second", action="store_true", help=f"skip the second use case ({SECOND})")
     ap.add_argument("--servers", nargs="+", default=SERVERS, choices=SERVERS,
                     help="servers to load (fastapi_floor and flywheel are always needed)")
     args = ap.parse_args(argv)
@@ -461,6 +490,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         assert champion is not None, "prepare() trains one"
         version = str(champion.version)
         raw = bodies()
+        second = prepare_second(settings) if (PROJECT_ROOT / "models" / f"{SECOND}.yaml").is_file() \
+            and not args.no_second else []
         json_bodies = [json.dumps(b).encode() for b in raw]
         load: dict[str, dict[str, Any]] = {}
         batch: dict[str, Any] = {}
@@ -473,6 +504,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 load[server.name] = {
                     str(c): asyncio.run(_load(url, payloads, {"X-API-Key": "bench-key"}, c, args.duration,
                                               args.warmup)) for c in args.concurrency}
+                if server.name == "flywheel" and second:
+                    load["flywheel_" + SECOND] = {
+                        str(c): asyncio.run(_load(f"http://{HOST}:{server.port}/{SECOND}/predict",
+                                                  [json.dumps(b).encode() for b in second], {"X-API-Key": "bench-key"},
+                                                  c, args.duration, args.warmup)) for c in args.concurrency}
                 if server.name == "flywheel":
                     batch = batch_scoring(settings, raw, f"http://{HOST}:{server.port}/fraud/predict_batch",
                                           "bench-key", args.batch_rows, rounds=15)

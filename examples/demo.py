@@ -98,13 +98,13 @@ def replay(settings: Settings, spec: PipelineSpec, day: date, *, batch_size: int
             resp = http.post(f"/{spec.name}/predict", json=record)
             resp.raise_for_status()
             versions.add(resp.json()["model_version"])
-            flagged += resp.json()["is_fraud"]
+            flagged += resp.json()["decision"]
         for i in range(20, len(records), batch_size):
             resp = http.post(f"/{spec.name}/predict_batch", json=records[i : i + batch_size])
             resp.raise_for_status()
             for pred in resp.json():
                 versions.add(pred["model_version"])
-                flagged += pred["is_fraud"]
+                flagged += pred["decision"]
     return {"day": day.isoformat(), "requests": len(records), "flagged": flagged, "versions": sorted(versions)}
 
 

@@ -81,18 +81,18 @@ def test_prediction_over_http(served, first):
     resp = http.post("/predict", json=_txn())
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    assert 0.0 <= body["fraud_probability"] <= 1.0
+    assert 0.0 <= body["probability"] <= 1.0
     assert body["model_version"] == first.version
-    assert body["is_fraud"] == (body["fraud_probability"] >= body["threshold"])
+    assert body["decision"] == (body["probability"] >= body["threshold"])
     assert body["transaction_id"] == "t-1" and body["unknown_entities"] == []
 
 
 def test_risky_transaction_scores_higher_than_a_routine_one(served):
     _, http, _ = served
-    routine = http.post("/predict", json=_txn()).json()["fraud_probability"]
+    routine = http.post("/predict", json=_txn()).json()["probability"]
     risky = http.post("/predict", json=_txn(amount=4000.0, device="unknown", merchant_category="electronics",
                                             country="NG", event_timestamp=f"{END}T02:10:00Z")).json()
-    assert risky["fraud_probability"] > routine
+    assert risky["probability"] > routine
 
 
 def test_api_key_is_required(served):
@@ -117,7 +117,7 @@ def test_unknown_entity_gets_defaults_and_a_flag(served):
     _, http, _ = served
     body = http.post("/predict", json=_txn(user_id=987654321)).json()
     assert body["unknown_entities"] == ["user"]
-    assert 0.0 <= body["fraud_probability"] <= 1.0
+    assert 0.0 <= body["probability"] <= 1.0
 
 
 def test_batch_endpoint_and_prediction_log(served, spec):
