@@ -110,8 +110,7 @@ def model_device(model: registry.LoadedModel) -> str:
 def predict_array(model: registry.LoadedModel, matrix: np.ndarray, names: Sequence[str]) -> np.ndarray:
     """The task's raw scores of a float matrix whose columns are ``names``: binary positive-class
     probabilities, multiclass ``n x k`` class probabilities, regression values."""
-    predict = getattr(model, "predict_array", None) or model.predict_proba_array
-    return np.asarray(predict(matrix, names), dtype="float64")
+    return np.asarray(model.scores_array(matrix, names), dtype="float64")
 
 
 def _warm(model: registry.LoadedModel) -> None:
@@ -122,14 +121,13 @@ def _warm(model: registry.LoadedModel) -> None:
 # ---- scores of one request ---------------------------------------------------------------------
 
 def task_outputs(task: str, model: registry.LoadedModel, raw: np.ndarray) -> dict[str, np.ndarray]:
-    """The task's output columns (what the response and the prediction log carry) of raw scores."""
-    if task == "binary":
-        return {"probability": raw, "decision": raw >= model.threshold}
+    """The task's output columns (what the response and the prediction log carry) of raw scores:
+    the registry's own decision (:func:`registry.outputs`), multiclass labels as text."""
+    out = registry.outputs(task, raw, threshold=model.threshold, classes=model.classes)
     if task == "multiclass":
-        classes = np.array([str(c) for c in getattr(model, "classes", range(raw.shape[1]))], dtype=object)
-        best = raw.argmax(axis=1)
-        return {"predicted_class": classes[best], "probability": raw[np.arange(len(raw)), best]}
-    return {"value": raw}
+        out["predicted_class"] = np.array([str(c) for c in out.pop("class")], dtype=object)
+        out.pop("probabilities")  # the raw scores: kept once, in Scores.raw
+    return out
 
 
 @dataclass
@@ -188,7 +186,7 @@ class Scores:
             return [{"probability": p, "decision": d, "threshold": t}
                     for p, d in zip(o["probability"].tolist(), o["decision"].tolist(), strict=True)]
         if self.task == "multiclass":
-            names = [str(c) for c in getattr(self.model, "classes", range(self.raw.shape[1]))]
+            names = [str(c) for c in self.model.classes]
             return [{"probabilities": dict(zip(names, row, strict=True)), "class": c}
                     for row, c in zip(self.raw.tolist(), o["predicted_class"].tolist(), strict=True)]
         return [{"value": v} for v in o["value"].tolist()]
