@@ -98,7 +98,7 @@ def prepare_second(settings: Settings) -> list[dict[str, Any]]:
     spec = load_spec(SECOND, settings=settings)
     last = SECOND_FIRST_DAY + timedelta(days=DAYS - 1)
     if registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings) is None:
-        write_landing(settings.home / "landing" / SECOND, SECOND_FIRST_DAY, DAYS)
+        write_landing(settings.home / "landing", SECOND_FIRST_DAY, DAYS)
         for i in range(DAYS):
             data_day(spec, (SECOND_FIRST_DAY + timedelta(days=i)).isoformat(), run_id="bench", settings=settings)
         train(xgboost_only(spec), end=last, reason="benchmark", settings=settings)
