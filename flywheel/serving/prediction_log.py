@@ -17,7 +17,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -29,8 +29,24 @@ from flywheel.core.spec import PipelineSpec
 from flywheel.serving.logschema import log_dtypes
 from flywheel.serving.metrics import ServingMetrics
 
-if TYPE_CHECKING:
-    from flywheel.serving.predictor import Scores
+
+class Scores(Protocol):
+    """What the log reads of one request's scores (``flywheel.serving.predictor.Scores``)."""
+
+    columns: dict[str, list[Any]]
+    feature_names: tuple[str, ...]
+    matrix: np.ndarray
+    outputs: dict[str, np.ndarray]
+    request_ids: list[str]
+    model: Any
+
+    @property
+    def any_miss(self) -> np.ndarray: ...
+
+    @property
+    def any_unknown(self) -> np.ndarray: ...
+
+    def __len__(self) -> int: ...
 
 log = logging.getLogger(__name__)
 BUCKET = "predictions"
