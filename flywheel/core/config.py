@@ -56,7 +56,7 @@ class Ports(BaseModel):
 
 
 class ProductionServices(BaseModel):
-    """Where the production profile finds its shared services, as URLs (see flywheel/profiles.py).
+    """Where the production profile finds its shared services, as URLs (see flywheel/core/profiles.py).
 
     Credentials may sit inside the URLs (``postgresql://user:pw@host/db``); they are
     never logged (``flywheel.core.profiles.redact``). ``postgres_url`` is an administrative

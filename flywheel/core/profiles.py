@@ -2,7 +2,7 @@
 
 The embedded profile keeps every metadata store in SQLite and runs Airflow with the
 LocalExecutor. The production profile runs the *same* processes (see
-``flywheel/stack.py``) against shared services given by URLs
+``flywheel/stack/launcher.py``) against shared services given by URLs
 (``Settings.production``):
 
 * Airflow metadata DB and MLflow backend store on PostgreSQL, one database each

@@ -74,7 +74,7 @@ def test_seven_day_backfill_fills_every_partition_and_the_online_store(airflow_s
     assert len(states) == DAYS and set(states.values()) == {"success"}
     days = [(FIRST + timedelta(days=i)).isoformat() for i in range(DAYS)]
     for zone, dataset in (("raw", "transactions"), ("curated", "transactions"), ("quarantine", "transactions"),
-                          ("features", "user_stats"), ("features", "merchant_stats")):
+                          ("features", "fraud/user"), ("features", "fraud/merchant")):
         assert storage.list_partitions(zone=zone, dataset=dataset, settings=settings) == days, (zone, dataset)
     for ds in days:
         raw = storage.read_manifest(zone="raw", dataset="transactions", ds=ds, settings=settings)
@@ -83,8 +83,8 @@ def test_seven_day_backfill_fills_every_partition_and_the_online_store(airflow_s
         assert raw.run_id.startswith("backfill__") and raw.inputs[0]["uri"].endswith(".parquet")
         assert curated.rows + quarantined.rows == raw.rows
         freshness = json.loads(storage.get_bytes("reports", f"feature-freshness/{spec.name}/ds={ds}.json", settings=settings))
-        assert freshness["views"]["user_stats"]["rows"] > 0
-    agg = storage.read_partition(zone="features", dataset="user_stats", ds=last.isoformat(), settings=settings)
+        assert freshness["views"]["fraud_user"]["rows"] > 0
+    agg = storage.read_partition(zone="features", dataset="fraud/user", ds=last.isoformat(), settings=settings)
     top = agg.sort_values("user_txn_count_7d", ascending=False).head(5)
     online = features.online_features(features.feature_store(settings), spec,
                                        [{"user_id": int(u), "merchant_id": 1} for u in top.user_id])

@@ -43,7 +43,7 @@ def test_rerun_of_every_stage_is_byte_identical(services, loaded, spec):
     day = FIRST_DAY + timedelta(days=1)
     ds = day.isoformat()
     zones = [("curated", "transactions"), ("quarantine", "transactions"),
-             ("features", "user_stats"), ("features", "merchant_stats")]
+             ("features", "fraud/user"), ("features", "fraud/merchant")]
     before = {z: storage.read_manifest(zone=z[0], dataset=z[1], ds=ds, settings=services).content_hash
               for z in zones}
     validate_partition(spec, ds, settings=services)
@@ -61,7 +61,7 @@ def test_missing_source_is_a_typed_error(services, spec):
 
 def test_online_store_serves_the_latest_aggregates(services, loaded, spec):
     last = FIRST_DAY + timedelta(days=DAYS - 1)
-    agg = storage.read_partition(zone="features", dataset="user_stats", ds=last.isoformat(), settings=services)
+    agg = storage.read_partition(zone="features", dataset="fraud/user", ds=last.isoformat(), settings=services)
     some = agg.sort_values("user_txn_count_7d", ascending=False).head(5)
     store = features.feature_store(services)
     online = features.online_features(store, spec, [{"user_id": int(u), "merchant_id": 1} for u in some.user_id])
@@ -75,9 +75,9 @@ def test_training_set_is_point_in_time_correct(services, loaded, spec):
     assert set(identity["partitions"]) == set(loaded)
     day = FIRST_DAY + timedelta(days=4)
     rows = frame[frame.event_timestamp.dt.date == day]
-    prev = storage.read_partition(zone="features", dataset="user_stats",
+    prev = storage.read_partition(zone="features", dataset="fraud/user",
                                   ds=(day - timedelta(days=1)).isoformat(), settings=services)
-    same = storage.read_partition(zone="features", dataset="user_stats", ds=day.isoformat(), settings=services)
+    same = storage.read_partition(zone="features", dataset="fraud/user", ds=day.isoformat(), settings=services)
     merged = rows.merge(prev[["user_id", "user_txn_count_7d"]], on="user_id", suffixes=("", "_prev"))
     merged = merged.merge(same[["user_id", "user_txn_count_7d"]], on="user_id", suffixes=("", "_same"))
     assert len(merged) > 100
@@ -111,10 +111,10 @@ def test_a_feature_stamped_after_the_label_is_never_joined(services, loaded, spe
     last = FIRST_DAY + timedelta(days=DAYS - 1)
     after = last + timedelta(days=1)
     sentinel = 10**6
-    latest = storage.read_partition(zone="features", dataset="user_stats", ds=last.isoformat(), settings=services)
+    latest = storage.read_partition(zone="features", dataset="fraud/user", ds=last.isoformat(), settings=services)
     storage.write_partition(latest.assign(user_txn_count_7d=sentinel,
                                           event_timestamp=pd.Timestamp(feature_timestamp(after))),
-                            zone="features", dataset="user_stats", ds=after.isoformat(), settings=services)
+                            zone="features", dataset="fraud/user", ds=after.isoformat(), settings=services)
     try:
         frame, _ = features.training_frame(spec, end=last, settings=services)
         assert len(frame) > 0 and not (frame["user_txn_count_7d"] == sentinel).any()
@@ -125,4 +125,4 @@ def test_a_feature_stamped_after_the_label_is_never_joined(services, loaded, spe
         joined = features.historical_features(features.feature_store(services), spec, probe)
         assert (joined["user_txn_count_7d"] == sentinel).all()
     finally:
-        storage.delete_partition(zone="features", dataset="user_stats", ds=after.isoformat(), settings=services)
+        storage.delete_partition(zone="features", dataset="fraud/user", ds=after.isoformat(), settings=services)

@@ -38,7 +38,7 @@ def test_each_interval_materializes_into_redis_and_records_freshness(redis_setti
     for offset in (DAYS - 2, DAYS - 1):  # two successive intervals, in order
         day = FIRST_DAY + timedelta(days=offset)
         record = features.materialize(spec, day, settings=redis_settings)
-        agg = storage.read_partition(zone="features", dataset="user_stats", ds=day.isoformat(),
+        agg = storage.read_partition(zone="features", dataset="fraud/user", ds=day.isoformat(),
                                      settings=redis_settings)
         top = agg.sort_values("user_txn_count_7d", ascending=False).head(5)
         online = features.online_features(store, spec, [{"user_id": int(u), "merchant_id": 1} for u in top.user_id])
@@ -47,7 +47,7 @@ def test_each_interval_materializes_into_redis_and_records_freshness(redis_setti
         assert record["online_store"] == "redis"
         saved = json.loads(storage.get_bytes("reports", f"feature-freshness/{spec.name}/ds={day}.json", settings=redis_settings))
         assert saved == record
-        assert saved["views"]["user_stats"]["feature_timestamp"].startswith((day + timedelta(days=1)).isoformat())
-        assert saved["views"]["user_stats"]["newest_event"] < saved["views"]["user_stats"]["feature_timestamp"]
+        assert saved["views"]["fraud_user"]["feature_timestamp"].startswith((day + timedelta(days=1)).isoformat())
+        assert saved["views"]["fraud_user"]["newest_event"] < saved["views"]["fraud_user"]["feature_timestamp"]
     keys = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).dbsize()
     assert keys > 0

@@ -121,4 +121,4 @@ def test_feast_registry_in_the_object_store(services: Settings, monkeypatch: pyt
     features.apply(spec, settings)
     keys = storage.list_keys("features", "feast/", settings=settings)
     assert "feast/registry.pb" in keys
-    assert {v.name for v in features.feature_store(settings).list_feature_views()} >= {"user_stats", "merchant_stats"}
+    assert {v.name for v in features.feature_store(settings).list_feature_views()} >= {"fraud_user", "fraud_merchant"}

@@ -1,4 +1,4 @@
-"""The production profile's derived settings (flywheel/profiles.py) and its stack layout, no services."""
+"""The production profile's derived settings (flywheel/core/profiles.py) and its stack layout, no services."""
 
 from __future__ import annotations
 
