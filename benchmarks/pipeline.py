@@ -94,10 +94,10 @@ def run_plain(home: Path, source: Path, rows: int) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from examples.fraud.handwritten_features import merchant_aggregates, user_aggregates
     from flywheel.core.spec import load_spec_file
     from flywheel.core.storage import s3_client
     from flywheel.data.validation import build_expectations
-    from examples.fraud.handwritten_features import merchant_aggregates, user_aggregates
 
     settings = _settings(home)
     spec = load_spec_file(ROOT / "models" / "fraud.yaml")

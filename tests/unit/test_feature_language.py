@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from examples.fraud import handwritten_features as ref
 from examples.fraud.generator import generate_day
 from flywheel.core.spec import PipelineSpec, SpecError, load_spec_file
 from flywheel.features.aggregates import entity_aggregates, feature_timestamp
 from flywheel.features.featurizer import featurizer_for, label_values
-from examples.fraud import handwritten_features as ref
 
 pytestmark = pytest.mark.unit
 DAY = date(2026, 1, 10)
