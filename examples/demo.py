@@ -232,11 +232,15 @@ def run(settings: Settings, console: Console, plan: DemoPlan | None = None) -> D
         landed = land_flights(settings, plan.flights)
         console.print(f"{len(landed)} days of NYC flights ({plan.flights.start}..{plan.flights.served[-1]}) "
                       f"under {settings.home / 'landing' / flights.dataset.name}")
-    client = AirflowClient(settings)
+    # On SQLite a scheduler commit can collide with the api-server's writes and stop the scheduler:
+    # every wait of the demo revives it (the embedded profile only).
+    client = AirflowClient(settings, on_poll=lambda: stack.revive_scheduler(settings))
     for dag_id in (*fraud_dags.values(), *flights_dags.values(), labels_dag):
         if dag_id:
             client.wait_for_dag(dag_id, timeout=180)
             client.unpause(dag_id)
+    for dag_id in (fraud_dags["data"], flights_dags["data"]):
+        client.settle_after_unpause(dag_id)  # the latest interval's run exists before any backfill
 
     with Timer(report, console, "reset the simulated traffic of an earlier demo"):
         reset_simulation(settings, spec, plan, console)

@@ -18,8 +18,6 @@ from rich.table import Table
 from flywheel.core.config import Profile, get_settings
 
 if TYPE_CHECKING:
-    from flywheel.airflow.client import AirflowClient
-    from flywheel.core.config import Settings
     from flywheel.core.spec import DataSpec, PipelineSpec
 
 app = typer.Typer(
@@ -509,10 +507,12 @@ def _run_backfill(dag_id: str, start: date, end: date, *, reprocess: str, max_ac
     days = (end - start).days + 1
     settings = get_settings()
     try:
-        with AirflowClient(settings) as client:
+        from flywheel.stack.launcher import revive_scheduler
+
+        with AirflowClient(settings, on_poll=lambda: revive_scheduler(settings)) as client:
             if client.wait_for_dag(dag_id, timeout=120).get("is_paused"):
                 client.unpause(dag_id)
-                _settle(client, dag_id)
+                client.settle_after_unpause(dag_id)
             backfill_id = client.backfill(dag_id, start, end, max_active_runs=max_active_runs,
                                           reprocess_behavior=reprocess)  # type: ignore[arg-type]
             columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -526,8 +526,7 @@ def _run_backfill(dag_id: str, start: date, end: date, *, reprocess: str, max_ac
                                failed=len(progress.failed))
                     if progress.done(days) or time.monotonic() > deadline:
                         break
-                    _keep_scheduler_alive(settings)
-                    time.sleep(client.poll_interval)
+                    client.pause_between_polls()
             failed = {run: client.task_states(dag_id, run) for run in progress.failed}
     except httpx.TransportError as exc:
         fail(f"Airflow is not reachable at {settings.airflow_url} ({exc}): start the stack with `flywheel up`",
@@ -543,33 +542,6 @@ def _run_backfill(dag_id: str, start: date, end: date, *, reprocess: str, max_ac
     if failed:
         raise typer.Exit(1)
     console.print(f"backfill {backfill_id} of {dag_id}: {progress.succeeded} runs succeeded")
-
-
-def _settle(client: AirflowClient, dag_id: str) -> None:
-    """Unpausing makes the scheduler create the latest interval's run; on SQLite a backfill
-    created in the same instant can fail the scheduler's commit (StaleDataError): wait for it."""
-    import time
-
-    deadline = time.monotonic() + 30
-    while not client.list_runs(dag_id, limit=1) and time.monotonic() < deadline:
-        time.sleep(client.poll_interval)
-    time.sleep(2)
-
-
-def _keep_scheduler_alive(settings: Settings) -> None:
-    """Embedded profile: the scheduler can exit on a SQLite write conflict with the api-server
-    (Airflow 3.3 supports backfills on SQLite only without concurrent access); start it again
-    so the backfill goes on. Other profiles' schedulers are their operators' to run."""
-    from flywheel.core.config import Profile
-    from flywheel.stack import launcher as stack
-
-    if settings.profile is not Profile.EMBEDDED:
-        return
-    scheduler = next((s for s in stack.status(settings) if s.name == "airflow-scheduler"), None)
-    if scheduler is not None and scheduler.pid is None:
-        errors.print("note: the Airflow scheduler had stopped (SQLite write conflict); starting it again",
-                     highlight=False)
-        stack.up(settings, services=["airflow-scheduler"])
 
 
 @app.command("airflow", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Literal
@@ -137,9 +137,13 @@ class AirflowClient:
         timeout: float = 30.0,
         poll_interval: float = 2.0,
         transport: httpx.BaseTransport | None = None,
+        on_poll: Callable[[], object] | None = None,
     ) -> None:
         self.settings = settings or get_settings()
         self.poll_interval = poll_interval
+        # Called between polls of every wait (e.g. the embedded stack revives a scheduler that a
+        # SQLite write conflict stopped: flywheel.stack.launcher.revive_scheduler).
+        self.on_poll = on_poll
         self._http = httpx.Client(
             base_url=str(self.settings.airflow_url), timeout=timeout, transport=transport
         )
@@ -216,6 +220,20 @@ class AirflowClient:
                 raise DagNotFound(f"DAG {dag_id} is not known to Airflow", status_code=404) from exc
             raise
         return body
+
+    def pause_between_polls(self) -> None:
+        """Sleep one poll interval (after the ``on_poll`` hook, when there is one)."""
+        if self.on_poll is not None:
+            self.on_poll()
+        time.sleep(self.poll_interval)
+
+    def settle_after_unpause(self, dag_id: str, *, timeout: float = 30.0) -> None:
+        """Unpausing makes the scheduler create the latest interval's run; on SQLite a backfill
+        created in the same instant can fail the scheduler's commit (StaleDataError): wait for it."""
+        deadline = time.monotonic() + timeout
+        while not self.list_runs(dag_id, limit=1) and time.monotonic() < deadline:
+            self.pause_between_polls()
+        time.sleep(self.poll_interval)
 
     def wait_for_dag(self, dag_id: str, *, timeout: float = 120.0) -> dict[str, Any]:
         """Wait until the dag-processor has parsed the DAG; the timeout error lists import errors."""
@@ -429,7 +447,7 @@ class AirflowClient:
                 break
             if time.monotonic() > deadline:
                 raise AirflowTimeout(f"DAG {dag_id}: runs not finished after {timeout:.0f} s: {pending}")
-            time.sleep(self.poll_interval)
+            self.pause_between_polls()
         failed = {
             run_id: sorted(t for t, s in self.task_states(dag_id, run_id).items() if s in FAILED_TASK_STATES)
             for run_id, state in states.items()

@@ -937,6 +937,23 @@ def start_service(
     return _status_of(settings, get_service(name))
 
 
+def revive_scheduler(settings: Settings, console: Console | None = None) -> bool:
+    """Embedded profile: start the Airflow scheduler again if it has exited. With SQLite, a
+    scheduler commit can conflict with the api-server's writes (unpausing, creating a backfill:
+    ``StaleDataError``) and the scheduler exits; Airflow 3.3 supports SQLite only without
+    concurrent access. Other profiles' schedulers are their operators' to run. True if revived."""
+    from flywheel.core.config import Profile
+
+    if settings.profile is not Profile.EMBEDDED:
+        return False
+    scheduler = next((s for s in status(settings) if s.name == "airflow-scheduler"), None)
+    if scheduler is None or scheduler.pid is not None:
+        return False
+    log.warning("the Airflow scheduler had stopped (SQLite write conflict): starting it again")
+    up(settings, services=["airflow-scheduler"], console=console)
+    return True
+
+
 def restart_service(
     settings: Settings, name: str, *, bento: str | None = None, console: Console | None = None
 ) -> ServiceStatus:
