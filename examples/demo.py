@@ -111,7 +111,7 @@ def replay(settings: Settings, spec: PipelineSpec, day: date, *, batch_size: int
 def wait_for_prediction_logs(settings: Settings, spec: PipelineSpec, day: date, *, timeout: float = 60) -> int:
     """Prediction logs are flushed off the request path: wait until they land."""
     deadline = time.monotonic() + timeout
-    prefix = f"{spec.model_name}/dt={day.isoformat()}/"
+    prefix = layout.prediction_prefix(spec.name, day)
     while time.monotonic() < deadline:
         keys = storage.list_keys("predictions", prefix, settings=settings)
         if keys:

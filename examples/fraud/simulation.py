@@ -31,7 +31,7 @@ import httpx
 import pandas as pd
 
 from examples.fraud.generator import DriftKind, Phase, drift_label, drift_on, write_landing
-from flywheel.core import storage
+from flywheel.core import layout, storage
 from flywheel.core.config import Settings
 from flywheel.core.spec import DataSpec, PipelineSpec, find_dataset_spec
 from flywheel.monitoring import checks
@@ -252,7 +252,7 @@ def reset_predictions(settings: Settings, spec: PipelineSpec, scenario: Scenario
     client = storage.s3_client(settings)
     for offset in range(scenario.days):
         day = scenario.start + timedelta(days=offset)
-        for key in storage.list_keys("predictions", f"{spec.model_name}/dt={day.isoformat()}/",
+        for key in storage.list_keys("predictions", layout.prediction_prefix(spec.name, day),
                                      settings=settings, client=client):
             client.delete_object(Bucket=settings.bucket("predictions"), Key=key)
 

@@ -94,9 +94,9 @@ def replay(settings: Settings, spec, when: date) -> int:
     headers = {"X-API-Key": settings.api_key.get_secret_value()}
     with httpx.Client(base_url=str(settings.model_server_url), headers=headers, timeout=60) as http:
         for i in range(0, len(records), 250):
-            resp = http.post("/predict_batch", json=records[i : i + 250])
+            resp = http.post(f"/{spec.name}/predict_batch", json=records[i : i + 250])
             assert resp.status_code == 200, resp.text
-            assert all(0 <= p["fraud_probability"] <= 1 for p in resp.json())
+            assert all(0 <= p["probability"] <= 1 for p in resp.json())
     return len(records)
 
 
@@ -126,10 +126,11 @@ def test_the_loop_closes(env, spec):
     # 3. serve the bento; the next day's traffic (features of the closed days, as in production)
     served = stack.up(settings, services=["model-server"])
     with httpx.Client(base_url=str(served.model_server_url), timeout=30) as http:
-        resp = http.post("/predict", headers={"X-API-Key": served.api_key.get_secret_value()},
+        resp = http.post(f"/{spec.name}/predict", headers={"X-API-Key": served.api_key.get_secret_value()},
                          json={"user_id": 3, "merchant_id": 5, "amount": 120.0, "merchant_category": "travel",
-                               "event_timestamp": f"{last_normal}T10:00:00Z", "country": "US"})
-        assert resp.status_code == 200 and 0 <= resp.json()["fraud_probability"] <= 1
+                               "device": "mobile", "event_timestamp": f"{last_normal}T10:00:00Z", "country": "US"})
+        assert resp.status_code == 200, resp.text
+        assert 0 <= resp.json()["probability"] <= 1 and isinstance(resp.json()["decision"], bool)
     assert replay(served, spec, last_normal) > 2000
     wait_for_prediction_logs(served, spec, last_normal)
 

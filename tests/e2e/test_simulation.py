@@ -126,7 +126,7 @@ def test_concept_shift_is_caught_by_delayed_labels_and_retrains(run, spec):
     # Retrained until a model that knows the new pattern serves: the phase ends above the floor.
     assert any(d.promoted for d in triggered), [(d.day, d.retrained, d.promoted) for d in triggered]
     recovered = [d for d in concept if d.day > triggered[0].day and d.pr_auc is not None
-                 and d.pr_auc >= spec.monitoring.performance.min_pr_auc and "performance" not in d.alerts]
+                 and d.pr_auc >= spec.monitoring.performance.metric_limit and "performance" not in d.alerts]
     assert recovered, [(d.day, d.served_by, d.pr_auc) for d in concept]
 
 
