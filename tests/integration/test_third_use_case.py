@@ -31,13 +31,15 @@ def land(home, day: date, rng: np.random.Generator) -> None:
     n = 600
     km = rng.gamma(2.0, 2.0, n).round(2)
     station = rng.choice([f"st{i}" for i in range(6)], n)
+    bike = rng.choice(["classic", "electric"], n)
     start = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
     frame = pd.DataFrame({
         "started_at": [start + timedelta(seconds=int(s)) for s in np.sort(rng.integers(0, 86_400, n))],
         "station": station,
-        "bike": rng.choice(["classic", "electric"], n),
+        "bike": bike,
         "km": km,
-        "minutes": (km * 4 + rng.normal(0, 2, n)).clip(1).round(1),
+        # an interaction (electric bikes are three times faster): a linear baseline cannot learn it
+        "minutes": (km * np.where(bike == "electric", 2.0, 6.0) + rng.normal(0, 1, n)).clip(1).round(1),
     })
     folder = home / "landing" / "bikes" / f"ds={day.isoformat()}"
     folder.mkdir(parents=True, exist_ok=True)
