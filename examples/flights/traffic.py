@@ -11,14 +11,13 @@ the engine's featurizer for the spec, as the model server's generated request sc
 from __future__ import annotations
 
 import math
-import time as clock
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pandas as pd
 
+from examples.model_api import http_client, wait_for_logs  # noqa: F401 (re-exported)
 from flywheel.core.config import Settings
 from flywheel.core.spec import PipelineSpec
 
@@ -54,10 +53,6 @@ def landed_day(settings: Settings, spec: PipelineSpec, day: date) -> pd.DataFram
     return pd.read_csv(path)
 
 
-def http_client(settings: Settings) -> httpx.Client:
-    """A client of the model server with the API key."""
-    headers = {"X-API-Key": settings.api_key.get_secret_value() if settings.api_key else ""}
-    return httpx.Client(base_url=str(settings.model_server_url), headers=headers, timeout=60)
 
 
 def send_traffic(settings: Settings, spec: PipelineSpec, day: date, *, batch_size: int = 250) -> dict[str, Any]:
@@ -92,18 +87,6 @@ def predict_one(settings: Settings, spec: PipelineSpec, day: date) -> dict[str, 
             "model_version": body["model_version"]}
 
 
-def wait_for_logs(settings: Settings, spec: PipelineSpec, day: date, rows: int, *, timeout: float = 60) -> int:
-    """Prediction logs are flushed off the request path: wait until ``rows`` of ``day`` landed."""
-    from flywheel.monitoring.drift import load_predictions
-
-    deadline = clock.monotonic() + timeout
-    logged = 0
-    while clock.monotonic() < deadline:
-        logged = len(load_predictions(spec, start=day, end=day, settings=settings))
-        if logged >= rows:
-            return logged
-        clock.sleep(0.5)
-    raise TimeoutError(f"{logged} of {rows} predictions of {spec.name} on {day} logged after {timeout:.0f} s")
 
 
 def reset_logs(settings: Settings, spec: PipelineSpec, days: list[date]) -> int:

@@ -27,10 +27,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-import httpx
 import pandas as pd
 
 from examples.fraud.generator import DriftKind, Phase, drift_label, drift_on, write_landing
+from examples.model_api import http_client, wait_for_logs  # noqa: F401 (re-exported)
 from flywheel.core import layout, storage
 from flywheel.core.config import Settings
 from flywheel.core.spec import DataSpec, PipelineSpec, find_dataset_spec
@@ -204,24 +204,8 @@ def valid_rows(frame: pd.DataFrame, spec: PipelineSpec, day: date | None = None)
     return frame[ok].drop_duplicates(spec.dataset.key, keep=False)
 
 
-def http_client(settings: Settings) -> httpx.Client:
-    """A client of the model server with the API key."""
-    headers = {"X-API-Key": settings.api_key.get_secret_value() if settings.api_key else ""}
-    return httpx.Client(base_url=str(settings.model_server_url), headers=headers, timeout=60)
 
 
-def wait_for_logs(settings: Settings, spec: PipelineSpec, day: date, rows: int, *, timeout: float = 60) -> int:
-    """Prediction logs are flushed off the request path: wait until the day's rows have landed."""
-    from flywheel.monitoring.drift import load_predictions
-
-    deadline = clock.monotonic() + timeout
-    logged = 0
-    while clock.monotonic() < deadline:
-        logged = len(load_predictions(spec, start=day, end=day, settings=settings))
-        if logged >= rows:
-            return logged
-        clock.sleep(0.5)
-    raise TimeoutError(f"{logged} of {rows} predictions of {day} logged after {timeout:.0f} s")
 
 
 def wait_for_version(settings: Settings, spec: PipelineSpec, version: str, probe: dict[str, Any], *,
