@@ -213,6 +213,11 @@ def approval_promotes_after_a_human_says_yes(settings: Settings, airflow_env: di
     raw["training"].update({"approval": {"required": True}, "search": {"trials": 0},
                             "min_improvement": -1.0, "slice_tolerance": 1.0,  # let the gate pass
                             "candidates": {"xgboost": raw["training"]["candidates"]["xgboost"]}})
+    # the custom feature function is found relative to the spec's folder: point the copy at it
+    for feature in raw["features"]["request"].values():
+        if feature.get("fn") == "python":
+            file, _, name = feature["function"].rpartition(":")
+            feature["function"] = f"{(ROOT / 'models' / file).resolve()}:{name}"
     (specs / "fraud.yaml").write_text(yaml.safe_dump(raw))
     env = airflow_env | {"FLYWHEEL_SPECS_DIR": str(specs)}
     before = registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings).version
