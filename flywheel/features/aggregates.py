@@ -116,7 +116,6 @@ def compile_entity(spec: PipelineSpec, entity_name: str, source: str) -> EntityQ
     keys = [_quote(k) for k in entity.keys]
     ts = _quote(spec.dataset.timestamp)
     horizon, active = horizon_hours(entity)
-    needed = sorted({a.column for a in entity.aggregations.values() if a.column} - set(entity.keys))
     not_null = " AND ".join(f"{k} IS NOT NULL" for k in keys)
     ctes = [f"rows AS (SELECT * EXCLUDE ({ts}), {ts} AS ts FROM {source} "
             f"WHERE {ts} >= $stamp - {_interval(horizon)} AND {ts} < $stamp AND {not_null})"]
@@ -133,7 +132,6 @@ def compile_entity(spec: PipelineSpec, entity_name: str, source: str) -> EntityQ
     cols = [f"CAST({k} AS {_sql_type(spec, key)}) AS {k}" for k, key in zip(keys, entity.keys, strict=True)]
     cols += [f"{_expression(name, agg)} AS {_quote(name)}" for name, agg in entity.aggregations.items()]
     having = "" if active >= horizon else f" HAVING count(*) FILTER (WHERE ts >= $stamp - {_interval(active)}) > 0"
-    del needed
     sql = (f"WITH {', '.join(ctes)} SELECT {', '.join(cols)}, $stamp AS event_timestamp FROM rows "
            f"{' '.join(joins)} GROUP BY {', '.join('rows.' + k for k in keys)}{having} "
            f"ORDER BY {', '.join(keys)}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -333,8 +333,6 @@ def featurizer_for(spec: PipelineSpec) -> Featurizer:
     return fz
 
 
-Featurizer.for_spec = staticmethod(featurizer_for)  # type: ignore[attr-defined]
-
 
 def label_values(spec: PipelineSpec, frame: pd.DataFrame) -> pd.Series:
     """The label of each row: its column, or the spec's SQL expression evaluated by duckdb.
@@ -356,9 +354,3 @@ def label_values(spec: PipelineSpec, frame: pd.DataFrame) -> pd.Series:
     if values.dtype == bool:
         values = values.astype("int64")
     return pd.Series(values.to_numpy(), index=frame.index, name=spec.target)
-
-
-def request_frame(spec: PipelineSpec, records: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
-    """Request records as columns (what :meth:`Featurizer.transform` takes)."""
-    fz = featurizer_for(spec)
-    return {c: [r.get(c) for r in records] for c in fz.request_columns}
