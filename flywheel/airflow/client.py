@@ -323,7 +323,12 @@ class AirflowClient:
         deadline = time.monotonic() + 120
         while True:
             try:
-                created = int(self.request("POST", "/backfills", json=body)["id"])
+                # Creating the runs is one transaction, slow on a busy SQLite: a longer read timeout.
+                created = int(self.request("POST", "/backfills", json=body, timeout=90.0)["id"])
+            except httpx.TimeoutException:
+                # The answer was lost, not necessarily the backfill: look before trying again.
+                if time.monotonic() > deadline:
+                    raise
             except AirflowClientError as exc:
                 if exc.status_code != 409 or time.monotonic() > deadline:
                     raise
@@ -335,7 +340,7 @@ class AirflowClient:
                 if time.monotonic() > deadline:
                     raise AirflowClientError(f"backfill {created} of {dag_id} was not persisted")
                 continue
-            # 409 after a retried POST: on SQLite the first attempt may have gone through (the
+            # 409 or a timeout after a POST: on SQLite the attempt may have gone through (the
             # backfill is ours) or been rolled back after a lock (it vanishes): check, then retry.
             same = self._active_backfill_like(dag_id, str(body["from_date"]), str(body["to_date"]))
             if same is not None and self._backfill_exists(same):

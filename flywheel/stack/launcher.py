@@ -367,9 +367,20 @@ def _airflow_command(*args: str) -> Callable[[Settings], list[str]]:
     def build(settings: Settings) -> list[str]:
         if args[0] == "api-server":
             return [_bin("airflow"), *args, "--host", settings.host, "--port", str(settings.ports.airflow)]
+        if args[0] in WARM_COMPONENTS:
+            return _warm_airflow(*args)
         return [_bin("airflow"), *args]
 
     return build
+
+
+# Components that fork task processes (the scheduler's LocalExecutor, Celery workers) start with
+# the task modules imported, so each forked task starts warm (flywheel/airflow/warm.py).
+WARM_COMPONENTS = ("scheduler", "celery")
+
+
+def _warm_airflow(*args: str) -> list[str]:
+    return [sys.executable, "-m", "flywheel.airflow.warm", *args]
 
 
 def _prepare_airflow(settings: Settings) -> None:
@@ -412,7 +423,7 @@ def _worker_command(index: int) -> Callable[[Settings], list[str]]:
         from flywheel.core.profiles import worker_queues
 
         return [
-            _bin("airflow"), "celery", "worker",
+            *_warm_airflow("celery", "worker"),
             "--celery-hostname", _worker_hostname(index),
             "--queues", ",".join(worker_queues(settings, index)),
             "--concurrency", str(settings.production.worker_concurrency),

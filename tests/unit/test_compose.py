@@ -45,6 +45,16 @@ INTERPOLATION = re.compile(
 )
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|FERNET|API_KEY|ACCESS_KEY|_AUTH$")
 GPU_SERVICES = {"airflow-worker-gpu", "model-server-gpu"}
+WARM = ["python", "-m", "flywheel.airflow.warm"]  # flywheel/airflow/warm.py: forked tasks start warm
+
+
+def airflow_args(argv: list[str]) -> list[str]:
+    """The `airflow` arguments of a container or native command (either run warm or not)."""
+    if argv[:3] == WARM or (Path(argv[0]).name.startswith("python") and argv[1:3] == WARM[1:]):
+        return argv[3:]
+    return argv[1:] if Path(argv[0]).name == "airflow" else argv
+
+
 AIRFLOW_COMMANDS = {
     "airflow-api-server": "api-server",
     "airflow-scheduler": "scheduler",
@@ -446,7 +456,7 @@ def test_airflow_components_share_the_common_anchor(raw: dict[str, Any]) -> None
     for name, command in AIRFLOW_COMMANDS.items():
         service = raw["services"][name]
         assert service["image"] == common["image"], f"{name} does not use the common Airflow image"
-        assert service["command"][0] == command
+        assert airflow_args(service["command"])[0] == command
     assert "FROM ${AIRFLOW_IMAGE}" in (ROOT / "infra" / "Dockerfile.airflow").read_text()
     assert common["build"]["args"]["AIRFLOW_IMAGE"] == "apache/airflow:3.3.2-python3.11"
 
@@ -539,15 +549,18 @@ def test_compose_commands_are_the_native_commands(
     for name, subcommand in AIRFLOW_COMMANDS.items():
         native_name = "airflow-worker-1" if name == "airflow-worker" else name
         native = stack.get_service(native_name).command(compose_settings)
-        assert Path(native[0]).name == "airflow" and native[1] == subcommand
-        assert services[name]["command"][0] == subcommand
-    native_worker = stack.get_service("airflow-worker-1").command(compose_settings)
-    assert native_worker[1:3] == services["airflow-worker"]["command"][:2] == ["celery", "worker"]
+        assert airflow_args(native)[0] == airflow_args(services[name]["command"])[0] == subcommand
+        # the components that fork task processes run warm in both (flywheel/airflow/warm.py)
+        warm = subcommand in stack.WARM_COMPONENTS
+        assert (native[1:3] == WARM[1:]) == warm == (services[name]["command"][:3] == WARM), name
+    native_worker = airflow_args(stack.get_service("airflow-worker-1").command(compose_settings))
+    worker = airflow_args(services["airflow-worker"]["command"])
+    assert native_worker[:2] == worker[:2] == ["celery", "worker"]
 
     def queues(argv: list[str]) -> str:
         return argv[argv.index("--queues") + 1]
 
-    assert queues(services["airflow-worker"]["command"]) == compose_settings.production.default_queue
+    assert queues(worker) == compose_settings.production.default_queue
     assert queues(native_worker) == compose_settings.production.default_queue
     assert queues(services["airflow-worker-gpu"]["command"]) == compose_settings.production.gpu_queue
 

@@ -239,8 +239,11 @@ def test_chart_workers_and_gpu_worker_follow_the_settings(
     prod = chart_settings.production
     assert values["workers"]["replicas"] == len(prod.celery_workers) >= 2
     assert f"--queues {prod.default_queue}" in " ".join(values["workers"]["args"])
+    # the components that fork task processes run warm (flywheel/airflow/warm.py)
+    assert "exec python -m flywheel.airflow.warm celery worker" in " ".join(values["workers"]["args"])
+    assert "exec python -m flywheel.airflow.warm scheduler" in " ".join(values["scheduler"]["args"])
     gpu = container(by_kind(objects, "Deployment")["flywheel-airflow-worker-gpu"])
-    assert gpu["args"][:2] == ["celery", "worker"]
+    assert gpu["args"][:5] == ["python", "-m", "flywheel.airflow.warm", "celery", "worker"]
     assert gpu["args"][gpu["args"].index("--queues") + 1] == prod.gpu_queue
     assert "nvidia.com/gpu" in gpu["resources"]["limits"]
     refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in gpu["env"] if "valueFrom" in e}
