@@ -8,17 +8,21 @@ STAMP  := $(VENV)/.flywheel-installed
 
 venv: $(STAMP)
 
-# Reinstall when the dependency pins change; constraints.txt is the lock CI installs.
+# Reinstall when the dependency pins change; constraints.txt is the lock CI installs. uv (pinned
+# by the lock) installs it from the indexes pip is configured with (infra/uv_args.py), in about
+# 30 s; should uv fail, pip installs the same lock.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt uv
+	$(VENV)/bin/uv pip install --quiet --python $(PY) $$($(PY) infra/uv_args.py) -c constraints.txt -e '.[test]' \
+	  || $(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	$(PY) -m pip check
 	@touch $@
 
-# The demo is example code (examples/demo.py), run from the checkout, not part of the engine.
-demo: venv
-	$(PY) -m examples.demo
+# The demo is example code (examples/demo.py), run from the checkout, not part of the engine. It
+# is told when `make demo` started, so the time to the first prediction includes the install.
+demo:
+	@started=$$(date +%s); $(MAKE) --no-print-directory venv && $(PY) -m examples.demo --started-at $$started
 
 down:
 	@test -x $(VENV)/bin/flywheel && $(VENV)/bin/flywheel down || echo "nothing to stop (no venv)"
