@@ -96,7 +96,7 @@ def reset_logs(settings: Settings, spec: PipelineSpec, days: list[date]) -> int:
     client = storage.s3_client(settings)
     dropped = 0
     for day in days:
-        prefix = layout.prediction_prefix(spec.model_name, day)
+        prefix = layout.prediction_prefix(spec.name, day)
         for key in storage.list_keys("predictions", prefix, settings=settings, client=client):
             client.delete_object(Bucket=settings.bucket("predictions"), Key=key)
             dropped += 1
