@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -84,12 +86,40 @@ def _forget_s3_listings() -> None:
     s3fs.S3FileSystem.clear_instance_cache()
 
 
+@contextmanager
+def registry_writer(settings: Settings) -> Iterator[None]:
+    """Hold the registry for one writer while Feast changes it (``apply``, ``materialize``).
+
+    A file registry is one serialized proto that Feast reads, changes and writes back whole, so
+    two processes writing at once lose one's change: two use cases' feature tasks side by side
+    (a backfill of each) left one's feature views missing from the registry ("Feature view
+    fraud_user does not exist") until a retry applied them again. A local file registry (the
+    embedded profile) is guarded by a lock file beside it, across processes; the SQL registry
+    (the production default) stores each object in its own row, transactionally, and needs none.
+    A file registry in S3 (``production.feast_registry: s3``) cannot take this lock: give it one
+    writer at a time (one feature task at a time), or use the SQL registry.
+    """
+    config = settings.feast_registry_config()
+    path = str(config.get("path", ""))
+    if config.get("registry_type") != "file" or "://" in path:
+        yield
+        return
+    from filelock import FileLock
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path + ".lock", timeout=REGISTRY_LOCK_TIMEOUT_S):
+        yield
+
+
+REGISTRY_LOCK_TIMEOUT_S = 900.0  # a writer holds it for one apply or one day's materialization
+
+
 def apply(spec: PipelineSpec, settings: Settings | None = None) -> list[str]:
     """``feast apply`` of one use case's objects (idempotent; other use cases are untouched)."""
     settings = settings or get_settings()
-    store = feature_store(settings)
     objects = repo.build(settings, spec)
-    store.apply(objects)
+    with registry_writer(settings):
+        feature_store(settings).apply(objects)  # read after the lock: the registry as it is now
     return sorted(obj.name for obj in objects)
 
 
@@ -182,10 +212,11 @@ def materialize(spec: PipelineSpec, ds: date, *, settings: Settings | None = Non
     import json
 
     settings = settings or get_settings()
-    store = feature_store(settings)  # a fresh store: no stale S3 listings
     stamp = feature_timestamp(ds)
     start, end = stamp - timedelta(hours=12), stamp + timedelta(hours=12)
-    store.materialize(start_date=start, end_date=end, feature_views=repo.view_names(spec))
+    with registry_writer(settings):  # materialize records its interval in the registry
+        store = feature_store(settings)  # a fresh store: no stale S3 listings
+        store.materialize(start_date=start, end_date=end, feature_views=repo.view_names(spec))
     client = storage.s3_client(settings)
     views = {}
     for entity in spec.features.entities:
