@@ -225,6 +225,12 @@ def history_and_first_model(settings: Settings, spec: PipelineSpec, backfill: in
     return first_champion(settings, client, spec, run_id, console)
 
 
+def demo_serving(settings: Settings) -> Settings:
+    """The demo's model server: each day's prediction log flushed after 1 s (not 5: the demo waits
+    for it every simulated day) and a new champion picked up within 5 s (not 30) of its alias move."""
+    return settings.model_copy(update={"prediction_flush_s": 1.0, "champion_refresh_s": 5.0})
+
+
 def restart_model_server(settings: Settings, console: Console) -> Settings:
     """The server picks its use cases when it starts: start it again to serve a new champion's."""
     stack.down(settings, services=["model-server"], console=console)
@@ -295,8 +301,8 @@ def run(settings: Settings, console: Console, plan: DemoPlan | None = None, *,
             for future in as_completed(futures):
                 name = futures[future]
                 report.facts["first_champion" if name == spec.name else "flights_champion"] = future.result()
-                settings = stack.up(settings, services=["model-server"], console=console) if not served \
-                    else restart_model_server(settings, console)
+                settings = stack.up(demo_serving(settings), services=["model-server"], console=console) \
+                    if not served else restart_model_server(settings, console)
                 served.append(name)
                 if len(served) == 1:
                     first = spec if name == spec.name else flights
