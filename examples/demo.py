@@ -313,12 +313,9 @@ def run(settings: Settings, console: Console, plan: DemoPlan | None = None, *,
         mv = registry.client(settings).get_model_version(spec.model_name, report.facts["first_champion"])
         console.print(family_table(settings, spec, mv.tags["run_id"]))
 
-    with Timer(report, console, f"flights: serve {len(plan.flights.served)} days through Airflow"):
-        report.facts["flights_days"] = [serve_flights_day(settings, client, flights, day, plan, console)
-                                        for day in plan.flights.served]
-        report.facts["flights_prediction"] = flights_traffic.predict_one(settings, flights, plan.flights.served[-1])
-        console.print(report.facts["flights_prediction"])
-    report.facts["flights_report_url"] = save_report(settings, flights, plan.flights.served[-1])
+    # Flights' served days go through Airflow beside fraud's production weeks (own client).
+    side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flights")
+    flights_done = side.submit(serve_flights, settings, flights, plan, report, console)
 
     first_day = scenario.first_day
     with Timer(report, console, f"fraud: the first day ({first_day}) through Airflow"):
@@ -346,13 +343,33 @@ def run(settings: Settings, console: Console, plan: DemoPlan | None = None, *,
     (settings.home / "reports").mkdir(parents=True, exist_ok=True)
     (settings.home / "reports" / "simulation.json").write_text(json.dumps(outcome, indent=2))
 
+    flights_done.result()  # re-raises what failed on the flights side
+    side.shutdown()
     with Timer(report, console, "fraud: a last prediction over HTTP"):
         report.facts["last_prediction"] = last_prediction(settings, spec, scenario.last_day)
         console.print(report.facts["last_prediction"])
     covariate = result.phase_starts(simulation.COVARIATE)
     report.facts["report_url"] = save_report(settings, spec, covariate[0] if covariate else scenario.last_day)
+    report.facts["total_s"] = round(time.time() - started_at, 1)
+    (settings.home / "reports" / "demo-timings.json").write_text(json.dumps(
+        {"timings_s": report.timings, "first_prediction_s": report.facts.get("first_prediction_s"),
+         "total_s": report.facts["total_s"]}, indent=2))
     summary(settings, [spec, flights], report, console)
     return report
+
+
+def serve_flights(settings: Settings, spec: PipelineSpec, plan: DemoPlan, report: DemoReport,
+                  console: Console) -> None:
+    """Flights' served days through Airflow, then one more prediction and the drift report."""
+    started = time.monotonic()
+    client = AirflowClient(settings, on_poll=lambda: stack.revive_scheduler(settings))
+    report.facts["flights_days"] = [serve_flights_day(settings, client, spec, day, plan, console)
+                                    for day in plan.flights.served]
+    report.facts["flights_prediction"] = flights_traffic.predict_one(settings, spec, plan.flights.served[-1])
+    console.print(f"{spec.name}: {report.facts['flights_prediction']}")
+    report.facts["flights_report_url"] = save_report(settings, spec, plan.flights.served[-1])
+    report.timings[f"flights: {len(plan.flights.served)} served days through Airflow (beside fraud)"] = \
+        round(time.monotonic() - started, 1)
 
 
 def serve_flights_day(settings: Settings, client: AirflowClient, spec: PipelineSpec, day: date, plan: DemoPlan,
@@ -468,7 +485,10 @@ def summary(settings: Settings, specs: list[PipelineSpec], report: DemoReport, c
     timing.add_column("seconds", justify="right")
     for step, seconds in report.timings.items():
         timing.add_row(step, f"{seconds:.1f}")
-    timing.add_row("total", f"{sum(report.timings.values()):.1f}")
+    if "first_prediction_s" in report.facts:
+        timing.add_row("first prediction, since `make demo` started", f"{report.facts['first_prediction_s']:.1f}")
+    if "total_s" in report.facts:  # wall clock: flights' days overlap fraud's
+        timing.add_row("total, since `make demo` started (install included)", f"{report.facts['total_s']:.1f}")
     console.print(timing)
     console.print({k: v for k, v in report.facts.items() if not k.endswith("report_url")})
 
