@@ -12,7 +12,8 @@ One bucket per zone (``<prefix>-<zone>``, see ``Settings.bucket``). Inside them:
 | reports | ``drift/<model>/ds=<date>/``, ``performance/<model>/ds=<date>/`` | monitoring checks |
 | reports | ``monitoring/<model>/ds=<date>/summary.json``, ``monitoring/<model>/latest.json`` | the day's summary |
 | reports | ``policy/<model>/ds=<date>/…json`` | retraining decisions |
-| reports | ``audit/<model>/…json`` | every alias move |
+| reports | ``audit/<model>/…json`` | every alias move (written before the move) |
+| reports | ``locks/<model>/champion.json`` | the lease held while the champion alias moves |
 
 Use cases and models are keyed by their spec's ``name`` / ``model_name`` (validated names: no
 path parts), so several use cases share the buckets without collisions.
@@ -77,3 +78,8 @@ def policy_prefix(model: str) -> str:
 
 def audit_prefix(model: str) -> str:
     return f"audit/{model}/"
+
+
+def champion_lease_key(model: str) -> str:
+    """The lease every move of a model's champion alias holds (flywheel.core.lease)."""
+    return f"locks/{model}/champion.json"
