@@ -29,14 +29,26 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def model(services):
-    """A fresh registered model with three versions, v1 the champion (promoted by a gate)."""
+@pytest.fixture(scope="module")
+def run(services):
+    """One MLflow run whose (empty) artifact folder the placeholder versions point at."""
     client = registry.client(services)
+    experiment = client.get_experiment_by_name("registry-safety")
+    ident = experiment.experiment_id if experiment else client.create_experiment("registry-safety")
+    return client.create_run(ident).info
+
+
+def add_versions(services, name: str, run, count: int) -> None:
+    for _ in range(count):
+        registry.client(services).create_model_version(name, source=f"{run.artifact_uri}/model", run_id=run.run_id)
+
+
+@pytest.fixture
+def model(services, run):
+    """A fresh registered model with three versions, v1 the champion (promoted by a gate)."""
     name = f"safety-{uuid.uuid4().hex[:8]}"
-    client.create_registered_model(name)
-    for _ in range(3):
-        client.create_model_version(name, source="mlflow-artifacts:/placeholder", run_id=None)
+    registry.client(services).create_registered_model(name)
+    add_versions(services, name, run, 3)
     promotion.promote(name, "1", reason="first gate", actor="training-gate:r0", expected=None, settings=services)
     return name
 
@@ -95,10 +107,8 @@ def test_a_gate_does_not_undo_a_rollback_made_during_its_run(services, model):
     assert [r.outcome for r in promotion.history(model, settings=services)] == ["done", "done", "done", "refused"]
 
 
-def test_of_gates_racing_on_one_champion_exactly_one_promotes(services, model):
-    client = registry.client(services)
-    for _ in range(3):  # v4..v6
-        client.create_model_version(model, source="mlflow-artifacts:/placeholder", run_id=None)
+def test_of_gates_racing_on_one_champion_exactly_one_promotes(services, model, run):
+    add_versions(services, model, run, 3)  # v4..v6
     versions = ["2", "3", "4", "5", "6"]
     start = threading.Barrier(len(versions))
 
