@@ -133,7 +133,15 @@ def _shown(version: str | None | _Any) -> str:
 def _checked(model_name: str, version: str, reason: str, settings: Settings) -> None:
     if not reason.strip():
         raise PromotionError("a reason is required to move the champion alias")
-    registry.client(settings).get_model_version(model_name, version)  # raises if it does not exist
+    from mlflow.exceptions import MlflowException
+
+    try:
+        registry.client(settings).get_model_version(model_name, version)
+    except MlflowException as exc:
+        if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code):
+            raise PromotionError(f"{model_name} has no version {version!r} (see `flywheel audit` and MLflow)") \
+                from exc
+        raise
 
 
 def promote(model_name: str, version: str, *, reason: str, actor: str | None = None,

@@ -160,3 +160,9 @@ def test_a_move_the_registry_refuses_leaves_a_failed_record_and_the_champion(ser
     assert not storage.list_keys("reports", layout.champion_lease_key(model), settings=services)
     with pytest.raises(promotion.PromotionError, match="no earlier champion"):
         promotion.rollback(model, reason="undo", actor="oncall", settings=services)
+
+
+def test_promoting_a_version_that_does_not_exist_is_one_clear_error(services, model):
+    with pytest.raises(promotion.PromotionError, match="has no version '9'"):
+        promotion.promote(model, "9", reason="typo", actor="oncall", settings=services)
+    assert champion(services, model) == "1" and len(promotion.history(model, settings=services)) == 1
