@@ -208,9 +208,13 @@ def promote(
     use_case: UseCase = None,
 ) -> None:
     """Move the `champion` alias to a version by hand; the model server follows within its refresh interval."""
+    from flywheel.core.lease import LeaseBusy
     from flywheel.training import promotion
 
-    record = promotion.promote(use_case_spec(use_case).model_name, version, reason=reason)
+    try:
+        record = promotion.promote(use_case_spec(use_case).model_name, version, reason=reason)
+    except (promotion.PromotionError, LeaseBusy) as exc:
+        fail(str(exc))
     console.print(f"champion {record.from_version} → {record.to_version} by {record.actor}: {record.reason}")
 
 
@@ -218,9 +222,13 @@ def promote(
 def rollback(reason: Annotated[str, typer.Option(help="Why (kept in the audit log)")],
              use_case: UseCase = None) -> None:
     """Restore the previous champion (from the audit log) in one command."""
+    from flywheel.core.lease import LeaseBusy
     from flywheel.training import promotion
 
-    record = promotion.rollback(use_case_spec(use_case).model_name, reason=reason)
+    try:
+        record = promotion.rollback(use_case_spec(use_case).model_name, reason=reason)
+    except (promotion.PromotionError, LeaseBusy) as exc:
+        fail(str(exc))
     console.print(f"champion {record.from_version} → {record.to_version} by {record.actor}: {record.reason}")
 
 
@@ -302,10 +310,10 @@ def audit(use_case: UseCase = None) -> None:
 
     spec = use_case_spec(use_case)
     table = Table(title="champion alias history")
-    for column in ("at", "action", "from", "to", "actor", "reason"):
+    for column in ("at", "action", "outcome", "from", "to", "actor", "reason"):
         table.add_column(column)
     for r in promotion.history(spec.model_name):
-        table.add_row(r.at, r.action, r.from_version or "-", r.to_version, r.actor, r.reason)
+        table.add_row(r.at, r.action, r.outcome, r.from_version or "-", r.to_version, r.actor, r.reason)
     console.print(table)
 
 

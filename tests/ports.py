@@ -10,7 +10,7 @@ from flywheel.core.config import Ports
 OFFSET = int(os.environ.get("FLYWHEEL_TEST_PORT_OFFSET", "0"))
 
 
-# Blocks in use: 20000 (data backfill), 21000-23xxx (stack), 24000 (session stack), 25000 (e2e),
+# Blocks in use: 19500 (monitoring backfill), 20000 (data backfill), 21000-23xxx (stack), 24000 (session stack), 25000 (e2e),
 # 26000/27000 (production loop), 30000 (RabbitMQ), 38000 (simulation), 39000 (flights e2e). The blocks' SeaweedFS
 # gRPC twins (+10000) hold 30333-37336, so no block starts at 31000-37000. SeaweedFS also binds each of its ports
 # + 10000; the demo's defaults (18333, 19333, 18081, 18888) thus hold 28333, 29333, 28081 and

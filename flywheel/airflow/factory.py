@@ -47,6 +47,9 @@ def _dag_args(spec: DataSpec, kind: str, **overrides: Any) -> dict[str, Any]:
         "catchup": False,
         "default_args": {"owner": spec.owner, "retries": 2, "retry_delay": timedelta(seconds=20)},
         "tags": ["flywheel", spec.name, kind],
+        # A DAG file exports the DAGs it means (dags/pipelines.py: its globals); spec_errors.py
+        # builds them too, only to find the specs Airflow rejects, and must not register them.
+        "auto_register": False,
         **overrides,
     }
 
@@ -147,6 +150,17 @@ def _training_end(ctx: Any) -> date:
     return (moment - timedelta(days=1)).date()
 
 
+def backfill_without_retrain(ctx: Any) -> bool:
+    """Whether this run is a backfill whose operator did not ask for retraining (the
+    ``allow_retrain`` param, set by the backfill's run conf)."""
+    run = ctx["dag_run"]
+    run_type = getattr(run.run_type, "value", run.run_type)  # DagRunType.BACKFILL_JOB == "backfill"
+    if str(run_type) != "backfill":
+        return False
+    asked = [(ctx.get("params") or {}).get("allow_retrain"), (getattr(run, "conf", None) or {}).get("allow_retrain")]
+    return not any(str(value).lower() == "true" for value in asked)
+
+
 def _retrain_request(ctx: Any) -> dict[str, Any]:
     """The ``extra`` of the newest retrain request that triggered this run ({} when manual)."""
     events = [e for es in (ctx.get("triggering_asset_events") or {}).values() for e in es]
@@ -212,13 +226,16 @@ def _approval_path(spec: PipelineSpec, trained: Any) -> None:
 
     @task
     def promote_approved(result: dict[str, Any]) -> dict[str, Any]:
-        from flywheel.training import promotion
+        """Re-checks the gate when the champion moved since training (flywheel.training.approval)."""
+        from flywheel.training import approval
 
         answer = get_current_context()["ti"].xcom_pull(task_ids="approve") or {}
         user = answer.get("responded_by_user") or {}
         actor = f"approved-by:{user.get('name') or user.get('id') or 'unknown'}"
-        return promotion.promote(spec.model_name, result["version"], actor=actor,
-                                 reason=f"human approval; gate: {result['reason']}").to_dict()
+        outcome = approval.approve(spec, result["version"], actor=actor)
+        print(f"approval of v{outcome.version}: {'promoted' if outcome.promoted else 'NOT promoted'}: "
+              f"{outcome.reason}")
+        return outcome.to_dict()
 
     gate_passed(trained) >> approve >> promote_approved(trained)
 
@@ -290,6 +307,9 @@ def monitoring_dag(spec: PipelineSpec) -> DAG:
         description=f"Drift, performance, skew and quality checks of {spec.model_name} traffic",
         schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
         max_active_runs=2,
+        params={"allow_retrain": Param(False, type="boolean", description=(
+            "A backfill run requests retraining only when this is true (set it in the backfill's "
+            "run conf); scheduled and manual runs follow the retraining policy alone"))},
     ))
     def pipeline() -> None:
         @task
@@ -340,7 +360,8 @@ def monitoring_dag(spec: PipelineSpec) -> DAG:
 
             ctx = get_current_context()
             observed = {"ds": result["ds"], "drift": result, "performance": performance, "skew": skew, **serving}
-            decision = checks.conclude(spec, observed, run_id=str(ctx["run_id"]))
+            decision = checks.conclude(spec, observed, run_id=str(ctx["run_id"]),
+                                       backfill=backfill_without_retrain(ctx))
             ctx["ti"].xcom_push(key="decision", value=decision.to_dict())
             print(f"retrain policy: {decision.action}: {decision.reason}")
             return bool(decision.triggered)
@@ -372,12 +393,27 @@ def build_all(spec: DataSpec) -> dict[str, DAG]:
     return {d.dag_id: d for d in dags}
 
 
-def build_folder(folder: Path) -> dict[str, DAG]:
-    """The DAGs of every spec of ``folder`` that loads (broken ones: see :func:`raise_spec_errors`)."""
+def _build_folder(folder: Path) -> tuple[dict[str, DAG], dict[Path, str]]:
+    """The DAGs of every spec of ``folder`` that loads and builds, and the error of each other."""
+    found = load_folder(folder)
     dags: dict[str, DAG] = {}
-    for spec in load_folder(folder).specs.values():
-        dags.update(build_all(spec))
-    return dags
+    errors = dict(found.errors)
+    for path, spec in found.specs.items():
+        try:
+            built = build_all(spec)
+        # Whatever Airflow rejects in one spec's DAGs (an id, a param, a schedule) must not take
+        # the other specs' DAGs down with it: the error is not swallowed, spec_errors.py raises it.
+        except Exception as exc:  # noqa: BLE001
+            errors[path] = f"invalid pipeline spec {path}: its DAGs do not build: {type(exc).__name__}: {exc}"
+            continue
+        dags.update(built)
+    return dags, errors
+
+
+def build_folder(folder: Path) -> dict[str, DAG]:
+    """The DAGs of every spec of ``folder`` that loads and builds (broken ones: see
+    :func:`raise_spec_errors`)."""
+    return _build_folder(folder)[0]
 
 
 class BrokenSpecs(SpecError):
@@ -385,13 +421,14 @@ class BrokenSpecs(SpecError):
 
 
 def raise_spec_errors(folder: Path) -> None:
-    """Raise :class:`BrokenSpecs` listing every spec file of ``folder`` that fails to load.
+    """Raise :class:`BrokenSpecs` listing every spec file of ``folder`` that fails to load or
+    whose DAGs Airflow rejects.
 
     Called from its own DAG file, so the Airflow UI shows an import error naming the spec
     file and the field while every other spec's DAGs keep parsing and running (Airflow's
     import errors are per DAG file, not per DAG).
     """
-    errors = load_folder(folder).errors
+    errors = _build_folder(folder)[1]
     if errors:
         lines = "\n".join(f"- {message}" for message in errors.values())
         raise BrokenSpecs(f"{len(errors)} spec file(s) in {folder} fail to load; their DAGs are not built:\n{lines}")

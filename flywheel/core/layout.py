@@ -12,7 +12,8 @@ One bucket per zone (``<prefix>-<zone>``, see ``Settings.bucket``). Inside them:
 | reports | ``drift/<model>/ds=<date>/``, ``performance/<model>/ds=<date>/`` | monitoring checks |
 | reports | ``monitoring/<model>/ds=<date>/summary.json``, ``monitoring/<model>/latest.json`` | the day's summary |
 | reports | ``policy/<model>/ds=<date>/…json`` | retraining decisions |
-| reports | ``audit/<model>/…json`` | every alias move |
+| reports | ``audit/<model>/…json`` | every alias move (written before the move) |
+| reports | ``locks/<model>/champion.json`` | the lease held while the champion alias moves |
 
 Use cases and models are keyed by their spec's ``name`` / ``model_name`` (validated names: no
 path parts), so several use cases share the buckets without collisions.
@@ -20,6 +21,7 @@ path parts), so several use cases share the buckets without collisions.
 
 from __future__ import annotations
 
+import re
 from datetime import date
 
 ZONES = ("raw", "curated", "quarantine", "features", "predictions", "reports", "mlflow")
@@ -29,32 +31,49 @@ LATEST = "latest.json"
 SUMMARY_PREFIX = "monitoring/"
 
 
+_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}$")
+
+
+class LayoutError(ValueError):
+    """A name or date would not make a safe object key (a path part, a traversal, a stray character)."""
+
+
+def _part(value: str, what: str) -> str:
+    """``value`` when every ``/``-separated part of it is a plain name (specs validate the names
+    they define; this is the last check before a key is written, e.g. for a name from a CLI)."""
+    for part in str(value).split("/"):
+        if not _PART.fullmatch(part) or set(part) == {"."} or ".." in part:
+            raise LayoutError(f"{what} {value!r} cannot be part of an object key "
+                              "(letters, digits, '_', '-', '.', '=' only; no empty, '.' or '..' parts)")
+    return str(value)
+
+
 def _day(day: date | str) -> str:
-    return day.isoformat() if isinstance(day, date) else day
+    return day.isoformat() if isinstance(day, date) else _part(day, "date")
 
 
 def partition_prefix(dataset: str, ds: date | str) -> str:
     """A dataset's daily partition in the raw, curated, quarantine or features zone."""
-    return f"{dataset}/ds={_day(ds)}/"
+    return f"{_part(dataset, 'dataset')}/ds={_day(ds)}/"
 
 
 def feature_dataset(use_case: str, entity: str) -> str:
     """The features-zone dataset of one entity's aggregates (Feast's offline source)."""
-    return f"{use_case}/{entity}"
+    return f"{_part(use_case, 'use case')}/{_part(entity, 'entity')}"
 
 
 def reference_key(model: str, version: str) -> str:
     """A model version's drift reference in the features zone."""
-    return f"reference/{model}/v{version.removeprefix('v')}.parquet"
+    return f"reference/{_part(model, 'model')}/v{_part(version.removeprefix('v'), 'version')}.parquet"
 
 
 def prediction_prefix(use_case: str, day: date | str) -> str:
     """One day of a use case's prediction log in the predictions zone."""
-    return f"{use_case}/dt={_day(day)}/"
+    return f"{_part(use_case, 'use case')}/dt={_day(day)}/"
 
 
 def freshness_prefix(use_case: str) -> str:
-    return f"feature-freshness/{use_case}/"
+    return f"feature-freshness/{_part(use_case, 'use case')}/"
 
 
 def freshness_key(use_case: str, ds: date | str) -> str:
@@ -64,16 +83,21 @@ def freshness_key(use_case: str, ds: date | str) -> str:
 
 def report_prefix(kind: str, model: str, ds: date | str) -> str:
     """A monitoring report of one day (``drift``, ``performance``) in the reports zone."""
-    return f"{kind}/{model}/ds={_day(ds)}/"
+    return f"{_part(kind, 'report kind')}/{_part(model, 'model')}/ds={_day(ds)}/"
 
 
 def summary_prefix(model: str) -> str:
-    return f"{SUMMARY_PREFIX}{model}/"
+    return f"{SUMMARY_PREFIX}{_part(model, 'model')}/"
 
 
 def policy_prefix(model: str) -> str:
-    return f"policy/{model}/"
+    return f"policy/{_part(model, 'model')}/"
 
 
 def audit_prefix(model: str) -> str:
-    return f"audit/{model}/"
+    return f"audit/{_part(model, 'model')}/"
+
+
+def champion_lease_key(model: str) -> str:
+    """The lease every move of a model's champion alias holds (flywheel.core.lease)."""
+    return f"locks/{_part(model, 'model')}/champion.json"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +54,12 @@ class ColumnRule(_Strict):
     max: float | None = None
     allowed: list[Any] | None = None
 
+    @model_validator(mode="after")
+    def _min_below_max(self) -> ColumnRule:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min: {self.min} is greater than max: {self.max}")
+        return self
+
 
 class VolumeRule(_Strict):
     """Row-count bounds relative to the median of the last ``history`` committed batches."""
@@ -61,6 +68,15 @@ class VolumeRule(_Strict):
     min_history: int = Field(3, ge=1)
     min_ratio: float = Field(0.5, ge=0)
     max_ratio: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> VolumeRule:
+        if self.min_ratio > self.max_ratio:
+            raise ValueError(f"min_ratio: {self.min_ratio} is greater than max_ratio: {self.max_ratio}")
+        if self.min_history > self.history:
+            raise ValueError(f"min_history: {self.min_history} is more than history: {self.history} "
+                             "(the check would never run)")
+        return self
 
 
 class Contract(_Strict):
@@ -74,6 +90,28 @@ class Contract(_Strict):
     # [data-onboarding] A partition whose quarantined share of rows exceeds this fails its
     # validate task (the rows stay quarantined): a wrong contract is loud, not green.
     max_quarantine_share: float = Field(0.05, ge=0, le=1)
+
+
+SOURCE_PLACEHOLDERS = frozenset({"home", "ds"})
+"""What ``dataset.source`` may name: ``{home}`` (FLYWHEEL_HOME) and ``{ds}`` (the interval's date)."""
+
+
+def check_placeholders(template: str, allowed: frozenset[str] = SOURCE_PLACEHOLDERS) -> str:
+    """``template`` if its ``{...}`` fields are all in ``allowed``; raises ``ValueError`` naming the
+    unknown one (a misspelt ``{dss}`` would otherwise fail at the first run, as a KeyError)."""
+    import string
+
+    try:
+        fields = [f for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise ValueError(f"{template!r} is not a valid template ({exc}); write a literal brace as {{{{ or }}}}") \
+            from exc
+    for name in fields:
+        if name not in allowed:
+            shown = "{" + name + "}"
+            raise ValueError(f"unknown placeholder {shown} in {template!r} (known: "
+                             f"{', '.join('{' + a + '}' for a in sorted(allowed))})")
+    return template
 
 
 class DatasetSpec(_Strict):
@@ -99,10 +137,19 @@ class DatasetSpec(_Strict):
         return [] if self.key is None else [self.key] if isinstance(self.key, str) else list(self.key)
 
     @model_validator(mode="after")
+    def _source_placeholders(self) -> DatasetSpec:
+        try:
+            check_placeholders(self.source)
+        except ValueError as exc:
+            raise ValueError(f"source: {exc}") from exc
+        return self
+
+    @model_validator(mode="after")
     def _key_and_timestamp_in_contract(self) -> DatasetSpec:
         for col in (self.timestamp, *self.key_columns):
             if col not in self.contract.columns:
-                raise ValueError(f"column {col!r} is not in the dataset contract")
+                where = "timestamp" if col == self.timestamp else "key"
+                raise ValueError(f"{where}: column {col!r} is not in the dataset contract")
         return self
 
 
@@ -183,7 +230,7 @@ class FeatureSpec(_Strict):
     entities: dict[str, EntitySpec] = Field(min_length=1)
     request: dict[str, RequestFeatureSpec] = Field(default_factory=dict)
     # The Feast feature service; default: the use case's name.
-    service: str | None = None
+    service: str | None = Field(None, pattern=NAME)
     # Model inputs in order; default: every numeric request feature and aggregate.
     model: list[str] | None = None
 
@@ -193,7 +240,7 @@ class LabelSpec(_Strict):
 
     column: str | None = None
     expr: str | None = None
-    name: str | None = None
+    name: str | None = Field(None, pattern=NAME)
     # Labels become known this long after the event (aggregates over labels must lag by it).
     delay: str | None = Field(None, pattern=WINDOW)
 
@@ -290,6 +337,33 @@ def registered_families() -> frozenset[str]:
     return frozenset(ep.name for ep in entry_points(group=FAMILY_GROUP))
 
 
+PARAMETERS_GROUP = "flywheel.family_parameters"
+
+
+@functools.cache
+def family_parameters(name: str) -> frozenset[str]:
+    """The hyperparameters family ``name`` declares: the entry point of that name in
+    :data:`PARAMETERS_GROUP` (a frozenset in a light module: specs load at every DAG parse, and
+    importing the family classes would import pandas). A family that declares none takes none."""
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group=PARAMETERS_GROUP) if ep.name == name]
+    return frozenset(found[0].load()) if found else frozenset()
+
+
+def _check_hyperparameters(family: str, candidate: CandidateSpec) -> None:
+    declared = family_parameters(family)
+    for part, names in (("params", candidate.params), ("search", candidate.search)):
+        for key in names:
+            if key not in declared:
+                import difflib
+
+                close = difflib.get_close_matches(key, sorted(declared), n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ValueError(f"candidates.{family}.{part}.{key}: {family} has no hyperparameter {key!r} "
+                                 f"({hint}declared: {', '.join(sorted(declared)) or 'none'})")
+
+
 class TrainingSpec(_Strict):
     lookback_days: int = Field(30, ge=1)
     split: SplitSpec
@@ -314,9 +388,11 @@ class TrainingSpec(_Strict):
     def _known_families(self) -> TrainingSpec:
         known = registered_families()
         listed = ", ".join(sorted(known)) or "none: is the flywheel package installed (make venv)?"
-        for name in [self.baseline, *self.candidates]:
+        for where, name in [("baseline", self.baseline), *((f"candidates.{c}", c) for c in self.candidates)]:
             if name not in known:
-                raise ValueError(f"unknown model family {name!r} (known: {listed})")
+                raise ValueError(f"{where}: unknown model family {name!r} (known: {listed})")
+        for name, candidate in self.candidates.items():
+            _check_hyperparameters(name, candidate)
         return self
 
     def with_lookback(self, days: int | None) -> TrainingSpec:
@@ -352,7 +428,7 @@ class LabelFeedSpec(_Strict):
     """Where delayed labels arrive: a dataset spec's curated partitions, joined on ``key``
     (a column the prediction log carries: the dataset's key) to the label column ``label``."""
 
-    dataset: str
+    dataset: str = Field(pattern=NAME)
     key: str
     label: str
 
@@ -499,6 +575,21 @@ class PipelineSpec(DataSpec):
         return self
 
 
+_RELATIVE = re.compile(r"^([a-z_][\w-]*(?:\.[\w-]+)*): ")
+
+
+def _problem(err: Any) -> str:
+    """``<field path>: <what>``. A validator's message that starts with a field path relative to
+    the model it checks (``min: 5 is greater than max: 1``) gets the full path
+    (``dataset.contract.columns.amount.min: ...``); a root validator's message already has it."""
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    relative = _RELATIVE.match(msg) if err.get("type") == "value_error" else None
+    if relative:
+        return f"{loc + '.' if loc else ''}{msg}"
+    return f"{loc or '<root>'}: {msg}"
+
+
 def load_spec(name: str | None = None, *, settings: Settings | None = None) -> PipelineSpec:
     """Load ``models/<name>.yaml``; raises :class:`SpecError` naming the file and field."""
     settings = settings or get_settings()
@@ -537,7 +628,8 @@ def load_any_spec_file(path: Path) -> DataSpec:
     if not path.is_file():
         raise SpecError(f"pipeline spec {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        # libyaml's safe loader (same YAML, ~10x faster: specs load at every DAG parse).
+        raw = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
         if isinstance(raw, dict) and raw.get("kind", "pipeline") == "dataset":
             data = DataSpec.model_validate({k: v for k, v in raw.items() if k != "kind"})
             data._path = path.resolve()
@@ -548,10 +640,7 @@ def load_any_spec_file(path: Path) -> DataSpec:
         spec._path = path.resolve()
         return spec
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        problems = "; ".join(_problem(err) for err in exc.errors())
         raise SpecError(f"invalid pipeline spec {path}: {problems}") from exc
     except yaml.YAMLError as exc:
         raise SpecError(f"pipeline spec {path} is not valid YAML: {exc}") from exc

@@ -627,15 +627,16 @@ def run_checks(spec: PipelineSpec, ds: date, *, settings: Settings | None = None
 
 
 def conclude(spec: PipelineSpec, observed: dict[str, Any], *, run_id: str,
-             settings: Settings | None = None, now: datetime | None = None) -> Any:
+             settings: Settings | None = None, now: datetime | None = None, backfill: bool = False) -> Any:
     """Let the retraining policy decide on the day's checks; record both (decision + summary).
 
     ``now``: the decision's clock (default: the wall clock; the simulation passes its own).
+    ``backfill``: a backfill run not allowed to retrain (see ``policy.decide``).
     """
     from flywheel.monitoring import policy
 
     settings = settings or get_settings()
-    decision = policy.evaluate(spec, observed, run_id=run_id, settings=settings, now=now)
+    decision = policy.evaluate(spec, observed, run_id=run_id, settings=settings, now=now, backfill=backfill)
     sections = {name: observed.get(name) for name in ("performance", "skew", "quality", "freshness")}
     sections["drift"] = drift_section(observed["drift"]) if observed.get("drift") else None
     sections["decision"] = {"action": decision.action, "reason": decision.reason,

@@ -12,7 +12,10 @@ all in *data time* (the monitored day ``ds``) so backfills and reruns decide the
 * **cooldown**: no trigger within ``cooldown_days`` of another triggered day;
 * **minimum new labels**: enough labelled curated rows after the champion's window;
 * **daily cap**: at most ``max_per_day`` triggers decided per wall-clock day, so a backfill
-  of many drifted days cannot start a storm of retrains.
+  of many drifted days cannot start a storm of retrains;
+* **backfill**: a backfill run (re)computing past days never requests a retrain unless its
+  operator asks for it (``allow_retrain: true`` in the backfill's run conf). Airflow emits a
+  backfill's Asset events like any run's (Airflow issue 52665), so the guard is here.
 
 Every decision, triggered or suppressed, is recorded as JSON under
 ``s3://<prefix>-reports/policy/<model>/`` (``flywheel decisions`` lists them), per model, so
@@ -32,7 +35,10 @@ from flywheel.core.config import Settings, get_settings
 from flywheel.core.spec import PipelineSpec
 from flywheel.training import registry
 
-Action = Literal["triggered", "no_signal", "duplicate", "cooldown", "insufficient_labels", "daily_cap"]
+Action = Literal["triggered", "no_signal", "duplicate", "cooldown", "insufficient_labels", "daily_cap",
+                 "backfill"]
+BACKFILL_REASON = ("a backfill run does not request retraining (Airflow issue 52665); create the backfill "
+                   "with run conf {\"allow_retrain\": true} to let it")
 
 
 @dataclass(frozen=True)
@@ -119,11 +125,12 @@ def stamp(moment: datetime) -> str:
 
 def decide(spec: PipelineSpec, observed: dict[str, Any], *, run_id: str, new_labelled_rows: int,
            champion_version: str | None, champion_end: date | None, past: list[Decision],
-           today: date | None = None, now: datetime | None = None) -> Decision:
+           today: date | None = None, now: datetime | None = None, backfill: bool = False) -> Decision:
     """The policy as a pure function of what was observed and what was decided before.
 
     ``now`` is the wall clock of the decision (its ``decided_at``, and the day the daily cap
-    counts); a simulation passes its simulated clock.
+    counts); a simulation passes its simulated clock. ``backfill``: the run is a backfill whose
+    operator did not allow retraining: a fired signal is recorded, never triggered.
     """
     policy = spec.monitoring.retrain
     now = now or datetime.now(UTC)
@@ -138,6 +145,8 @@ def decide(spec: PipelineSpec, observed: dict[str, Any], *, run_id: str, new_lab
 
     if not seen["fired"]:
         return made("no_signal", "no retraining signal fired")
+    if backfill:
+        return made("backfill", f"{' + '.join(seen['fired'])} on {ds}: {BACKFILL_REASON}")
     triggers = [d for d in past if d.triggered]
     if any(d.ds == ds.isoformat() and d.run_id != run_id for d in triggers):
         return made("duplicate", f"a retrain was already requested for {ds}")
@@ -188,13 +197,13 @@ def labelled_rows_since(spec: PipelineSpec, after: date | None, until: date, set
 
 
 def evaluate(spec: PipelineSpec, observed: dict[str, Any], *, run_id: str,
-             settings: Settings | None = None, now: datetime | None = None) -> Decision:
-    """Decide for one monitoring run and record the decision."""
+             settings: Settings | None = None, now: datetime | None = None, backfill: bool = False) -> Decision:
+    """Decide for one monitoring run and record the decision (``backfill``: see :func:`decide`)."""
     settings = settings or get_settings()
     version, end = champion_window_end(spec.model_name, settings)
     ds = date.fromisoformat(str(observed["ds"]))
     decision = decide(spec, observed, run_id=run_id, champion_version=version, champion_end=end,
                       new_labelled_rows=labelled_rows_since(spec, end, ds, settings),
-                      past=history(spec.model_name, settings=settings), now=now)
+                      past=history(spec.model_name, settings=settings), now=now, backfill=backfill)
     record(decision, settings=settings)
     return decision

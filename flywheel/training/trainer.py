@@ -29,6 +29,7 @@ from flywheel.training.labels import LabelEncoding, drop_null
 
 log = logging.getLogger(__name__)
 REFERENCE_ROWS = 20_000
+NO_CHAMPION = "none"  # the gate.champion_version tag of a version gated while no champion stood
 PARTS = ("train", "validation", "holdout")
 
 
@@ -54,6 +55,7 @@ class TrainResult:
     families: dict[str, dict[str, float]]
     task: str = "binary"
     metric: str = "pr_auc"
+    champion_version: str | None = None  # the champion the gate compared with (None: none)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (the training task's XCom): a NaN (the threshold of a non-binary task, a
@@ -146,6 +148,8 @@ class Evaluation:
     regressions: list[str]
     holdout_scores: np.ndarray
     baseline_scores: np.ndarray
+    # The champion when the gate evaluated (None: there was none): what its promotion expects.
+    champion_version: str | None = None
 
     def logged_metrics(self) -> dict[str, float]:
         out = {f"holdout_{k}": v for k, v in self.candidate.items()}
@@ -200,10 +204,12 @@ def _key(value: Any) -> str:
     return json.dumps(value)
 
 
-def champion_scores(spec: PipelineSpec, prepared: Prepared, settings: Settings) -> tuple[np.ndarray, float] | None:
-    """The current champion's holdout scores and threshold, comparable with the challenger's;
-    None without a champion, or when it was trained for another task (then only the baseline gates)."""
-    mv = registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings)
+def champion_scores(spec: PipelineSpec, prepared: Prepared, settings: Settings,
+                    mv: Any | None = None) -> tuple[np.ndarray, float] | None:
+    """The champion's (``mv``, else the current one) holdout scores and threshold, comparable
+    with the challenger's; None without a champion, or when it was trained for another task
+    (then only the baseline gates)."""
+    mv = mv if mv is not None else registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings)
     if mv is None:
         return None
     current = registry.load_version(spec.model_name, str(mv.version), settings=settings)
@@ -220,7 +226,8 @@ def champion_scores(spec: PipelineSpec, prepared: Prepared, settings: Settings) 
 def evaluate(spec: PipelineSpec, prepared: Prepared, scored: Scored, baseline: Trained,
              settings: Settings) -> Evaluation:
     """The selected model's holdout scores (threshold from validation) against the baseline and
-    the current champion on the same holdout, overall and per slice (the task's metric)."""
+    the current champion on the same holdout, overall and per slice (the task's metric). The
+    champion read here is the one the gate's promotion expects (``champion_version``)."""
     metric = evaluation.metric_of(spec)
     yh = prepared.y["holdout"].to_numpy()
     base = baseline.scores(prepared.x["holdout"])
@@ -228,7 +235,8 @@ def evaluate(spec: PipelineSpec, prepared: Prepared, scored: Scored, baseline: T
                                       features=prepared.x["holdout"])
     cand_slices = evaluation.slice_metrics(slices, yh, scored.holdout_scores, metric=metric)
     champion, regressions = None, []
-    current = champion_scores(spec, prepared, settings)
+    mv = registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings)
+    current = champion_scores(spec, prepared, settings, mv)
     if current is not None:
         champ, champ_threshold = current
         champion = measure(spec, yh, champ, champ_threshold)
@@ -238,7 +246,7 @@ def evaluate(spec: PipelineSpec, prepared: Prepared, scored: Scored, baseline: T
     return Evaluation(threshold=scored.threshold, candidate=scored.metrics,
                       baseline=measure(spec, yh, base, scored.threshold), champion=champion,
                       slices=cand_slices, regressions=regressions, holdout_scores=scored.holdout_scores,
-                      baseline_scores=base)
+                      baseline_scores=base, champion_version=None if mv is None else str(mv.version))
 
 
 def train_candidates(
@@ -317,23 +325,38 @@ def train(spec: PipelineSpec, *, end: date, reason: str = "scheduled",
     awaiting = decision.promote and spec.training.approval.required
     tag_version(spec, version, settings, threshold=ev.threshold, run_id=run_id, family=best.name,
                 decision=decision, identity=identity, awaiting_approval=awaiting, features=fz.names,
-                classes=list(prepared.encoding.classes))
+                classes=list(prepared.encoding.classes), champion_version=ev.champion_version)
     labelled = pd.concat(list(asdict_split(prepared.split).values()), ignore_index=True)
     reference_uri = write_reference(spec, version, recent_days(labelled, spec), best, settings,
                                     featurize=fz.frame, classes=list(prepared.encoding.classes))
-    if decision.promote and not awaiting:
-        promotion.promote(spec.model_name, version, reason=decision.reason,
-                          actor=f"training-gate:{run_id}", settings=settings)
-    else:
+    promoted, reason = decision.promote and not awaiting, decision.reason
+    if promoted:
+        promoted, reason = gate_promote(spec, version, decision, expected=ev.champion_version,
+                                        actor=f"training-gate:{run_id}", settings=settings)
+    if not promoted:
         registry.set_alias(spec.model_name, registry.CHALLENGER, version, settings=settings)
-    outcome = "awaiting approval" if awaiting else ("promoted" if decision.promote else "not promoted")
+    outcome = "awaiting approval" if awaiting else ("promoted" if promoted else "not promoted")
     log.info("model %s v%s (%s, %s): %s (%s)", spec.model_name, version, best.name, spec.task,
-             decision.reason, outcome)
+             reason, outcome)
     return TrainResult(run_id=run_id, model_name=spec.model_name, version=version, family=best.name,
                        metrics=ev.logged_metrics(), threshold=ev.threshold,
-                       promoted=decision.promote and not awaiting, awaiting_approval=awaiting,
-                       reason=decision.reason, reference_uri=reference_uri, families=per_family,
-                       task=spec.task, metric=metric)
+                       promoted=promoted, awaiting_approval=awaiting,
+                       reason=reason, reference_uri=reference_uri, families=per_family,
+                       task=spec.task, metric=metric, champion_version=ev.champion_version)
+
+
+def gate_promote(spec: PipelineSpec, version: str, decision: registry.GateDecision, *,
+                 expected: str | None, actor: str, settings: Settings) -> tuple[bool, str]:
+    """Promote a gate-passing version if the champion is still ``expected`` (the one the gate
+    evaluated against); otherwise the refusal is in the audit log and the version stays a
+    challenger. Returns (promoted, reason)."""
+    try:
+        promotion.promote(spec.model_name, version, reason=decision.reason, actor=actor,
+                          expected=expected, settings=settings)
+    except promotion.ChampionMoved as exc:
+        log.warning("%s v%s not promoted: %s", spec.model_name, version, exc)
+        return False, exc.record.reason
+    return True, decision.reason
 
 
 def log_run(spec: PipelineSpec, *, end: date, reason: str, frame: pd.DataFrame, identity: dict[str, Any],
@@ -383,7 +406,8 @@ def _dataset(frame: pd.DataFrame, spec: PipelineSpec, identity: dict[str, Any], 
 
 def tag_version(spec: PipelineSpec, version: str, settings: Settings, *, threshold: float, run_id: str,
                 family: str, decision: registry.GateDecision, identity: dict[str, Any], features: list[str],
-                classes: list[Any], awaiting_approval: bool = False) -> None:
+                classes: list[Any], awaiting_approval: bool = False,
+                champion_version: str | None = None) -> None:
     """What serving needs (task, classes, threshold, features) and the version's lineage, as tags."""
     mlflow_client = registry.client(settings)
     tags = {
@@ -396,6 +420,7 @@ def tag_version(spec: PipelineSpec, version: str, settings: Settings, *, thresho
         "gate.metric": evaluation.metric_of(spec),
         "gate.promote": str(decision.promote).lower(),
         "gate.reason": decision.reason,
+        "gate.champion_version": champion_version or NO_CHAMPION,
         "data.window": f"{identity['start']}..{identity['end']}",
         "data.partitions": json.dumps(identity["partitions"])[:5000],
         **({"classes": json.dumps(classes)} if spec.task == "multiclass" else {}),

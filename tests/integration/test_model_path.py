@@ -290,3 +290,42 @@ def test_other_task_types_train_gate_register_and_score(services, loaded, spec, 
         assert set(reference["predicted_class"]) <= set(model.classes)
     else:
         assert np.allclose(out["value"], reference["value"])
+
+
+def test_an_approval_given_later_rechecks_the_gate_against_the_current_champion(services, loaded, spec):
+    """A version waits for approval, gated against a weak champion; meanwhile its twin (same data,
+    seed and params: the same model) becomes champion. The approval re-runs the gate against the
+    twin and refuses (not better); with another weak champion, the re-run gate passes and promotes."""
+    from flywheel.core.spec import ApprovalSpec
+    from flywheel.training import approval, promotion
+
+    before = registry.alias_version(spec.model_name, registry.CHAMPION, settings=services)
+    weak = train(only(spec, "xgboost", n_estimators=2, max_depth=1), end=END, reason="test", settings=services)
+    other_weak = train(only(spec, "xgboost", n_estimators=3, max_depth=1), end=END, reason="test", settings=services)
+    promotion.promote(spec.model_name, weak.version, reason="test: a weak champion", actor="tester",
+                      settings=services)
+    fixed = only(spec, "xgboost")
+    gated = fixed.model_copy(update={"training": fixed.training.model_copy(update={
+        "approval": ApprovalSpec(required=True)})})
+    waiting = train(gated, end=END, reason="test", settings=services)
+    assert waiting.awaiting_approval and not waiting.promoted and waiting.champion_version == weak.version
+    twin = train(fixed, end=END, reason="test", settings=services)
+    assert twin.promoted, twin.reason
+
+    refused = approval.approve(spec, waiting.version, actor="approved-by:tester", settings=services)
+    assert not refused.promoted and refused.rechecked, refused
+    assert f"re-checked against champion v{twin.version}" in refused.reason and "does not beat" in refused.reason
+    assert str(registry.alias_version(spec.model_name, registry.CHAMPION, settings=services).version) == twin.version
+    last = promotion.history(spec.model_name, settings=services)[-1]
+    assert (last.outcome, last.to_version, last.actor) == ("refused", waiting.version, "approved-by:tester")
+
+    # Another weak model becomes champion: the re-checked gate passes against it.
+    promotion.promote(spec.model_name, other_weak.version, reason="test: another weak champion", actor="tester",
+                      settings=services)
+    done = approval.approve(spec, waiting.version, actor="approved-by:tester", settings=services)
+    assert done.promoted and done.rechecked, done
+    assert f"re-checked against champion v{other_weak.version}" in done.reason
+    assert str(registry.alias_version(spec.model_name, registry.CHAMPION, settings=services).version) == waiting.version
+    if before is not None:
+        promotion.promote(spec.model_name, str(before.version), reason="test: restore", actor="tester",
+                          settings=services)

@@ -60,3 +60,17 @@ def test_component_env_carries_settings_but_no_secrets(tmp_path, monkeypatch):
     assert not any("s3cr3t" in v or "k3y-value" in v for v in env.values())
     # a built bento reads the spec packaged with its own code
     assert "FLYWHEEL_SPECS_DIR" not in env
+
+
+@pytest.mark.parametrize("name", ["../fraud", "fraud/../../etc", "", ".", "fraud detection", "a/", "x\n"])
+def test_a_name_that_is_no_safe_object_key_is_refused_where_the_key_is_made(name):
+    from flywheel.core import layout
+
+    with pytest.raises(layout.LayoutError, match="cannot be part of an object key"):
+        layout.audit_prefix(name)
+    with pytest.raises(layout.LayoutError):
+        layout.partition_prefix(name, "2026-01-01")
+    with pytest.raises(layout.LayoutError):
+        layout.partition_prefix("transactions", name or "..")
+    assert layout.partition_prefix("fraud/user", "2026-01-01") == "fraud/user/ds=2026-01-01/"
+    assert layout.reference_key("fraud-detector", "v3") == "reference/fraud-detector/v3.parquet"

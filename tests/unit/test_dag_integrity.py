@@ -79,3 +79,41 @@ def test_dag_file_parses_fast_without_heavy_imports(dag_file):
     heavy = "" if heavy == "-" else heavy
     assert float(elapsed) < 2.0, f"{dag_file.name} took {elapsed} s to parse ({time.perf_counter() - t0:.1f} s total)"
     assert heavy == "", f"{dag_file.name} imports heavy libraries at parse time: {heavy}"
+
+
+def test_a_broken_spec_is_an_import_error_of_its_own_and_the_others_still_load(tmp_path, monkeypatch):
+    """Each way one spec can break (a misspelt key, a name Airflow rejects as a DAG id, a value
+    Airflow refuses when the DAG is built) is an import error of spec_errors.py naming the file
+    (and the field, where the spec is invalid); every other spec's DAGs still load."""
+    import yaml
+    from airflow.dag_processing.dagbag import DagBag
+
+    models = DAGS.parent / "models"
+    for name in ("fraud.yaml", "flights.yaml", "transaction_labels.yaml", "tabular_mlp.py"):
+        (tmp_path / name).write_text((models / name).read_text())
+    fraud = yaml.safe_load((models / "fraud.yaml").read_text())
+
+    def variant(file: str, **changes) -> None:
+        spec = {**fraud, "dataset": {**fraud["dataset"], "name": file.removesuffix(".yaml")}, **changes}
+        (tmp_path / file).write_text(yaml.safe_dump(spec, sort_keys=False))
+
+    variant("misspelt.yaml", name="misspelt", trainign=fraud["training"])  # and no "training"
+    variant("spaces.yaml", name="fraud detection!")  # DAG ids "fraud detection!_data", ... rejected
+    variant("overflow.yaml", name="overflow", training={**fraud["training"], "approval": {
+        "required": True, "timeout_hours": 1e12}})  # valid YAML and spec; Airflow cannot build it
+    broken = yaml.safe_load((tmp_path / "misspelt.yaml").read_text())
+    del broken["training"]
+    (tmp_path / "misspelt.yaml").write_text(yaml.safe_dump(broken, sort_keys=False))
+    monkeypatch.setenv("FLYWHEEL_SPECS_DIR", str(tmp_path))
+    bag = DagBag(dag_folder=str(DAGS))
+    assert set(bag.import_errors) == {str(DAGS / "spec_errors.py")}, bag.import_errors
+    error = bag.import_errors[str(DAGS / "spec_errors.py")]
+    assert "3 spec file(s)" in error
+    assert (f"{tmp_path / 'misspelt.yaml'}: training: Field required; trainign: Extra inputs are not "
+            "permitted") in error
+    assert f"{tmp_path / 'spaces.yaml'}: name: String should match pattern" in error
+    assert f"{tmp_path / 'overflow.yaml'}: its DAGs do not build" in error
+    for use_case in ("fraud", "flights"):
+        assert {f"{use_case}_{kind}" for kind in ("data", "training", "monitoring", "registry")} <= set(bag.dag_ids)
+    assert "transaction_labels_data" in bag.dag_ids
+    assert not any(d.startswith(("misspelt", "overflow", "fraud detection")) for d in bag.dag_ids)

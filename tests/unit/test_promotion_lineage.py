@@ -6,8 +6,9 @@ from flywheel.training.promotion import AuditRecord, _previous_champion
 pytestmark = pytest.mark.unit
 
 
-def record(frm, to, action="promote"):
-    return AuditRecord(model="m", action=action, from_version=frm, to_version=to, actor="a", reason="r", at="t")
+def record(frm, to, action="promote", outcome="done"):
+    return AuditRecord(model="m", action=action, from_version=frm, to_version=to, actor="a", reason="r", at="t",
+                       outcome=outcome)
 
 
 def test_rollback_target_is_the_champion_before_the_current_one():
@@ -17,6 +18,10 @@ def test_rollback_target_is_the_champion_before_the_current_one():
     log.append(record("3", "2", "rollback"))
     assert _previous_champion(log, "2") == "3"
     assert _previous_champion([record(None, "1")], "1") is None
+    # refused and failed moves did not move the alias: a rollback looks past them
+    log += [record("2", "4", outcome="refused"), record("4", "2", outcome="failed")]
+    assert _previous_champion(log, "2") == "3"
+    assert _previous_champion([*log, record("2", "5", outcome="pending")], "5") == "2"  # it landed
 
 
 def test_lineage_helpers(spec, tmp_path):

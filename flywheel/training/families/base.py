@@ -95,6 +95,9 @@ class Family(ABC):
     tasks: ClassVar[frozenset[str]]
     # Packages whose exact versions a logged model needs (MLflow pip requirements).
     requirements: ClassVar[tuple[str, ...]] = ()
+    # The hyperparameters a spec may set or search (``training.candidates.<family>.params/search``):
+    # any other name is a spec error, so a misspelling never trains silently on a default.
+    parameters: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
     def fit(self, data: FitData, params: dict[str, Any], *, seed: int, settings: Settings) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from flywheel.core.config import Settings
+from flywheel.training import hyperparameters
 from flywheel.training.families.base import CLASSIFICATION, FitData, SklearnApiFamily
 
 
@@ -26,6 +27,7 @@ class LogisticRegressionFamily(SklearnApiFamily):
     tasks: ClassVar[frozenset[str]] = CLASSIFICATION
     flavor: ClassVar[str] = "sklearn"
     requirements = ("scikit-learn",)
+    parameters: ClassVar[frozenset[str]] = hyperparameters.LOGISTIC_REGRESSION
 
     def fit(self, data: FitData, params: dict[str, Any], *, seed: int, settings: Settings) -> Any:
         from sklearn.linear_model import LogisticRegression
@@ -64,6 +66,7 @@ class LinearFamily(SklearnApiFamily):
     tasks: ClassVar[frozenset[str]] = frozenset({"regression"})
     flavor: ClassVar[str] = "sklearn"
     requirements = ("scikit-learn",)
+    parameters: ClassVar[frozenset[str]] = hyperparameters.LINEAR
 
     def fit(self, data: FitData, params: dict[str, Any], *, seed: int, settings: Settings) -> Any:
         from sklearn.linear_model import Ridge

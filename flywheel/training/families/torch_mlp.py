@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from flywheel.core.config import PROJECT_ROOT, Settings
+from flywheel.training import hyperparameters
 from flywheel.training.families.base import ALL_TASKS, Family, FitData
 
 MODULE_FILE = PROJECT_ROOT / "models" / "tabular_mlp.py"
@@ -159,6 +160,7 @@ class TorchMLPFamily(Family):
     name: ClassVar[str] = "torch_mlp"
     tasks: ClassVar[frozenset[str]] = ALL_TASKS
     requirements = ("torch",)
+    parameters: ClassVar[frozenset[str]] = hyperparameters.TORCH_MLP
 
     def fit(self, data: FitData, params: dict[str, Any], *, seed: int, settings: Settings) -> Any:
         p = DEFAULTS | params

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from flywheel.core.config import Settings
+from flywheel.training import hyperparameters
 from flywheel.training.families.base import ALL_TASKS, FitData, SklearnApiFamily
 
 OBJECTIVES = {"binary": "binary:logistic", "multiclass": "multi:softprob", "regression": "reg:squarederror"}
@@ -24,6 +25,7 @@ class XGBoostFamily(SklearnApiFamily):
     tasks: ClassVar[frozenset[str]] = ALL_TASKS
     flavor: ClassVar[str] = "xgboost"
     requirements = ("xgboost",)
+    parameters: ClassVar[frozenset[str]] = hyperparameters.XGBOOST
 
     def fit(self, data: FitData, params: dict[str, Any], *, seed: int, settings: Settings) -> Any:
         from xgboost import XGBClassifier, XGBRegressor
