@@ -78,7 +78,9 @@ def test_workers_exist_only_in_the_production_profile(tmp_path) -> None:
     assert not [svc.name for svc in stack.SERVICES if svc.enabled(Settings(home=tmp_path))
                 and svc.name.startswith("airflow-worker")]
     argv = stack.get_service("airflow-worker-2").command(s)
-    assert argv[1:3] == ["celery", "worker"] and argv[argv.index("--queues") + 1] == "default,gpu"
+    # a worker runs warm (flywheel/airflow/warm.py): `python -m flywheel.airflow.warm celery worker ...`
+    assert argv[1:5] == ["-m", "flywheel.airflow.warm", "celery", "worker"]
+    assert argv[argv.index("--queues") + 1] == "default,gpu"
     assert argv[argv.index("--concurrency") + 1] == "1" and "--skip-serve-logs" in argv
     with pytest.raises(ValueError, match="celery_workers"):
         prod(tmp_path, celery_workers=["default"] * 5)
