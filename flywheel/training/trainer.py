@@ -313,7 +313,8 @@ def train(spec: PipelineSpec, *, end: date, reason: str = "scheduled",
         )
         version = log_run(spec, end=end, reason=reason, frame=frame, identity=identity, model=best,
                           ev=ev, prepared=prepared, per_family=per_family, decision=decision, settings=settings)
-        runtime = compiled.package(best, prepared.x["holdout"], list(fz.names), threshold=ev.threshold)
+        runtime = compiled.package(best, prepared.x["holdout"], list(fz.names), threshold=ev.threshold,
+                                   model_uri=f"models:/{spec.model_name}/{version}", settings=settings)
     run_id = run.info.run_id
     awaiting = decision.promote and spec.training.approval.required
     tag_version(spec, version, settings, threshold=ev.threshold, run_id=run_id, family=best.name,

@@ -194,6 +194,15 @@ def test_packaging_recorded_a_checked_onnx_copy_on_the_version(served, spec):
     assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == tags[compiled.TAGS.sha256]
 
 
+def test_a_copy_whose_digest_does_not_match_is_never_served(served, spec):
+    settings, _, _, version = served
+    tags = dict(registry.client(settings).get_model_version(spec.model_name, version).tags)
+    assert compiled.load(tags, spec.task, tracking_uri=str(settings.mlflow_tracking_uri)) is not None
+    with pytest.raises(compiled.CompiledModelError, match="sha256"):
+        compiled.load(tags | {compiled.TAGS.sha256: "0" * 64}, spec.task,
+                      tracking_uri=str(settings.mlflow_tracking_uri))
+
+
 def test_the_response_names_the_runtime_chosen_for_its_batch_size(served, spec):
     settings, http, _, version = served
     tags = registry.client(settings).get_model_version(spec.model_name, version).tags
