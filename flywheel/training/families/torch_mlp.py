@@ -207,17 +207,19 @@ class TorchMLPFamily(Family):
         # The legacy TorchScript exporter (dynamo=False): the dynamo one needs onnxscript, and a
         # traced MLP is all there is to export. The graph takes the model matrix and does what
         # ``TabularMLP.tensors`` does in numpy (numeric columns; codes + 1, unknown -> 0) first.
-        import io
+        import tempfile
+        from pathlib import Path
 
         import torch
 
         graph = _MatrixInput(model.to("cpu").eval(), features)
         example = torch.zeros((2, len(features)), dtype=torch.float32)
-        out = io.BytesIO()
-        torch.onnx.export(graph, (example,), out, input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "rows"}, "output": {0: "rows"}}, opset_version=17,
-                          dynamo=False)
-        return out.getvalue()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            torch.onnx.export(graph, (example,), str(path), input_names=["input"], output_names=["output"],
+                              dynamic_axes={"input": {0: "rows"}, "output": {0: "rows"}}, opset_version=17,
+                              dynamo=False)
+            return path.read_bytes()
 
     @staticmethod
     def state_bytes(model: Any) -> bytes:
@@ -231,6 +233,10 @@ def _matrix_input_class() -> type:
 
     class MatrixInput(torch.nn.Module):
         """``TabularMLP`` scoring a float32 model matrix (columns = ``features``): the export graph."""
+
+        numeric: torch.Tensor  # buffers: positions of the numeric and code columns, vocabulary sizes
+        codes: torch.Tensor
+        sizes: torch.Tensor
 
         def __init__(self, mlp: Any, features: list[str]) -> None:
             super().__init__()
