@@ -293,6 +293,7 @@ def profile(settings: Settings, raw: list[dict[str, Any]], n: int) -> dict[str, 
     from flywheel.core.spec import load_spec
     from flywheel.serving.predictor import Predictor, predict_array
     from flywheel.serving.routes import ScoringRoutes
+    from flywheel.training import registry
 
     predictor = Predictor(load_spec(settings=settings), settings, watch=False, log_predictions=False)
     routes = ScoringRoutes(predictor)
@@ -307,11 +308,13 @@ def profile(settings: Settings, raw: list[dict[str, Any]], n: int) -> dict[str, 
     scores = predictor.score([row])
     scorer, t = Scorer(), Transaction.model_validate_json(body)
 
+    native = registry.load_alias(predictor.spec.model_name, settings=settings)
     stages = {
         "validate_json (generated schema)": lambda: predictor.schemas.request.model_validate_json(body),
         "feature_fetch": lambda: predictor.features.fetch_keys(keys),
         "featurizer.transform (the one featurizer)": lambda: predictor.featurizer.transform(columns, arrays),
-        "model_predict_array": lambda: predict_array(model, matrix, predictor.names),
+        f"model_predict_array (served: {model.runtime_for(1)})": lambda: predict_array(model, matrix, predictor.names),
+        "model: native XGBoost inplace_predict, 1 row": lambda: predict_array(native, matrix, predictor.names),
         "response_json": lambda: scores.to_json(single=True),
         "whole_score": lambda: predictor.score([row]),
         "whole_route (bytes in, bytes out)": lambda: routes.predict(body),
@@ -331,6 +334,7 @@ def batch_scoring(settings: Settings, raw: list[dict[str, Any]], url: str, key: 
     their entities — measured alone."""
     from flywheel.core.spec import load_spec
     from flywheel.serving.predictor import Predictor, predict_array
+    from flywheel.training import registry
 
     batch = [raw[i % len(raw)] | {"transaction_id": f"r{i}"} for i in range(rows)]
     payload = json.dumps(batch)
@@ -341,16 +345,17 @@ def batch_scoring(settings: Settings, raw: list[dict[str, Any]], url: str, key: 
     keys = {key: columns[key] for key in predictor.join_keys}
     online, _ = predictor.features.fetch_keys(keys)
     matrix = predictor.featurizer.transform(columns, predictor._arrays(online)).matrix
-    model = predictor.models.current
-    xgb_s = _timeit(lambda: predict_array(model, matrix, predictor.names), rounds)
+    native = registry.load_alias(predictor.spec.model_name, settings=settings)  # XGBoost itself, as a user has it
+    xgb_s = _timeit(lambda: predict_array(native, matrix, predictor.names), rounds)
+    served_runtime = predictor.models.current.runtime_for(rows)
     validate_s = _timeit(lambda: adapter.validate_json(payload), rounds)
     features_s = _timeit(lambda: predictor.features.fetch_keys(keys), rounds)
     engine_s = _timeit(lambda: predictor.score(txns, endpoint="predict_batch").to_json(), rounds)
     predictor.close()
     with httpx.Client(timeout=60, headers={"X-API-Key": key, "content-type": "application/json"}) as http:
-        http.post(url, content=payload).raise_for_status()
+        header = http.post(url, content=payload).raise_for_status().headers.get("x-flywheel-runtime", "")
         http_s = _timeit(lambda: http.post(url, content=payload).raise_for_status(), rounds)
-    return {"rows": rows, "in_process_xgboost_rows_s": rows / xgb_s, "in_process_engine_rows_s": rows / engine_s,
+    return {"rows": rows, "runtime_served": header or served_runtime, "in_process_xgboost_rows_s": rows / xgb_s, "in_process_engine_rows_s": rows / engine_s,
             "http_batch_rows_s": rows / http_s, "ratio_http_vs_xgboost": xgb_s / http_s,
             "ratio_http_vs_engine": engine_s / http_s,
             "xgboost_ms": xgb_s * 1e3, "validate_json_ms": validate_s * 1e3, "feature_fetch_ms": features_s * 1e3,
@@ -385,6 +390,11 @@ def ratios(load: dict[str, dict[str, dict[str, Any]]]) -> dict[str, float]:
     if "1" in fw:
         out["flywheel_p99_vs_p50_c1"] = fw["1"]["p99_ms"] / fw["1"]["p50_ms"]
         out["floor_p99_vs_p50_c1"] = floor["1"]["p99_ms"] / floor["1"]["p50_ms"]  # the machine's own tail
+        if "null_asgi" in load:  # a server doing nothing: the tail of this machine and load generator
+            out["null_p99_vs_p50_c1"] = load["null_asgi"]["1"]["p99_ms"] / load["null_asgi"]["1"]["p50_ms"]
+    if "null_asgi" in load:
+        for c in fw:  # no scoring server can exceed this multiple of the floor here
+            out[f"null_rps_vs_floor_c{c}"] = load["null_asgi"][c]["rps"] / floor[c]["rps"]
     return out
 
 
@@ -406,11 +416,16 @@ def change_vs_previous(now: dict[str, float], previous: dict[str, float]) -> dic
 
 
 def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Issue 16 §4: ahead of the hand-written floor (which keeps XGBoost, as a user would)."""
     r, out = result["ratios"], {}
-    for c in ("1", "32"):
-        key = f"flywheel_p50_vs_floor_c{c}"
-        if key in r:
-            out[f"p50 <= 1.3x FastAPI floor (c={c})"] = {"value": r[key], "met": r[key] <= 1.3}
+    if "flywheel_p50_vs_floor_c1" in r:
+        out["p50 <= 0.8x FastAPI floor (c=1)"] = {"value": r["flywheel_p50_vs_floor_c1"],
+                                                  "met": r["flywheel_p50_vs_floor_c1"] <= 0.8}
+    if "flywheel_rps_vs_floor_c32" in r:
+        out["rps >= 2x FastAPI floor (c=32)"] = {"value": r["flywheel_rps_vs_floor_c32"],
+                                                 "met": r["flywheel_rps_vs_floor_c32"] >= 2,
+                                                 **({"bound": r["null_rps_vs_floor_c32"]}
+                                                    if "null_rps_vs_floor_c32" in r else {})}
     for key, v in result.get("change_vs_previous", {}).items():
         within = v <= 1.1 if "p50" in key else v >= 0.9
         out[f"{key} within 10% of the previous run"] = {"value": v, "met": within}
@@ -422,12 +437,13 @@ def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
                                                     if "null_rps_vs_mlflow_c32" in r else {})}
     if "flywheel_p99_vs_p50_c1" in r:
         out["p99 <= 3x p50 (c=1)"] = {"value": r["flywheel_p99_vs_p50_c1"], "met": r["flywheel_p99_vs_p50_c1"] <= 3,
-                                      "floor": r["floor_p99_vs_p50_c1"]}
+                                      "floor": r["floor_p99_vs_p50_c1"],
+                                      **({"bound": r["null_p99_vs_p50_c1"]} if "null_p99_vs_p50_c1" in r else {})}
     out["feature fetch <= 2x raw Redis GET"] = {"value": result["feature_fetch"]["ratio_fetch_vs_get"],
                                                 "met": result["feature_fetch"]["ratio_fetch_vs_get"] <= 2}
     if result["batch"]:
-        out["batch rows/s >= 80% in-process XGBoost"] = {"value": result["batch"]["ratio_http_vs_xgboost"],
-                                                         "met": result["batch"]["ratio_http_vs_xgboost"] >= 0.8,
+        out["batch rows/s >= 30% in-process XGBoost"] = {"value": result["batch"]["ratio_http_vs_xgboost"],
+                                                         "met": result["batch"]["ratio_http_vs_xgboost"] >= 0.3,
                                                          "bound": result["batch"]["ceiling_ratio_validate_plus_fetch"]}
     return out
 
@@ -447,7 +463,8 @@ def print_report(result: dict[str, Any]) -> None:
     console.print(table)
     for title, data in (("ratios", result["ratios"]), ("change vs the previous run", result["change_vs_previous"]),
                         ("feature fetch (µs, ratio)", result["feature_fetch"]),
-                        ("batch", result["batch"]), ("profile of one /predict (median µs)", result["profile"])):
+                        ("batch", result["batch"]), ("compiled runtime (the version's tags)", result["runtime"]),
+                        ("profile of one /predict (median µs)", result["profile"])):
         t = Table(title=title)
         t.add_column("metric")
         t.add_column("value", justify="right")
@@ -524,6 +541,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "settings": vars(args) | {"home": str(args.home)}, "model_version": version, "load": load,
             "feature_fetch": feature_fetch(settings, args.redis_db, args.micro_n),
             "profile": profile(settings, raw, max(args.micro_n // 4, 100)), "batch": batch,
+            "runtime": {k: v for k, v in champion.tags.items() if k.startswith("runtime.")},
         }
         result["ratios"] = ratios(load)
         previous = json.loads(RESULTS.read_text()).get("ratios", {}) if RESULTS.is_file() else {}

@@ -31,6 +31,7 @@ from fastapi.routing import APIRoute
 
 from flywheel.core.config import get_settings
 from flywheel.serving.predictor import tune_gc
+from flywheel.serving.routes import RUNTIME_HEADER
 from flywheel.serving.schemas import MAX_BATCH
 from flywheel.serving.server import ModelServer, Route
 
@@ -68,7 +69,7 @@ class FlywheelHttpMiddleware:
         started = time.perf_counter()
         path = scope["path"]
         server = _server()
-        handler = server.handler(path) if server is not None else None
+        handler = server.async_handler(path) if server is not None else None
         guarded = handler is not None or (server is None and _is_prediction_path(path))
         if guarded and self.api_key:
             given = next((v for k, v in scope.get("headers") or () if k == b"x-api-key"), b"")
@@ -93,15 +94,16 @@ class FlywheelHttpMiddleware:
 
 
 async def _answer(handler: Any, receive: Any, send: Any) -> int:
-    """Read the body, call the route's ``bytes -> (status, bytes)`` handler, send its answer."""
+    """Read the body, await the route's ``bytes -> (status, bytes, runtime)`` handler, send its
+    answer (with the runtime that scored in the ``x-flywheel-runtime`` header)."""
     chunks = []
     while True:
         message = await receive()
         chunks.append(message.get("body", b""))
         if not message.get("more_body"):
             break
-    status, payload = (503, NOT_LOADED) if handler is None else handler(b"".join(chunks))
-    await _send(send, status, payload)
+    status, payload, runtime = (503, NOT_LOADED, "") if handler is None else await handler(b"".join(chunks))
+    await _send(send, status, payload, runtime)
     return status
 
 
@@ -113,9 +115,11 @@ def _log(scope: dict[str, Any], status: int, started: float) -> None:
             "client": (scope.get("client") or ("", 0))[0]}))
 
 
-async def _send(send: Any, status: int, payload: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]})
+async def _send(send: Any, status: int, payload: bytes, runtime: str = "") -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]
+    if runtime:
+        headers.append((RUNTIME_HEADER, runtime.encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -134,7 +138,7 @@ class _AsgiRoute(APIRoute):
 
         async def app(scope: Any, receive: Any, send: Any) -> None:
             server = _server()
-            await _answer(server.handler(path) if server is not None else None, receive, send)
+            await _answer(server.async_handler(path) if server is not None else None, receive, send)
 
         self.app = app  # type: ignore[assignment]
 

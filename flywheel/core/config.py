@@ -143,6 +143,16 @@ class Settings(BaseSettings):
     serving_gpus: int = Field(0, ge=0)
     serving_threads: int = Field(1, ge=1)  # native (OpenMP/BLAS) threads per worker
     serving_access_log: bool = True
+    # Compiled inference: "auto" = a version's ONNX copy (when it passed parity at packaging)
+    # scores batches up to the size measured then (runtime.onnx.max_rows), the native model
+    # larger ones; "native" = never ONNX; "onnx" = ONNX for every batch size.
+    serving_runtime: Literal["auto", "native", "onnx"] = "auto"
+    serving_onnx_max_rows: int | None = Field(None, ge=0)  # overrides the measured limit
+    # Micro-batching of concurrent /predict requests: those waiting while a batch is scored go
+    # in the next one (no added wait by default), at most batch_max_rows rows; batch_wait_ms > 0
+    # also holds a batch open that long for more. batch_max_rows 1 = no micro-batching.
+    serving_batch_max_rows: int = Field(64, ge=1, le=1000)
+    serving_batch_wait_ms: float = Field(0.0, ge=0, le=100)
     # The use cases one model server serves (routes /<use case>/predict...); empty = every
     # use-case spec whose model has a champion. One server per use case = one name each.
     serving_use_cases: list[str] = Field(default_factory=list)
@@ -256,6 +266,11 @@ class Settings(BaseSettings):
             "FLYWHEEL_SERVING_GPUS": str(self.serving_gpus),
             "FLYWHEEL_SERVING_THREADS": str(self.serving_threads),
             "FLYWHEEL_SERVING_ACCESS_LOG": str(self.serving_access_log).lower(),
+            "FLYWHEEL_SERVING_RUNTIME": self.serving_runtime,
+            **({"FLYWHEEL_SERVING_ONNX_MAX_ROWS": str(self.serving_onnx_max_rows)}
+               if self.serving_onnx_max_rows is not None else {}),
+            "FLYWHEEL_SERVING_BATCH_MAX_ROWS": str(self.serving_batch_max_rows),
+            "FLYWHEEL_SERVING_BATCH_WAIT_MS": str(self.serving_batch_wait_ms),
             "FLYWHEEL_SERVING_USE_CASES": json.dumps(self.serving_use_cases),
         }
         env |= {f"FLYWHEEL_PORTS__{k.upper()}": str(v) for k, v in self.ports.model_dump().items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
 
 
 class ServingMetrics:
@@ -21,6 +22,11 @@ class ServingMetrics:
 
         self.latency = Histogram("flywheel_request_latency_seconds", "Scoring latency per request",
                                  ["use_case", "endpoint"], buckets=LATENCY_BUCKETS)
+        self.batch_rows = Histogram("flywheel_batch_rows",
+                                    "Rows per model call, by endpoint and the runtime that scored them "
+                                    "(onnxruntime or the family's native one); micro-batched /predict "
+                                    "requests share one call", ["use_case", "endpoint", "runtime"],
+                                    buckets=BATCH_BUCKETS)
         self.predictions = Counter("flywheel_predictions_total",
                                    "Predictions by outcome (binary: the decision; multiclass: the class; "
                                    "regression: 'value')", ["use_case", "model_version", "outcome"])

@@ -214,9 +214,11 @@ class RedisHashReader:
             encoder = KeyEncoder(view.join_keys, view.kinds, config.entity_key_serialization_version)
             self._commands.append(HmgetCommand(2 + len(fields), b"\r\n" + blob, encoder))
 
-    def packed(self, keys: Mapping[str, Sequence[Any]]) -> bytes:
+    def packed(self, keys: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Sequence[Any]]]) -> bytes:
+        """The RESP bytes of every view's ``HMGET`` s: ``keys`` for all views, or one mapping per view."""
         parts = []
-        for command in self._commands:
+        per_view = [keys] * len(self._commands) if isinstance(keys, Mapping) else list(keys)
+        for command, keys in zip(self._commands, per_view, strict=True):
             encoder = command.encoder
             if encoder.native and encoder.fixed:  # header + key + project + fields, every row in numpy
                 head = command.header(encoder.size + len(self.project))
@@ -250,17 +252,38 @@ class RedisHashReader:
 
     def read(self, keys: Mapping[str, Sequence[Any]]) -> tuple[Columns, dict[str, np.ndarray]]:
         n_rows = len(next(iter(keys.values()))) if keys else 0
-        replies = self._roundtrip(self.packed(keys), n_rows * len(self.views))
+        # Each distinct entity of a view is read once (a batch repeats merchants, users...).
+        plans = [distinct({k: keys[k] for k in view.join_keys}, n_rows) for view in self.views]
+        replies = self._roundtrip(self.packed([unique for unique, _, _ in plans]),
+                                  sum(count for _, _, count in plans))
         columns: Columns = {}
         misses: dict[str, np.ndarray] = {}
-        for k, view in enumerate(self.views):
-            rows = replies[k * n_rows:(k + 1) * n_rows]
+        start = 0
+        for view, (_, inverse, count) in zip(self.views, plans, strict=True):
+            rows = replies[start:start + count]
+            start += count
+            if inverse is not None:
+                rows = [rows[i] for i in inverse]
             # Missed = no feature of the view in the hash (the last field is Feast's timestamp).
             misses[view.entity] = np.fromiter((not any(r[:-1]) for r in rows), dtype=bool, count=n_rows)
             # Rows of HMGET replies to columns in C (zip), then decoded a column at a time.
             for feature, raw in zip(view.features, zip(*rows, strict=True), strict=False):
                 columns[feature] = decode_values(raw)
         return columns, misses
+
+
+def distinct(keys: Mapping[str, Sequence[Any]], n: int) -> tuple[Mapping[str, Sequence[Any]], list[int] | None, int]:
+    """The distinct rows of key columns: (their columns, each row's index among them or None when
+    every row is distinct, how many). First occurrences keep their order."""
+    if n < 2:
+        return keys, None, n
+    names = list(keys)
+    index: dict[Any, int] = {}
+    inverse = [index.setdefault(row, len(index)) for row in zip(*(keys[k] for k in names), strict=True)]
+    if len(index) == n:
+        return keys, None, n
+    rows = list(index)
+    return {k: [row[j] for row in rows] for j, k in enumerate(names)}, inverse, len(rows)
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ class ModelHolder:
         self.use_case = use_case
         self._name, self._settings, self._metrics = model_name, settings, metrics
         self._lock = threading.Lock()
-        self.current = registry.load_alias(model_name, settings=settings)
+        self.current = registry.load_alias(model_name, settings=settings, compiled=True)
         _warm(self.current)  # as every later swap is: the first request pays no lazy start-up
         self._publish(None, self.current)
         self._stop = threading.Event()
@@ -66,7 +66,7 @@ class ModelHolder:
             mv = registry.alias_version(self._name, registry.CHAMPION, settings=self._settings)
             if mv is None or str(mv.version) == self.current.version:
                 return False
-            loaded = registry.load_version(self._name, str(mv.version), settings=self._settings)
+            loaded = registry.load_version(self._name, str(mv.version), settings=self._settings, compiled=True)
             _warm(loaded)
             old, self.current = self.current, loaded  # one reference swap
             self._publish(old, loaded)
@@ -114,8 +114,14 @@ def predict_array(model: registry.LoadedModel, matrix: np.ndarray, names: Sequen
 
 
 def _warm(model: registry.LoadedModel) -> None:
-    """Score one all-zero row so the first real request pays no lazy initialisation."""
+    """Score all-zero rows on each runtime the model serves with, so the first real request
+    pays no lazy initialisation."""
     predict_array(model, np.zeros((1, len(model.features))), model.features)
+    if model.compiled is not None:
+        rows = min(model.compiled_max_rows + 1, 10_000)
+        predict_array(model, np.zeros((rows, len(model.features))), model.features)
+    if model.runtime_note:
+        log.info("%s v%s serves on %s: %s", model.name, model.version, model.family, model.runtime_note)
 
 
 # ---- scores of one request ---------------------------------------------------------------------
@@ -146,6 +152,7 @@ class Scores:
     unknown: dict[str, np.ndarray]  # column -> which rows had a value outside the allowed set
     request_ids: list[str]
     model: registry.LoadedModel
+    runtime: str = ""  # which runtime scored (onnxruntime, or the family's native one)
 
     def __len__(self) -> int:
         return len(self.raw)
@@ -197,6 +204,12 @@ class Scores:
 
         records = self.records()
         return to_json(records[0] if single else records)
+
+    def to_json_rows(self) -> list[bytes]:
+        """One single-prediction response body per row (a micro-batch's answers)."""
+        from pydantic_core import to_json
+
+        return [to_json(record) for record in self.records()]
 
 
 def _flagged(flags: dict[str, np.ndarray], n: int) -> list[list[str]]:
@@ -251,12 +264,14 @@ class Predictor:
     def ready(self) -> bool:
         return self.models.current is not None
 
-    def score(self, rows: Sequence[Any], *, endpoint: str = "predict") -> Scores:
+    def score(self, rows: Sequence[Any], *, endpoint: str = "predict", timed: bool = True) -> Scores:
         """Score validated requests (instances of ``schemas.request``) column-wise.
 
         Unknown entities are scored with the training defaults and flagged, values outside a
         contract's allowed set with the reserved code and flagged; neither is an error.
-        Raises whatever the online store raises when it is unreachable.
+        ``timed=False`` leaves the request-latency metric to the caller (a micro-batch observes
+        each request's own latency, queueing included). Raises whatever the online store raises
+        when it is unreachable.
         """
         started = time.perf_counter()
         model = self.models.get()  # this request keeps this model even if the champion moves
@@ -266,10 +281,10 @@ class Predictor:
         raw = predict_array(model, features.matrix, self.names)
         scores = Scores(self.spec.task, columns, self.schemas.id_columns, self.names, features.matrix, raw,
                         task_outputs(self.spec.task, model, raw), misses, dict(features.unknown),
-                        request_ids(len(rows)), model)
+                        request_ids(len(rows)), model, model.runtime_for(len(rows)))
         if self.logger is not None:
             self.logger.log(scores)
-        self._observe(endpoint, scores, time.perf_counter() - started)
+        self._observe(endpoint, scores, time.perf_counter() - started if timed else None)
         return scores
 
     def _arrays(self, online: dict[str, Any]) -> dict[str, Any]:
@@ -280,9 +295,14 @@ class Predictor:
                 online[name] = np.array([np.nan if v is None else v for v in values], dtype="float64")
         return online
 
-    def _observe(self, endpoint: str, scores: Scores, seconds: float) -> None:
+    def observe_latency(self, endpoint: str, seconds: float) -> None:
+        self._series(self.metrics.latency, endpoint).observe(seconds)
+
+    def _observe(self, endpoint: str, scores: Scores, seconds: float | None) -> None:
         series = self._series
-        series(self.metrics.latency, endpoint).observe(seconds)
+        if seconds is not None:
+            series(self.metrics.latency, endpoint).observe(seconds)
+        series(self.metrics.batch_rows, endpoint, scores.runtime).observe(len(scores))
         version = scores.model.version
         for outcome, count in _outcomes(scores).items():
             series(self.metrics.predictions, version, outcome).inc(count)

@@ -104,14 +104,21 @@ class ModelServer:
         self.routes = {name: ScoringRoutes(p) for name, p in self.predictors.items()}
         self.table = route_table(list(self.predictors))
         self._handlers = {r.path: getattr(self.routes[r.use_case], r.endpoint) for r in self.table}
+        self._async = {r.path: getattr(self.routes[r.use_case], f"{r.endpoint}_async") for r in self.table}
 
     @property
     def ready(self) -> bool:
         return bool(self.predictors) and all(p.ready for p in self.predictors.values())
 
     def handler(self, path: str) -> Any:
-        """The ``bytes -> (status, bytes)`` handler of a prediction route, or None."""
+        """The ``bytes -> (status, bytes)`` handler of a prediction route (scoring the request
+        alone), or None."""
         return self._handlers.get(path)
+
+    def async_handler(self, path: str) -> Any:
+        """The ``async bytes -> (status, bytes, runtime)`` handler of a prediction route, what the
+        web server calls (``/predict`` micro-batched), or None."""
+        return self._async.get(path)
 
     def close(self) -> None:
         for predictor in self.predictors.values():

@@ -136,6 +136,11 @@ class LoadedModel:
     scorer: Any = field(repr=False)  # the family (flywheel.training.families), resolved once at load: request path
     task: str = "binary"
     classes: list[Any] = field(default_factory=list)
+    # Compiled inference (flywheel.training.compiled): an ONNX Runtime scorer that serves batches
+    # of at most ``compiled_max_rows`` rows; None = the native runtime serves every batch.
+    compiled: Any = field(default=None, repr=False)
+    compiled_max_rows: int = 0
+    runtime_note: str = ""  # why the compiled runtime is not used, when it is not
 
     _positions: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)
 
@@ -153,7 +158,15 @@ class LoadedModel:
             self._positions[key] = None if wanted == list(range(len(key))) else wanted
         positions = self._positions[key]
         x = matrix if positions is None else matrix[:, positions]
+        if self.compiled is not None and len(x) <= self.compiled_max_rows:
+            return self.compiled.scores(x)
         return self.scorer.predict_array(self.model, x, self.features, task=self.task)
+
+    def runtime_for(self, rows: int) -> str:
+        """Which runtime scores a batch of ``rows`` rows: ``onnxruntime`` or the family's name."""
+        from flywheel.training.compiled import ONNX
+
+        return ONNX if self.compiled is not None and rows <= self.compiled_max_rows else self.family
 
     def predict(self, matrix: Any) -> dict[str, Any]:
         """The task's outputs (:func:`outputs`) for a model-matrix DataFrame."""
@@ -180,9 +193,14 @@ class LoadedModel:
                             "probabilities (use predict or scores)")
 
 
-def load_version(model_name: str, version: str, *, settings: Settings | None = None) -> LoadedModel:
+def load_version(model_name: str, version: str, *, settings: Settings | None = None,
+                 compiled: bool = False) -> LoadedModel:
     """Load a registered version with its serving metadata (family, task, classes, threshold,
     features). PyTorch models load onto ``settings.torch_device`` (CUDA when configured and present).
+
+    ``compiled``: also load the version's ONNX copy when it has one that passed parity, per
+    ``settings.serving_runtime`` (the model server asks; everyone else gets the native model).
+    Raises :class:`flywheel.training.compiled.CompiledModelError` when that copy is corrupt.
     """
     from flywheel.training import families
 
@@ -190,7 +208,7 @@ def load_version(model_name: str, version: str, *, settings: Settings | None = N
     mv = client(settings).get_model_version(model_name, version)
     family = mv.tags.get("family", "xgboost")  # versions before model families were XGBoost
     scorer = families.get(family)
-    return LoadedModel(
+    loaded = LoadedModel(
         name=model_name,
         version=str(mv.version),
         family=family,
@@ -201,11 +219,38 @@ def load_version(model_name: str, version: str, *, settings: Settings | None = N
         task=mv.tags.get("task", "binary"),  # versions before task types were binary
         classes=json.loads(mv.tags.get("classes", "[]")),
     )
+    if compiled:
+        attach_compiled(loaded, dict(mv.tags), settings)
+    return loaded
 
 
-def load_alias(model_name: str, alias: str = CHAMPION, *, settings: Settings | None = None) -> LoadedModel:
+def attach_compiled(loaded: LoadedModel, tags: dict[str, str], settings: Settings) -> None:
+    """Give ``loaded`` its ONNX Runtime scorer and batch-size limit, as the version's tags and
+    ``settings.serving_runtime`` / ``serving_onnx_max_rows`` say; record why not otherwise."""
+    from flywheel.training import compiled
+
+    mode = settings.serving_runtime
+    if mode == "native":
+        loaded.runtime_note = "serving_runtime=native"
+        return
+    if tags.get(compiled.TAGS.status) != "ok":
+        loaded.runtime_note = tags.get(compiled.TAGS.reason, "no ONNX copy recorded on the version")
+        return
+    weights = next(iter(loaded.model.parameters()), None) if hasattr(loaded.model, "parameters") else None
+    if weights is not None and str(weights.device) != "cpu":  # a GPU model: ONNX Runtime here is CPU-only
+        loaded.runtime_note = f"the native model runs on {weights.device}"
+        return
+    loaded.compiled = compiled.load(tags, loaded.task, tracking_uri=str(settings.mlflow_tracking_uri),
+                                    threads=settings.serving_threads)
+    measured = int(tags.get(compiled.TAGS.max_rows, "0"))
+    limit = settings.serving_onnx_max_rows if settings.serving_onnx_max_rows is not None else measured
+    loaded.compiled_max_rows = 10**9 if mode == "onnx" else limit
+
+
+def load_alias(model_name: str, alias: str = CHAMPION, *, settings: Settings | None = None,
+               compiled: bool = False) -> LoadedModel:
     """Load the version behind ``alias``; raises :class:`RegistryError` if it is not set."""
     mv = alias_version(model_name, alias, settings=settings)
     if mv is None:
         raise RegistryError(f"registered model {model_name!r} has no {alias!r} alias yet: train first")
-    return load_version(model_name, str(mv.version), settings=settings)
+    return load_version(model_name, str(mv.version), settings=settings, compiled=compiled)

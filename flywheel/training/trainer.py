@@ -23,7 +23,7 @@ from flywheel.core import storage
 from flywheel.core.config import Settings, get_settings
 from flywheel.core.spec import PipelineSpec
 from flywheel.features.featurizer import featurizer_for
-from flywheel.training import evaluation, families, lineage, promotion, registry, tuning
+from flywheel.training import compiled, evaluation, families, lineage, promotion, registry, tuning
 from flywheel.training.families.base import FitData, Trained, permutation_importance
 from flywheel.training.labels import LabelEncoding, drop_null
 
@@ -321,11 +321,14 @@ def train(spec: PipelineSpec, *, end: date, reason: str = "scheduled",
         )
         version = log_run(spec, end=end, reason=reason, frame=frame, identity=identity, model=best,
                           ev=ev, prepared=prepared, per_family=per_family, decision=decision, settings=settings)
+        runtime = compiled.package(best, prepared.x["holdout"], list(fz.names), threshold=ev.threshold,
+                                   model_uri=f"models:/{spec.model_name}/{version}", settings=settings)
     run_id = run.info.run_id
     awaiting = decision.promote and spec.training.approval.required
     tag_version(spec, version, settings, threshold=ev.threshold, run_id=run_id, family=best.name,
                 decision=decision, identity=identity, awaiting_approval=awaiting, features=fz.names,
-                classes=list(prepared.encoding.classes), champion_version=ev.champion_version)
+                classes=list(prepared.encoding.classes), champion_version=ev.champion_version,
+                extra=runtime)
     labelled = pd.concat(list(asdict_split(prepared.split).values()), ignore_index=True)
     reference_uri = write_reference(spec, version, recent_days(labelled, spec), best, settings,
                                     featurize=fz.frame, classes=list(prepared.encoding.classes))
@@ -407,8 +410,9 @@ def _dataset(frame: pd.DataFrame, spec: PipelineSpec, identity: dict[str, Any], 
 def tag_version(spec: PipelineSpec, version: str, settings: Settings, *, threshold: float, run_id: str,
                 family: str, decision: registry.GateDecision, identity: dict[str, Any], features: list[str],
                 classes: list[Any], awaiting_approval: bool = False,
-                champion_version: str | None = None) -> None:
-    """What serving needs (task, classes, threshold, features) and the version's lineage, as tags."""
+                champion_version: str | None = None, extra: dict[str, str] | None = None) -> None:
+    """What serving needs (task, classes, threshold, features, the compiled runtime's ``extra``
+    tags) and the version's lineage, as tags."""
     mlflow_client = registry.client(settings)
     tags = {
         "family": family,
@@ -425,6 +429,7 @@ def tag_version(spec: PipelineSpec, version: str, settings: Settings, *, thresho
         "data.partitions": json.dumps(identity["partitions"])[:5000],
         **({"classes": json.dumps(classes)} if spec.task == "multiclass" else {}),
         **lineage.lineage_tags(spec, settings, seed=spec.training.seed),
+        **(extra or {}),
     }
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(spec.model_name, version, key, value)

@@ -303,3 +303,13 @@ def test_xgboost_array_scoring_equals_dataframe_scoring():
     expected = loaded.predict_proba(wide.rename(columns=str))
     got = loaded.predict_proba_array(wide.to_numpy(), list(wide.columns))
     np.testing.assert_array_equal(got, np.asarray(expected))
+
+
+def test_distinct_keys_read_once_and_expand_back_in_order():
+    from flywheel.serving.online import distinct
+
+    keys = {"a": [1, 2, 1, 3, 2], "b": ["x", "y", "x", "x", "y"]}
+    unique, inverse, count = distinct(keys, 5)
+    assert count == 3 and unique == {"a": [1, 2, 3], "b": ["x", "y", "x"]}
+    assert [(unique["a"][i], unique["b"][i]) for i in inverse] == list(zip(keys["a"], keys["b"], strict=True))
+    assert distinct({"a": [1, 2]}, 2) == ({"a": [1, 2]}, None, 2)  # nothing repeated: read as is

@@ -126,6 +126,14 @@ class Family(ABC):
         """Per-iteration training curves (metric -> values); none by default."""
         return {}
 
+    def export_onnx(self, model: Any, features: list[str], *, task: str) -> bytes:
+        """The model as an ONNX graph: one float input ``(n, len(features))`` in ``features``
+        order, the task's raw output (:meth:`predict`). Raises
+        :class:`flywheel.training.compiled.ExportUnsupported` when the family has none."""
+        from flywheel.training.compiled import ExportUnsupported
+
+        raise ExportUnsupported(f"family {self.name!r} has no ONNX export")
+
     @abstractmethod
     def log_model(self, model: Any, *, registered_model_name: str, example: pd.DataFrame) -> Any:
         """Log to the active MLflow run and register; returns MLflow's ModelInfo."""

@@ -205,8 +205,57 @@ class TorchMLPFamily(Family):
             module()
         return mlflow.pytorch.load_model(uri, map_location=device(settings.torch_device)).eval()
 
+    def export_onnx(self, model: Any, features: list[str], *, task: str) -> bytes:
+        # The legacy TorchScript exporter (dynamo=False): the dynamo one needs onnxscript, and a
+        # traced MLP is all there is to export. The graph takes the model matrix and does what
+        # ``TabularMLP.tensors`` does in numpy (numeric columns; codes + 1, unknown -> 0) first.
+        import tempfile
+        from pathlib import Path
+
+        import torch
+
+        graph = _MatrixInput(model.to("cpu").eval(), features)
+        example = torch.zeros((2, len(features)), dtype=torch.float32)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            torch.onnx.export(graph, (example,), str(path), input_names=["input"], output_names=["output"],
+                              dynamic_axes={"input": {0: "rows"}, "output": {0: "rows"}}, opset_version=17,
+                              dynamo=False)
+            return path.read_bytes()
+
     @staticmethod
     def state_bytes(model: Any) -> bytes:
         """The weights as bytes (determinism checks)."""
         return b"".join(v.detach().cpu().numpy().tobytes() for v in model.state_dict().values())
 
+
+
+def _matrix_input_class() -> type:
+    import torch
+
+    class MatrixInput(torch.nn.Module):
+        """``TabularMLP`` scoring a float32 model matrix (columns = ``features``): the export graph."""
+
+        numeric: torch.Tensor  # buffers: positions of the numeric and code columns, vocabulary sizes
+        codes: torch.Tensor
+        sizes: torch.Tensor
+
+        def __init__(self, mlp: Any, features: list[str]) -> None:
+            super().__init__()
+            index = {f: i for i, f in enumerate(features)}
+            self.mlp = mlp
+            self.register_buffer("numeric", torch.tensor([index[c] for c in mlp.numeric], dtype=torch.long))
+            self.register_buffer("codes", torch.tensor([index[c] for c in mlp.categorical], dtype=torch.long))
+            self.register_buffer("sizes", torch.tensor(list(mlp.categorical.values()), dtype=torch.long))
+
+        def forward(self, x: Any) -> Any:
+            raw = torch.index_select(x, 1, self.codes)
+            codes = torch.where(torch.isnan(raw), torch.full_like(raw, -1.0), raw).to(torch.long) + 1
+            codes = torch.where((codes < 1) | (codes > self.sizes), torch.zeros_like(codes), codes)
+            return self.mlp.output(self.mlp(torch.index_select(x, 1, self.numeric), codes))
+
+    return MatrixInput
+
+
+def _MatrixInput(mlp: Any, features: list[str]) -> Any:  # noqa: N802 (a class built on first use)
+    return _matrix_input_class()(mlp, features)

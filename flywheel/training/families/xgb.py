@@ -6,6 +6,7 @@ of every boosting round on train and validation are kept (``evals_result``): the
 
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar
 
 import numpy as np
@@ -18,6 +19,7 @@ OBJECTIVES = {"binary": "binary:logistic", "multiclass": "multi:softprob", "regr
 EVAL_METRICS = {"binary": ["logloss", "aucpr"], "multiclass": ["mlogloss", "merror"],
                 "regression": ["rmse", "mae"]}
 CURVE_SETS = ("train", "val")
+ONNX_OPSET = 15  # the highest onnxmltools 1.16 converts to; ONNX Runtime 1.31 runs it
 
 
 class XGBoostFamily(SklearnApiFamily):
@@ -45,6 +47,18 @@ class XGBoostFamily(SklearnApiFamily):
         out = model.get_booster().inplace_predict(x, iteration_range=model._get_iteration_range(None),
                                                   missing=model.missing, validate_features=False)
         return np.asarray(out, dtype="float64")
+
+    def export_onnx(self, model: Any, features: list[str], *, task: str) -> bytes:
+        # onnxmltools reads the trees from the booster's JSON dump, where it expects features
+        # named f0..fN: a copy without the DataFrame's feature names gives it that.
+        from onnxmltools import convert_xgboost
+        from onnxmltools.convert.common.data_types import FloatTensorType
+
+        estimator = copy.deepcopy(model)
+        estimator.get_booster().feature_names = None
+        onnx_model = convert_xgboost(estimator, initial_types=[("input", FloatTensorType([None, len(features)]))],
+                                     target_opset=ONNX_OPSET)
+        return bytes(onnx_model.SerializeToString())
 
     def curves(self, model: Any) -> dict[str, list[float]]:
         from xgboost.core import XGBoostError
