@@ -5,7 +5,7 @@
 * XGBoost through ``xgboost.dask`` and the PyTorch MLP through torch DDP (gloo, one rank per
   worker): holdout metrics within ``TOLERANCE`` of the single-process model on the same data.
   Distributed ``hist`` merges per-worker quantile sketches and DDP averages the gradients of two
-  half-batches, so the models are close, not equal; on this data the gaps measured were below 0.01.
+  half-batches, so the models are close, not equal; on this data the gaps measured were at most 0.014 (XGBoost, binary).
 """
 
 from __future__ import annotations
@@ -89,7 +89,6 @@ def test_distributed_training_matches_the_single_process(services, dask_compute,
     spread = fam.train(data, params, seed=11, settings=_on(services, dask_compute))
     got = {name: _holdout(task, y_hold, t.scores(x_hold)) for name, t in (("local", local), ("dask", spread))}
     assert got["local"] > 0.5 if task == "binary" else got["local"] < 0.8, got  # both models learnt
-    print(family, task, got)
     assert abs(got["dask"] - got["local"]) <= TOLERANCE, got
     # The distributed model is the ordinary one to MLflow and serving, with its training curve.
     assert type(spread.model) is type(local.model)
