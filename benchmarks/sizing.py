@@ -84,7 +84,7 @@ def _train(spec, data, settings, args) -> dict[str, dict[str, float]]:  # type: 
              ("xgboost", xgb, 100.0 / args.trees),  # seconds per 100 trees
              ("torch_mlp", spec.training.candidates["torch_mlp"].params | {"epochs": 1, "patience": 1}, 1.0)]
     for name, params, scale in plans:
-        seconds, _ = _timed(lambda: families.get(name).train(data, params, seed=1, settings=settings))
+        seconds, _ = _timed(lambda n=name, p=params: families.get(n).train(data, p, seed=1, settings=settings))
         out[f"train_{name}"] = {"seconds": seconds * scale, "measured_seconds": seconds,
                                 "unit": {"xgboost": "per 100 trees", "torch_mlp": "per epoch"}.get(name, "fit")}
     return out

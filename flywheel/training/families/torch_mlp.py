@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import sys
 import math
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
