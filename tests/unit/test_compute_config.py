@@ -65,3 +65,17 @@ def test_an_unreachable_scheduler_is_a_compute_error_naming_it(tmp_path) -> None
 def test_local_settings_have_no_cluster(tmp_path) -> None:
     with pytest.raises(cluster.ComputeError, match="compute.engine is local"):
         cluster.client(Settings(home=tmp_path))
+
+
+def test_a_cli_user_sees_one_line_naming_the_setting(tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from flywheel.cli import app
+
+    monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path))
+    monkeypatch.setenv("FLYWHEEL_COMPUTE__ENGINE", "dask")
+    monkeypatch.setenv("FLYWHEEL_COMPUTE__SCHEDULER_ADDRESS", "tcp://10.0.0.5:8786")
+    result = CliRunner().invoke(app, ["status"])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert "compute.scheduler_address 'tcp://10.0.0.5:8786' is off the loopback" in result.output
