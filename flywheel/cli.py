@@ -39,6 +39,23 @@ def fail(message: str, *, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+@app.callback()
+def _check_settings() -> None:
+    """Invalid configuration (environment or FLYWHEEL_CONFIG) is one line naming the setting."""
+    from pydantic import ValidationError
+
+    from flywheel.core.config import ConfigError, Settings
+
+    try:
+        Settings()  # not the cached one: a command may change the environment before reading it
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        fail(f"configuration: {where}: {first['msg'].removeprefix('Value error, ')}")
+    except ConfigError as exc:
+        fail(f"configuration: {exc}")
+
+
 def use_case_spec(name: str | None) -> PipelineSpec:
     """The use case ``--use-case`` names (default: the only one); a clear error line otherwise."""
     from flywheel.core import catalog

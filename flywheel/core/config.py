@@ -83,6 +83,63 @@ class ProductionServices(BaseModel):
     feast_registry: Literal["sql", "s3"] = "sql"
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+class ComputeSettings(BaseModel):
+    """Where the heavy stages run (see flywheel/compute/ and docs/deploy.md, "Past one machine").
+
+    ``local`` (the default): in the calling process, as before. ``dask``: the day's feature
+    computation is mapped over a Dask cluster's workers, XGBoost trains through
+    ``xgboost.dask`` and the PyTorch MLP data-parallel (torch DDP, gloo) across them.
+
+    Closed by default: a scheduler off the loopback interface must be reached over TLS
+    (``tls_ca_file``, ``tls_cert``, ``tls_key``, mutual TLS as Dask's ``Security`` does it),
+    because stage arguments (settings, data shards) travel over the connection.
+    """
+
+    engine: Literal["local", "dask"] = "local"
+    # tcp://127.0.0.1:8786 or tls://scheduler:8786; required when engine = "dask".
+    scheduler_address: str | None = None
+    tls_ca_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Shards the day's feature computation is cut into (by a hash of each entity's keys);
+    # None = one per worker.
+    feature_shards: int | None = Field(None, ge=1, le=4096)
+    # Ranks of the data-parallel PyTorch run (one per worker); None = every worker.
+    torch_ranks: int | None = Field(None, ge=1, le=1024)
+    # Partitions of the XGBoost training matrix; None = one per worker.
+    xgboost_partitions: int | None = Field(None, ge=1, le=4096)
+    # Seconds to wait for the scheduler and for the workers to be there.
+    connect_timeout_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _closed_by_default(self) -> ComputeSettings:
+        if self.engine == "local":
+            return self
+        if not self.scheduler_address:
+            raise ConfigError("compute.engine = dask needs compute.scheduler_address "
+                              "(FLYWHEEL_COMPUTE__SCHEDULER_ADDRESS, e.g. tcp://127.0.0.1:8786)")
+        scheme, _, rest = self.scheduler_address.partition("://")
+        host = rest.rsplit(":", 1)[0] if rest else ""
+        if scheme not in {"tcp", "tls"} or not host:
+            raise ConfigError(f"compute.scheduler_address {self.scheduler_address!r} is not a "
+                              "tcp://host:port or tls://host:port address")
+        tls = (self.tls_ca_file, self.tls_cert, self.tls_key)
+        if scheme == "tls" and not all(tls):
+            raise ConfigError("compute.scheduler_address is tls:// but compute.tls_ca_file, "
+                              "tls_cert and tls_key are not all set")
+        if scheme == "tcp" and host not in LOOPBACK_HOSTS:
+            raise ConfigError(f"compute.scheduler_address {self.scheduler_address!r} is off the loopback "
+                              "interface without TLS: use tls:// with compute.tls_ca_file/tls_cert/tls_key")
+        return self
+
+    @property
+    def distributed(self) -> bool:
+        return self.engine != "local"
+
+
 class Settings(BaseSettings):
     """Everything a component needs to find the others."""
 
@@ -156,6 +213,9 @@ class Settings(BaseSettings):
     # The use cases one model server serves (routes /<use case>/predict...); empty = every
     # use-case spec whose model has a champion. One server per use case = one name each.
     serving_use_cases: list[str] = Field(default_factory=list)
+
+    # Where features and training compute: in process (default) or on a Dask cluster.
+    compute: ComputeSettings = Field(default_factory=ComputeSettings)
 
     # Prometheus exporter: seconds a read of the monitoring summaries is reused across scrapes.
     exporter_cache_s: float = Field(10.0, ge=0)
@@ -274,6 +334,9 @@ class Settings(BaseSettings):
             "FLYWHEEL_SERVING_USE_CASES": json.dumps(self.serving_use_cases),
         }
         env |= {f"FLYWHEEL_PORTS__{k.upper()}": str(v) for k, v in self.ports.model_dump().items()}
+        if self.compute.distributed:
+            env |= {f"FLYWHEEL_COMPUTE__{k.upper()}": str(v) for k, v in self.compute.model_dump().items()
+                    if v is not None}
         if self.online_store is not None:
             env["FLYWHEEL_ONLINE_STORE"] = json.dumps(self.online_store)
         if self.feast_project != "flywheel":

@@ -108,8 +108,14 @@ def horizon_hours(entity: EntitySpec) -> tuple[int, int]:
     return max([active, *spans]), active
 
 
-def compile_entity(spec: PipelineSpec, entity_name: str, source: str) -> EntityQuery:
-    """The aggregates of ``entity_name`` over ``source`` (a duckdb relation), as one query."""
+def compile_entity(spec: PipelineSpec, entity_name: str, source: str, *,
+                   shard: tuple[int, int] | None = None) -> EntityQuery:
+    """The aggregates of ``entity_name`` over ``source`` (a duckdb relation), as one query.
+
+    ``shard=(i, n)`` keeps the entities whose keys hash to ``i`` modulo ``n``: the n shards'
+    rows together are the unsharded result (every aggregate is computed within one entity's rows,
+    in the same scan order), which is how the day's features are mapped over a cluster.
+    """
     entity = spec.features.entities[entity_name]
     if not entity.aggregations:
         raise FeatureDefinitionError(f"use case {spec.name}: entity {entity_name!r} has no aggregations")
@@ -117,6 +123,11 @@ def compile_entity(spec: PipelineSpec, entity_name: str, source: str) -> EntityQ
     ts = _quote(spec.dataset.timestamp)
     horizon, active = horizon_hours(entity)
     not_null = " AND ".join(f"{k} IS NOT NULL" for k in keys)
+    if shard is not None:
+        index, count = shard
+        if not 0 <= index < count:
+            raise FeatureDefinitionError(f"use case {spec.name}: shard {index} of {count} does not exist")
+        not_null += f" AND hash({', '.join(keys)}) % {int(count)} = {int(index)}"
     ctes = [f"rows AS (SELECT * EXCLUDE ({ts}), {ts} AS ts FROM {source} "
             f"WHERE {ts} >= $stamp - {_interval(horizon)} AND {ts} < $stamp AND {not_null})"]
     joins = []
@@ -172,11 +183,13 @@ def run(query: EntityQuery, ds: date, frame: pd.DataFrame | None = None) -> pd.D
     return out
 
 
-def entity_aggregates(spec: PipelineSpec, entity: str, window: pd.DataFrame | list[str], ds: date) -> pd.DataFrame:
-    """The aggregates of one entity as of the end of ``ds`` over a frame or Parquet files."""
+def entity_aggregates(spec: PipelineSpec, entity: str, window: pd.DataFrame | list[str], ds: date, *,
+                      shard: tuple[int, int] | None = None) -> pd.DataFrame:
+    """The aggregates of one entity as of the end of ``ds`` over a frame or Parquet files
+    (``shard=(i, n)``: only the entities of that shard, see :func:`compile_entity`)."""
     if isinstance(window, list):
-        return run(compile_entity(spec, entity, parquet_source(window)), ds)
-    return run(compile_entity(spec, entity, "window_frame"), ds, window)
+        return run(compile_entity(spec, entity, parquet_source(window), shard=shard), ds)
+    return run(compile_entity(spec, entity, "window_frame", shard=shard), ds, window)
 
 
 def lookback_hours(spec: PipelineSpec) -> int:

@@ -156,10 +156,11 @@ def compute_aggregates(spec: PipelineSpec, ds: date, *, settings: Settings | Non
     zone (``features/<use case>/<entity>/ds=<ds>/``).
 
     The curated partitions are streamed to local files and scanned by duckdb, so memory stays
-    bounded by the aggregates, not by the rows of the window.
+    bounded by the aggregates, not by the rows of the window. With ``compute.engine = dask`` the
+    scan is mapped over the cluster's workers (:func:`day_tables`); the partitions written are the
+    same bytes either way.
     """
     import math
-    import tempfile
 
     settings = settings or get_settings()
     span = max(1, math.ceil(lookback_hours(spec) / 24))
@@ -174,11 +175,7 @@ def compute_aggregates(spec: PipelineSpec, ds: date, *, settings: Settings | Non
         raise FeatureError(f"no curated partition {name} ds={ds}: validate it first")
     if missing:
         log.warning("feature window %s..%s lacks curated days %s", start, ds, missing)
-    with tempfile.TemporaryDirectory(prefix="flywheel-features-") as tmp:
-        files = [str(p) for d in read for p in storage.download_partition(
-            zone="curated", dataset=name, ds=d, dest=Path(tmp), settings=settings, client=client)[1]]
-        tables = {entity: entity_aggregates(spec, entity, files, ds) for entity in spec.features.entities}
-        newest = _newest_event(files, spec.dataset.timestamp)
+    tables, newest = day_tables(spec, ds, read, settings=settings)
     manifests = {}
     stamp = feature_timestamp(ds)
     freshness = {"feature_timestamp": stamp.isoformat(), "newest_event": newest,
@@ -190,6 +187,53 @@ def compute_aggregates(spec: PipelineSpec, ds: date, *, settings: Settings | Non
         manifests[repo.view_name(spec, entity)] = manifest.content_hash
     return FeatureRun(ds=ds.isoformat(), window=read, missing_days=missing,
                       rows={repo.view_name(spec, v): len(t) for v, t in tables.items()}, manifests=manifests)
+
+
+def day_tables(spec: PipelineSpec, ds: date, days: list[str], *,
+               settings: Settings) -> tuple[dict[str, pd.DataFrame], str | None]:
+    """Every entity's aggregates as of ``ds`` over the curated ``days``, and the newest event read.
+
+    Local: one duckdb scan per entity in this process. Dask: ``compute.feature_shards`` tasks (one
+    per worker by default), each reading the window from the object store itself and computing the
+    entities whose keys hash to its shard; the shards' rows are put back in key order, so the
+    tables equal the local ones exactly. Raises ``ComputeError`` when the cluster is unreachable.
+    """
+    if not settings.compute.distributed:
+        return shard_tables(None, spec=spec, ds=ds, days=days, settings=settings)
+    from flywheel.compute import cluster
+
+    dask = cluster.client(settings)
+    count = settings.compute.feature_shards or len(cluster.workers(dask))
+    futures = dask.map(shard_tables, [(i, count) for i in range(count)], spec=spec, ds=ds, days=days,
+                       settings=settings, pure=False, key=[f"features-{spec.name}-{ds}-{i}-of-{count}"
+                                                           for i in range(count)])
+    parts = dask.gather(futures, errors="raise")
+    tables = {entity: _in_key_order([part[0][entity] for part in parts], spec.features.entities[entity].keys)
+              for entity in spec.features.entities}
+    newest = max((part[1] for part in parts if part[1] is not None), default=None)
+    return tables, newest
+
+
+def shard_tables(shard: tuple[int, int] | None, *, spec: PipelineSpec, ds: date, days: list[str],
+                 settings: Settings) -> tuple[dict[str, pd.DataFrame], str | None]:
+    """One shard (``(i, n)``, None = all) of every entity's aggregates over the curated ``days``:
+    the partitions are downloaded to a temporary folder of the process that runs it."""
+    import tempfile
+
+    client = storage.s3_client(settings)
+    with tempfile.TemporaryDirectory(prefix="flywheel-features-") as tmp:
+        files = [str(p) for d in days for p in storage.download_partition(
+            zone="curated", dataset=spec.dataset.name, ds=d, dest=Path(tmp), settings=settings,
+            client=client)[1]]
+        tables = {entity: entity_aggregates(spec, entity, files, ds, shard=shard)
+                  for entity in spec.features.entities}
+        return tables, _newest_event(files, spec.dataset.timestamp)
+
+
+def _in_key_order(parts: list[pd.DataFrame], keys: list[str]) -> pd.DataFrame:
+    """Shards of one entity's table as one, ordered by its keys like the unsharded query."""
+    filled = [p for p in parts if len(p)] or parts[:1]
+    return pd.concat(filled, ignore_index=True).sort_values(keys, kind="stable").reset_index(drop=True)
 
 
 def _newest_event(files: list[str], column: str) -> str | None:

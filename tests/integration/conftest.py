@@ -7,7 +7,7 @@ from datetime import date, timedelta
 
 import pytest
 
-from flywheel.core.config import Settings
+from flywheel.core.config import ComputeSettings, Settings
 from flywheel.stack import launcher as stack
 from tests.ports import ports
 
@@ -46,3 +46,12 @@ def loaded(services: Settings, spec) -> dict:
         features.compute_aggregates(spec, day, settings=services)
         features.materialize(spec, day, settings=services)
     return summaries
+
+
+@pytest.fixture(scope="session")
+def dask_compute(tmp_path_factory) -> Iterator[ComputeSettings]:
+    """A real local Dask cluster (scheduler + 2 workers, separate processes on 127.0.0.1)."""
+    from tests.integration.dask_cluster import local_cluster
+
+    with local_cluster(tmp_path_factory.mktemp("dask")) as compute:
+        yield compute

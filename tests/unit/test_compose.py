@@ -650,3 +650,28 @@ def test_prometheus_scrapes_the_monitoring_exporter_and_grafana_charts_its_metri
     assert {"flywheel_monitoring_drift_drift_share", "flywheel_monitoring_performance_metric_drop",
             "flywheel_monitoring_alert"} <= queried
     assert queried <= exported, f"dashboards query unknown metrics: {sorted(queried - exported)}"
+
+
+def test_compose_runs_a_dask_cluster_the_tasks_reach_over_tls(
+    services: dict[str, dict[str, Any]], compose_settings
+) -> None:
+    """Scheduler + 2 workers (the Airflow image), mutual TLS from the dask-tls-init volume, no
+    published port; Airflow tasks are configured for that scheduler (flywheel.core.config.ComputeSettings)."""
+    compute = compose_settings.compute
+    assert compute.engine == "dask" and compute.scheduler_address == "tls://dask-scheduler:8786"
+    scheduler, worker, init = services["dask-scheduler"], services["dask-worker"], services["dask-tls-init"]
+    assert init["entrypoint"] == ["python", "-m", "flywheel.compute.tls"]
+    assert worker["deploy"]["replicas"] >= 2
+    assert worker["command"][:2] == ["worker", compute.scheduler_address]
+    for name, service in (("dask-scheduler", scheduler), ("dask-worker", worker)):
+        assert service["image"] == services["airflow-worker"]["image"], name
+        assert not service.get("ports"), f"{name} must not publish a port"
+        flags = service["command"]
+        for flag, path in (("--tls-ca-file", compute.tls_ca_file), ("--tls-cert", compute.tls_cert),
+                           ("--tls-key", compute.tls_key)):
+            assert flags[flags.index(flag) + 1] == str(path), (name, flag)
+        assert environment_of(service)["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] == "true"
+        assert not any(SECRET_NAME.search(k) for k in environment_of(service)), f"{name} holds a secret"
+    assert scheduler["command"][scheduler["command"].index("--protocol") + 1] == "tls"
+    mounts = {m.split(":")[1] for m in services["airflow-worker"]["volumes"] if isinstance(m, str)}
+    assert str(compute.tls_ca_file.parent) in mounts

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 HELM = ROOT / "infra" / "helm"
 VALUES = HELM / "airflow-values.yaml"
-MANIFESTS = [HELM / "model-server.yaml", HELM / "gpu-worker.yaml", HELM / "platform.yaml"]
+MANIFESTS = [HELM / "model-server.yaml", HELM / "gpu-worker.yaml", HELM / "platform.yaml", HELM / "dask.yaml"]
 SECRETS = HELM / "secrets.example.yaml"
 
 # Top-level keys of the apache-airflow chart's values (chart 1.18) that Flywheel sets.
@@ -285,3 +285,43 @@ def test_provision_job_and_mlflow_match_the_native_profile(objects: list[dict[st
     service = by_kind(objects, "Service")["mlflow"]
     assert f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}" == str(
         chart_settings.mlflow_tracking_uri)
+
+
+def test_dask_cluster_is_the_one_the_chart_tasks_reach_over_tls(
+    values: dict[str, Any], objects: list[dict[str, Any]], chart_settings
+) -> None:
+    """Scheduler Service + Deployment, >= 2 workers scaled by an HPA, mutual TLS from the Secret the
+    Airflow workers mount; the chart's tasks are configured for that scheduler."""
+    compute = chart_settings.compute
+    assert compute.engine == "dask"
+    service = by_kind(objects, "Service")["dask-scheduler"]
+    assert compute.scheduler_address == f"tls://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    assert service["spec"]["type"] == "ClusterIP"
+    deployments = by_kind(objects, "Deployment")
+    worker = deployments["dask-worker"]
+    assert worker["spec"]["replicas"] >= 2
+    assert by_kind(objects, "HorizontalPodAutoscaler")["dask-worker"]["spec"]["scaleTargetRef"]["name"] == "dask-worker"
+    secrets = {d["metadata"]["name"]: d for d in documents(SECRETS)}
+    for name in ("dask-scheduler", "dask-worker"):
+        pod = deployments[name]["spec"]["template"]["spec"]
+        box = pod["containers"][0]
+        args = box["args"]
+        assert box["command"] == ["dask"] and box["image"] == flywheel_image(objects)
+        for flag, path in (("--tls-ca-file", compute.tls_ca_file), ("--tls-cert", compute.tls_cert),
+                           ("--tls-key", compute.tls_key)):
+            assert args[args.index(flag) + 1] == str(path), (name, flag)
+        assert env_of(box["env"])["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] == "true"
+        secret = next(v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v)
+        assert set(secrets[secret]["stringData"]) == {p.name for p in (compute.tls_ca_file, compute.tls_cert,
+                                                                       compute.tls_key)}
+        assert "--dashboard" not in args and "--no-dashboard" in args
+    assert deployments["dask-worker"]["spec"]["template"]["spec"]["containers"][0]["args"][1] == \
+        compute.scheduler_address
+    mounts = {m["mountPath"] for m in values["workers"]["extraVolumeMounts"]}
+    assert str(compute.tls_ca_file.parent) in mounts
+    assert {v["secret"]["secretName"] for v in values["workers"]["extraVolumes"]} == {"flywheel-dask-tls"}
+
+
+def flywheel_image(objects: list[dict[str, Any]]) -> str:
+    """The Flywheel Airflow image (CPU) the provisioning Job runs: the workers' code."""
+    return str(container(next(o for o in objects if o["kind"] == "Job"))["image"])

@@ -3,14 +3,22 @@
 Device by configuration (``Settings.torch_device``): ``auto`` uses CUDA when present,
 ``cuda`` insists on it, ``cpu`` forces the CPU. On the CPU training is deterministic
 (seeded, deterministic algorithms, fixed thread count): same data + seed → same weights.
+
+With ``compute.engine = dask`` the model trains data-parallel: one rank per Dask worker (torch
+DDP on gloo, CPU), each on every ``world``-th training row, gradients averaged by DDP after every
+step. Every rank takes the same number of steps per epoch as the single process (batches of about
+``batch_size / world`` rows), scores the whole validation split and so stops at the same epoch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import math
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
 from types import ModuleType
 from typing import Any, ClassVar
 
@@ -61,18 +69,18 @@ def device(setting: str) -> str:
 
 
 @contextlib.contextmanager
-def deterministic(seed: int) -> Iterator[None]:
+def deterministic(seed: int, *, threads: int = THREADS) -> Iterator[None]:
     """Seeded, deterministic torch with a fixed thread count; restores the previous settings."""
     import torch
 
-    threads, algorithms = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    previous, algorithms = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.manual_seed(seed)
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(previous)
         torch.use_deterministic_algorithms(algorithms)
 
 
@@ -82,15 +90,18 @@ def _scaling(x: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return center, np.where(spread > 1e-6, spread, 1.0)
 
 
-def _targets(data: FitData, where: str) -> tuple[Any, Any, float, float]:
-    """Train/validation targets as tensors (regression: standardized) and the target scaling."""
+def _targets(data: FitData, where: str, scaling: tuple[float, float] | None = None) -> tuple[Any, Any, float, float]:
+    """Train/validation targets as tensors (regression: standardized) and the target scaling
+    (``scaling``: given, e.g. the whole training split's when ``data`` holds one rank's rows)."""
     import torch
 
     if data.task == "multiclass":
         return (torch.as_tensor(data.y_train.to_numpy(dtype="int64"), device=where),
                 torch.as_tensor(data.y_val.to_numpy(dtype="int64"), device=where), 0.0, 1.0)
     center, scale = 0.0, 1.0
-    if data.task == "regression":
+    if scaling is not None:
+        center, scale = scaling
+    elif data.task == "regression":
         center = float(data.y_train.mean())
         scale = float(data.y_train.std()) if float(data.y_train.std() or 0.0) > 1e-12 else 1.0
     y_train = (data.y_train.to_numpy(dtype="float64") - center) / scale
@@ -110,16 +121,23 @@ def _loss(task: str, p: dict[str, Any], where: str) -> Any:
     return torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(p["pos_weight"]), device=where))
 
 
-def _epochs(model: Any, data: FitData, p: dict[str, Any], *, where: str, seed: int) -> dict[str, list[float]]:
+def _epochs(model: Any, data: FitData, p: dict[str, Any], *, where: str, seed: int,
+            scaling: tuple[float, float] | None = None, steps: int | None = None) -> dict[str, list[float]]:
     """Mini-batch AdamW with early stopping on the validation metric; leaves the best weights in
-    ``model`` and returns the curve: train/validation loss and validation metric per epoch."""
+    ``model`` and returns the curve: train/validation loss and validation metric per epoch.
+
+    Inside a torch process group (a data-parallel rank) the model is wrapped in DDP and each epoch
+    is cut into ``steps`` batches of this rank's rows, the same count on every rank."""
     import torch
+    import torch.distributed as dist
 
     from flywheel.training import evaluation
 
     metric = data.validation_metric
     sign = -1.0 if evaluation.lower_is_better(metric) else 1.0
-    y, y_val, _, _ = _targets(data, where)
+    ranked = dist.is_available() and dist.is_initialized()
+    net = torch.nn.parallel.DistributedDataParallel(model) if ranked else model
+    y, y_val, _, _ = _targets(data, where, scaling)
     x_num, x_cat = model.tensors(data.x_train)
     xv_num, xv_cat = model.tensors(data.x_val)
     loss_fn = _loss(data.task, p, where)
@@ -129,20 +147,25 @@ def _epochs(model: Any, data: FitData, p: dict[str, Any], *, where: str, seed: i
     best, best_state, stale = -np.inf, None, 0
     for _epoch in range(int(p["epochs"])):
         model.train()
-        total = 0.0
-        for idx in torch.randperm(len(y), generator=shuffle).split(int(p["batch_size"])):
+        total, seen = 0.0, float(len(y))
+        order = torch.randperm(len(y), generator=shuffle)
+        for idx in order.tensor_split(int(steps or 1)) if ranked else order.split(int(p["batch_size"])):
             idx = idx.to(where)
             optimizer.zero_grad()
-            loss = loss_fn(model(x_num[idx], x_cat[idx]), y[idx])
+            loss = loss_fn(net(x_num[idx], x_cat[idx]), y[idx])
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(idx)
+        if ranked:  # the curve's train loss over every rank's rows
+            sums = torch.tensor([total, seen], dtype=torch.float64)
+            dist.all_reduce(sums)
+            total, seen = float(sums[0]), float(sums[1])
         model.eval()
         with torch.no_grad():
             raw = model(xv_num, xv_cat)
             curve["val_loss"].append(float(loss_fn(raw, y_val)))
             score = evaluation.score(metric, data.y_val.to_numpy(), model.output(raw).float().cpu().numpy())
-        curve["train_loss"].append(total / max(len(y), 1))
+        curve["train_loss"].append(total / max(seen, 1.0))
         curve[f"val_{metric}"].append(score)
         if sign * score > best:
             best, stale = sign * score, 0
@@ -163,22 +186,13 @@ class TorchMLPFamily(Family):
     parameters: ClassVar[frozenset[str]] = hyperparameters.TORCH_MLP
 
     def fit(self, data: FitData, params: dict[str, Any], *, seed: int, settings: Settings) -> Any:
-        p = DEFAULTS | params
-        if "width" in p:  # searchable shorthand: two layers, the second half as wide
-            p["hidden"] = [int(p["width"]), max(8, int(p["width"]) // 2)]
-        # Category codes (Featurizer.categorical: feature -> number of known codes) get embeddings.
-        categorical = {c: int(n) for c, n in data.categorical.items() if c in data.x_train.columns}
-        numeric = [c for c in data.x_train.columns if c not in categorical]
-        center, scale = _scaling(data.x_train[numeric])
+        plan = _plan(data, params, seed)
+        if settings.compute.distributed:
+            return _fit_data_parallel(plan, data, settings)
         where = device(settings.torch_device)
-        _, _, target_center, target_scale = _targets(data, "cpu")
         with deterministic(seed):
-            model = module().TabularMLP(
-                numeric, categorical, center=center, scale=scale, hidden=p["hidden"], dropout=p["dropout"],
-                embedding_dim=p["embedding_dim"], task=data.task,
-                outputs=data.n_classes if data.task == "multiclass" else 1,
-                target_center=target_center, target_scale=target_scale).to(where)
-            model.history = _epochs(model, data, p, where=where, seed=seed)
+            model = _build(plan, where)
+            model.history = _epochs(model, data, plan.p, where=where, seed=seed, scaling=plan.target)
         return model.eval()
 
     def predict(self, model: Any, x: pd.DataFrame, *, task: str) -> np.ndarray:
@@ -259,3 +273,86 @@ def _matrix_input_class() -> type:
 
 def _MatrixInput(mlp: Any, features: list[str]) -> Any:  # noqa: N802 (a class built on first use)
     return _matrix_input_class()(mlp, features)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What every rank builds the same model from: parameters, columns, scalings, the seed."""
+
+    p: dict[str, Any]
+    numeric: list[str]
+    categorical: dict[str, int]
+    center: np.ndarray
+    scale: np.ndarray
+    target: tuple[float, float]
+    task: str
+    outputs: int
+    seed: int
+    train_rows: int
+
+
+def _plan(data: FitData, params: dict[str, Any], seed: int) -> _Plan:
+    p = DEFAULTS | params
+    if "width" in p:  # searchable shorthand: two layers, the second half as wide
+        p["hidden"] = [int(p["width"]), max(8, int(p["width"]) // 2)]
+    # Category codes (Featurizer.categorical: feature -> number of known codes) get embeddings.
+    categorical = {c: int(n) for c, n in data.categorical.items() if c in data.x_train.columns}
+    numeric = [c for c in data.x_train.columns if c not in categorical]
+    center, scale = _scaling(data.x_train[numeric])
+    _, _, target_center, target_scale = _targets(data, "cpu")
+    return _Plan(p, numeric, categorical, center, scale, (target_center, target_scale), data.task,
+                 data.n_classes if data.task == "multiclass" else 1, seed, len(data.x_train))
+
+
+def _build(plan: _Plan, where: str) -> Any:
+    p = plan.p
+    return module().TabularMLP(
+        plan.numeric, plan.categorical, center=plan.center, scale=plan.scale, hidden=p["hidden"],
+        dropout=p["dropout"], embedding_dim=p["embedding_dim"], task=plan.task, outputs=plan.outputs,
+        target_center=plan.target[0], target_scale=plan.target[1]).to(where)
+
+
+def _fit_data_parallel(plan: _Plan, data: FitData, settings: Settings) -> Any:
+    """Train on the Dask cluster, one DDP rank per worker; returns rank 0's model (on this host's device)."""
+    from flywheel.compute import cluster
+
+    dask = cluster.client(settings)
+    world = settings.compute.torch_ranks or len(cluster.workers(dask))
+    # Strided shards: each rank's rows span the whole training period.
+    shards = [FitData(data.x_train.iloc[r::world], data.y_train.iloc[r::world], data.x_val, data.y_val,
+                      task=data.task, n_classes=data.n_classes, categorical=data.categorical,
+                      metric=data.metric) for r in range(world)]
+    if min(len(s.x_train) for s in shards) == 0:
+        raise ValueError(f"{world} data-parallel ranks for {len(data.x_train)} training rows: too few rows")
+    results = cluster.run_ranks(dask, _rank, [(plan, shard) for shard in shards])
+    state, history = results[0]
+    with deterministic(plan.seed):
+        model = _build(plan, "cpu")
+    model.load_state_dict(state)
+    model.history = history
+    return model.to(device(settings.torch_device)).eval()
+
+
+RENDEZVOUS_TIMEOUT = timedelta(minutes=5)
+
+
+def _rank(rank: int, world: int, host: str, port: int, payload: tuple[_Plan, FitData]) -> tuple[Any, Any]:
+    """One data-parallel rank, run on a Dask worker: join the gloo process group, train, leave it.
+    Returns (weights, curve) from rank 0 and (None, None) from the others."""
+    import torch.distributed as dist
+    from distributed import get_worker
+
+    plan, shard = payload
+    threads = max(1, int(get_worker().state.nthreads))  # the worker's share of its host, not more
+    dist.init_process_group("gloo", init_method=f"tcp://{host}:{port}", rank=rank, world_size=world,
+                            timeout=RENDEZVOUS_TIMEOUT)
+    try:
+        steps = min(math.ceil(plan.train_rows / int(plan.p["batch_size"])), len(shard.x_train))
+        with deterministic(plan.seed, threads=threads):
+            model = _build(plan, "cpu")
+            curve = _epochs(model, shard, plan.p, where="cpu", seed=plan.seed, scaling=plan.target, steps=steps)
+        if rank != 0:
+            return None, None
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}, curve
+    finally:
+        dist.destroy_process_group()

@@ -2,6 +2,13 @@
 
 Objective per task: ``binary:logistic``, ``multi:softprob``, ``reg:squarederror``. The metrics
 of every boosting round on train and validation are kept (``evals_result``): the training curve.
+
+With ``compute.engine = dask`` the trees are grown by XGBoost's own Dask integration
+(``xgboost.dask``: each worker holds partitions of the training matrix, histograms are
+all-reduced between them). The fitted booster comes back as the ordinary scikit-learn model, so
+logging, loading and serving do not know where it was trained. Distributed ``hist`` merges the
+workers' quantile sketches, so the split candidates (and the metrics) can differ slightly from the
+single-process model's: tests/integration/test_compute_dask.py states the tolerance.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ class XGBoostFamily(SklearnApiFamily):
     def fit(self, data: FitData, params: dict[str, Any], *, seed: int, settings: Settings) -> Any:
         from xgboost import XGBClassifier, XGBRegressor
 
+        if settings.compute.distributed:
+            return _fit_on_cluster(data, params, seed=seed, settings=settings)
         estimator = XGBRegressor if data.task == "regression" else XGBClassifier
         model = estimator(**({"objective": OBJECTIVES[data.task]} | params), random_state=seed, n_jobs=2,
                           tree_method="hist", eval_metric=EVAL_METRICS[data.task])
@@ -74,3 +83,41 @@ class XGBoostFamily(SklearnApiFamily):
     @staticmethod
     def model_bytes(model: Any) -> bytes:
         return bytes(model.get_booster().save_raw())
+
+
+def _fit_on_cluster(data: FitData, params: dict[str, Any], *, seed: int, settings: Settings) -> Any:
+    """``xgboost.dask`` on the configured cluster; returns the equivalent local scikit-learn model."""
+    import tempfile
+    from pathlib import Path
+
+    import dask.dataframe as dd
+    from xgboost import XGBClassifier, XGBRegressor
+    from xgboost import dask as dxgb
+
+    from flywheel.compute import cluster
+
+    dask = cluster.client(settings)
+    parts = settings.compute.xgboost_partitions or len(cluster.workers(dask))
+    regression = data.task == "regression"
+    estimator = dxgb.DaskXGBRegressor if regression else dxgb.DaskXGBClassifier
+    model = estimator(**({"objective": OBJECTIVES[data.task]} | params), random_state=seed,
+                      tree_method="hist", eval_metric=EVAL_METRICS[data.task])
+    model.client = dask
+
+    def frames(x: Any, y: Any) -> tuple[Any, Any]:
+        return dd.from_pandas(x, npartitions=parts, sort=False), dd.from_pandas(y, npartitions=parts, sort=False)
+
+    x_train, y_train = frames(data.x_train, data.y_train)
+    x_val, y_val = frames(data.x_val, data.y_val)
+    # xgboost.dask looks the client up with distributed.get_client() even when given one.
+    with dask.as_current():
+        model.fit(x_train, y_train, eval_set=[(x_train, y_train), (x_val, y_val)], verbose=False)
+    local = (XGBRegressor if regression else XGBClassifier)(
+        **({"objective": OBJECTIVES[data.task]} | params), random_state=seed, n_jobs=2, tree_method="hist",
+        eval_metric=EVAL_METRICS[data.task])
+    with tempfile.TemporaryDirectory(prefix="flywheel-xgb-") as tmp:
+        path = Path(tmp) / "model.ubj"
+        model.save_model(path)  # with the scikit-learn metadata (classes, estimator type)
+        local.load_model(path)
+    local.evals_result_ = model.evals_result()
+    return local
