@@ -11,6 +11,46 @@ from flywheel.core.spec import PipelineSpec, load_spec_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# pytest-xdist (`make test` runs `-n N --dist loadgroup`) sends each xdist group whole to one worker.
+# Every test gets one: its module's, or SESSION_STACK for every module that uses the session stack
+# (tests/integration/conftest.py's `services`), so each port block and each session fixture starts in
+# one worker only. A module may name its own group with `pytest.mark.xdist_group`.
+SESSION_STACK = "session-stack"
+# Groups start in collection order, so the longest come first: a long one started last makes the tail.
+LEVEL_ORDER = ("e2e", SESSION_STACK, "integration", "unit")
+
+
+def _module(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
+
+
+def _uses_session_stack(item: pytest.Item) -> bool:
+    # By definition, not by name: a unit module may have a `services` fixture of its own.
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs.get("services", ()) if info is not None else ()
+    return any(d.scope == "session" and d.func.__module__ == "tests.integration.conftest" for d in defs)
+
+
+def _rank(item: pytest.Item, groups: dict[str, str]) -> int:
+    if groups[_module(item)] == SESSION_STACK:
+        return LEVEL_ORDER.index(SESSION_STACK)
+    levels = [m for m in LEVEL_ORDER if item.get_closest_marker(m) is not None]
+    return LEVEL_ORDER.index(levels[0]) if levels else len(LEVEL_ORDER)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    groups: dict[str, str] = {}
+    for item in items:
+        module = _module(item)
+        if _uses_session_stack(item):
+            groups[module] = SESSION_STACK
+        groups.setdefault(module, module)
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(groups[_module(item)]))
+    items.sort(key=lambda item: _rank(item, groups))  # stable: each module's tests stay together
+
 
 @pytest.fixture(scope="session")
 def spec() -> PipelineSpec:
