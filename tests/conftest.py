@@ -16,8 +16,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # (tests/integration/conftest.py's `services`), so each port block and each session fixture starts in
 # one worker only. A module may name its own group with `pytest.mark.xdist_group`.
 SESSION_STACK = "session-stack"
-# Groups start in collection order, so the longest come first: a long one started last makes the tail.
-LEVEL_ORDER = ("e2e", SESSION_STACK, "integration", "unit")
+# Groups start in collection order (xdist gives each worker two at once), so the longest come first:
+# a long one started last makes the tail. LONGEST: an ordering hint from --durations, longest first;
+# any other module ranks by its level in LEVEL_ORDER.
+LONGEST = (SESSION_STACK, "tests/e2e/test_loop.py", "tests/integration/test_production_loop.py",
+           "tests/e2e/test_simulation.py", "tests/e2e/test_flights.py")
+LEVEL_ORDER = ("e2e", "integration", "unit")
 
 
 def _module(item: pytest.Item) -> str:
@@ -32,10 +36,11 @@ def _uses_session_stack(item: pytest.Item) -> bool:
 
 
 def _rank(item: pytest.Item, groups: dict[str, str]) -> int:
-    if groups[_module(item)] == SESSION_STACK:
-        return LEVEL_ORDER.index(SESSION_STACK)
+    group = groups[_module(item)]
+    if group in LONGEST:
+        return LONGEST.index(group)
     levels = [m for m in LEVEL_ORDER if item.get_closest_marker(m) is not None]
-    return LEVEL_ORDER.index(levels[0]) if levels else len(LEVEL_ORDER)
+    return len(LONGEST) + (LEVEL_ORDER.index(levels[0]) if levels else len(LEVEL_ORDER))
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
