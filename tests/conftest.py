@@ -54,7 +54,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(groups[_module(item)]))
+        if config.getoption("loadgroup", False):  # set in xdist workers under --dist loadgroup
+            _suffix_group(item)
     items.sort(key=lambda item: _rank(item, groups))  # stable: each module's tests stay together
+
+
+def _suffix_group(item: pytest.Item) -> None:
+    """xdist 3.8 tells the controller a test's group by a ``@group`` nodeid suffix, written to
+    ``item._nodeid``; pytest 9.2 keeps the id in ``item._id`` and ignores that, so no test is
+    grouped (pytest-xdist issue 1386; this is its open fix, PR 1388). Remove with a fixed xdist."""
+    from _pytest.nodeid import NodeId
+
+    names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                    for m in item.iter_markers("xdist_group")})
+    if hasattr(item, "_id") and "@" not in item.nodeid.rpartition("]")[2]:
+        item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(names)}")
 
 
 @pytest.fixture(scope="session")
