@@ -81,3 +81,18 @@ def _fresh_settings_cache():
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN201 - xdist's hook
+    """loadgroup, reading the group of a parametrized id too: pytest 9.2 prints the id rebuilt from
+    its parts, ``test[p]@group]``, where xdist 3.8 looks for ``@group`` after the last ``]``."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class GroupScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            _, sep, group = nodeid.rpartition("@")  # _suffix_group appends the group last
+            return group.removesuffix("]") if sep and "::" not in group else nodeid
+
+    return GroupScheduling(config, log)
