@@ -30,11 +30,16 @@ down:
 status: venv
 	$(VENV)/bin/flywheel status
 
+# Most of the suite's time is waiting on services (startups, scheduler polls), which overlaps well
+# even on 2 cores: TEST_WORKERS pytest-xdist workers, each xdist group (a module, or all tests on
+# the session stack) whole on one worker (tests/conftest.py). TEST_WORKERS=0 runs it serially.
+TEST_WORKERS ?= 3
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
+# Two workers split the unit modules' heavy imports (torch, Feast, MLflow, Airflow) between them.
 test-unit: venv
-	$(PY) -m pytest -q -m unit
+	$(PY) -m pytest -q -m unit -n 2 --dist loadgroup
 
 test-integration: venv
 	$(PY) -m pytest -q -m integration

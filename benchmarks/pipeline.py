@@ -39,7 +39,8 @@ def _settings(home: Path):  # type: ignore[no-untyped-def]
 
     offset = int(os.environ.get("FLYWHEEL_TEST_PORT_OFFSET", "0"))
     ports = Ports(s3=27333 + offset, weed_master=27334 + offset, weed_volume=27335 + offset,
-                  weed_filer=27336 + offset, airflow=27080 + offset, airflow_worker_logs=27081 + offset,
+                  weed_filer=27336 + offset, s3_grpc=27433 + offset, weed_master_grpc=27434 + offset,
+                  weed_volume_grpc=27435 + offset, weed_filer_grpc=27436 + offset, airflow=27080 + offset, airflow_worker_logs=27081 + offset,
                   airflow_trigger_logs=27082 + offset, mlflow=27500 + offset, model_server=27600 + offset)
     return Settings(home=home, ports=ports)
 

@@ -77,7 +77,8 @@ def main() -> None:
     args = parser.parse_args()
     base = args.port_base
     ports = Ports(s3=base + 333, weed_master=base + 334, weed_volume=base + 335, weed_filer=base + 336,
-                  airflow=base + 80, airflow_worker_logs=base + 81, airflow_trigger_logs=base + 82,
+                  s3_grpc=base + 433, weed_master_grpc=base + 434, weed_volume_grpc=base + 435,
+                  weed_filer_grpc=base + 436, airflow=base + 80, airflow_worker_logs=base + 81, airflow_trigger_logs=base + 82,
                   mlflow=base + 500, model_server=base + 600)
     production = ProductionServices(database_prefix="flywheel_prod_bench", redis_url="redis://127.0.0.1:6379/2",
                                     broker_url="redis://127.0.0.1:6379/3", worker_concurrency=1)

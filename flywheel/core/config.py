@@ -41,6 +41,12 @@ class Ports(BaseModel):
     weed_master: int = 19333
     weed_volume: int = 18081
     weed_filer: int = 18888
+    # SeaweedFS gRPC ports, explicit: weed's default (HTTP port + 10000) can land in the kernel's
+    # ephemeral range (32768-60999 on Linux), where an outgoing connection may already hold it.
+    s3_grpc: int = 28333
+    weed_master_grpc: int = 29333
+    weed_volume_grpc: int = 28081
+    weed_filer_grpc: int = 28888
     airflow: int = 18080
     mlflow: int = 15000
     model_server: int = 13000

@@ -39,7 +39,7 @@ SETTINGS_SECRETS = ("s3_access_key", "s3_secret_key", "airflow_password", "api_k
 # Not fields of Settings: every Airflow component must share these values.
 AIRFLOW_SECRETS = ("airflow_secret_key", "airflow_jwt_secret", "airflow_fernet_key")
 AIRFLOW_COMPONENTS = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
-GRPC_PORT_OFFSET = 10_000  # SeaweedFS binds <port> + 10000 for gRPC
+GRPC_PORT_OFFSET = 10_000  # SeaweedFS's admin worker dials <admin port> + 10000 (gRPC)
 LOG_TAIL_LINES = 30
 STOP_TIMEOUT_S = 15.0
 MAX_CELERY_WORKERS = 4  # service slots airflow-worker-1..4 (Settings.production.celery_workers)
@@ -260,7 +260,7 @@ def _free_admin_port(host: str) -> int:
 def _weed_ports(settings: Settings) -> tuple[int, ...]:
     p = settings.ports
     http = (p.s3, p.weed_master, p.weed_volume, p.weed_filer)
-    return http + tuple(port + GRPC_PORT_OFFSET for port in http)
+    return http + (p.s3_grpc, p.weed_master_grpc, p.weed_volume_grpc, p.weed_filer_grpc)
 
 
 def _weed_command(settings: Settings) -> list[str]:
@@ -273,6 +273,8 @@ def _weed_command(settings: Settings) -> list[str]:
         f"-ip={settings.host}", f"-ip.bind={settings.host}",
         f"-master.port={p.weed_master}", f"-volume.port={p.weed_volume}",
         f"-filer.port={p.weed_filer}", f"-s3.port={p.s3}",
+        f"-master.port.grpc={p.weed_master_grpc}", f"-volume.port.grpc={p.weed_volume_grpc}",
+        f"-filer.port.grpc={p.weed_filer_grpc}", f"-s3.port.grpc={p.s3_grpc}",
         f"-admin.port={admin}",
         "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
         "-admin.ui=false", "-master.telemetry=false",
@@ -712,7 +714,7 @@ def _check_ports(settings: Settings, service: Service) -> None:
     ports = service.ports(settings)
     if len(set(ports)) != len(ports) or not all(0 < port < 65536 for port in ports):
         raise StackError(
-            f"{service.name}: invalid or overlapping ports {sorted(ports)} (SeaweedFS binds each + 10000)"
+            f"{service.name}: invalid or overlapping ports {sorted(ports)}"
         )
     for port in ports:
         if not _port_free(settings.host, port):

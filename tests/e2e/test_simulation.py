@@ -34,7 +34,7 @@ from flywheel.training.trainer import train
 from tests.ports import ports
 
 pytestmark = pytest.mark.e2e
-PORTS = ports(38000)  # 21000-27000 blocks hold SeaweedFS gRPC twins at +10000: 31000-37000 are taken
+PORTS = ports(38000)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ Shared by the modules that need a real object store but not the whole embedded s
 from __future__ import annotations
 
 import json
-import random
 import secrets
 import signal
 import socket
@@ -27,18 +26,19 @@ WEED = Path(sys.executable).parent / "weed"
 
 
 def free_ports(count: int) -> list[int]:
-    """Distinct loopback ports that are free now (others' stacks use fixed ones here)."""
-    rng, ports = random.SystemRandom(), []
-    while len(ports) < count:
-        port = rng.randrange(20000, 30000)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        if port not in ports:
-            ports.append(port)
-    return ports
+    """Distinct loopback ports that the kernel reports free now.
+
+    Picked by the kernel (port 0), so from its ephemeral range: the fixed test blocks
+    (tests/ports.py, 20000-30000 here, other checkouts' and pytest-xdist workers' too) are never
+    handed out, though a block not started yet would have been free to a random pick there."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:  # held open together, so the ports are distinct
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def weed_command(root: Path, ports: list[int]) -> list[str]:

@@ -21,6 +21,8 @@ from tests.ports import ports
 
 pytestmark = pytest.mark.e2e
 DAY = date(2026, 1, 1)
+# Its own Redis database: test_production_loop flushes 2 and 3, and may run beside it (pytest-xdist).
+REDIS_ONLINE = "redis://127.0.0.1:6379/6"
 
 
 def test_a_data_day_runs_through_rabbitmq(tmp_path, spec) -> None:
@@ -29,7 +31,7 @@ def test_a_data_day_runs_through_rabbitmq(tmp_path, spec) -> None:
     settings = Settings(
         home=tmp_path, ports=ports(30000), profile=Profile.PRODUCTION,
         production=ProductionServices(
-            database_prefix=f"flywheel_prod_test_{token}", redis_url="redis://127.0.0.1:6379/2",
+            database_prefix=f"flywheel_prod_test_{token}", redis_url=REDIS_ONLINE,
             broker_url="amqp://guest:guest@127.0.0.1:5672//", default_queue=queue,
             celery_workers=[queue, queue], worker_concurrency=1,
         ),

@@ -59,6 +59,12 @@ def _listening_ips(pid: int) -> set[str]:
     return ips
 
 
+def _listening_ports(pid: int) -> set[int]:
+    parent = psutil.Process(pid)
+    return {conn.laddr.port for proc in [parent, *parent.children(recursive=True)]
+            for conn in proc.net_connections(kind="tcp") if conn.status == psutil.CONN_LISTEN}
+
+
 def _by_name(settings: Settings) -> dict[str, stack.ServiceStatus]:
     return {s.name: s for s in stack.status(settings)}
 
@@ -73,6 +79,12 @@ def test_up_starts_object_store_and_tracking_server(settings: Settings) -> None:
     assert not statuses["airflow-api-server"].running
     assert not statuses["model-server"].running
     assert not statuses["exporter"].running  # optional: only with --exporter
+    # SeaweedFS listens on the block's HTTP and gRPC ports (below the ephemeral range), plus the
+    # admin server's pair, picked free at start
+    weed_ports = set(stack.get_service("seaweedfs").ports(ready))
+    listening = _listening_ports(statuses["seaweedfs"].pid or 0)
+    assert len(weed_ports) == 8 and weed_ports <= listening and max(weed_ports) < 32768, listening
+    assert len(listening - weed_ports) == 2, listening
 
     secrets_file = ready.home / "secrets.json"
     assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
@@ -124,13 +136,15 @@ def test_port_held_by_a_foreign_socket_is_reported(
     settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     with socket.socket() as foreign:
-        # a fixed low range: an OS-chosen port can be > 55535, whose SeaweedFS gRPC twin is invalid
-        port = next(p for p in range(23400 + OFFSET, 23500 + OFFSET) if _port_free(p) and _port_free(p + 10_000))
+        # a fixed range below the kernel's ephemeral ports, like every test block's
+        port = next(p for p in range(23400 + OFFSET, 23500 + OFFSET) if _port_free(p))
         foreign.bind(("127.0.0.1", port))
         foreign.listen()
         other = Settings(
             home=tmp_path_factory.mktemp("other-home"),
-            ports=Ports(s3=port, weed_master=23333 + OFFSET, weed_volume=23081 + OFFSET, weed_filer=23888 + OFFSET),
+            ports=Ports(s3=port, weed_master=23333 + OFFSET, weed_volume=23081 + OFFSET, weed_filer=23888 + OFFSET,
+                        s3_grpc=23633 + OFFSET, weed_master_grpc=23634 + OFFSET, weed_volume_grpc=23635 + OFFSET,
+                        weed_filer_grpc=23636 + OFFSET),
         )
         stale = other.run_dir / "seaweedfs.pid"
         stale.parent.mkdir(parents=True)
@@ -154,7 +168,9 @@ def test_down_stops_everything_and_frees_ports(settings: Settings) -> None:
     assert set(stopped) == set(CORE)
     assert not any(s.running for s in stack.status(settings))
     assert not list(settings.run_dir.glob("*.pid"))
-    weed_ports = (TEST_PORTS.s3, TEST_PORTS.weed_master, TEST_PORTS.weed_volume, TEST_PORTS.weed_filer)
+    weed_ports = (TEST_PORTS.s3, TEST_PORTS.weed_master, TEST_PORTS.weed_volume, TEST_PORTS.weed_filer,
+                  TEST_PORTS.s3_grpc, TEST_PORTS.weed_master_grpc, TEST_PORTS.weed_volume_grpc,
+                  TEST_PORTS.weed_filer_grpc)
     for port in (*weed_ports, TEST_PORTS.mlflow):
         assert _freed_within(port, seconds=20), f"port {port} still held: {_holders(port)}"
     assert stack.down(settings) == []

@@ -73,7 +73,7 @@ def test_torch_mlp_is_deterministic_on_cpu_and_learns():
     from sklearn.metrics import roc_auc_score
 
     data, mlp = _data(), families.get("torch_mlp")
-    params = {"epochs": 10, "hidden": [16, 8], "lr": 0.01}
+    params = {"epochs": 4, "hidden": [16, 8], "lr": 0.01}
     first = mlp.fit(data, params, seed=3, settings=CPU)
     second = mlp.fit(data, params, seed=3, settings=CPU)
     assert mlp.state_bytes(first) == mlp.state_bytes(second)
