@@ -20,6 +20,7 @@ SESSION_STACK = "session-stack"
 # a long one started last makes the tail. LONGEST: an ordering hint from --durations, longest first;
 # any other module ranks by its level in LEVEL_ORDER.
 LONGEST = (SESSION_STACK, "tests/e2e/test_loop.py", "tests/integration/test_production_loop.py",
+           "tests/e2e/test_backfill_retrain.py",
            "tests/e2e/test_simulation.py", "tests/e2e/test_flights.py")
 LEVEL_ORDER = ("e2e", "integration", "unit")
 
