@@ -22,7 +22,12 @@ from tests.ports import OFFSET
 
 ROOT = Path(__file__).resolve().parents[2]
 DASK = Path(sys.executable).parent / "dask"
-SCHEDULER_PORT = 40086 + OFFSET  # block 40000 (see tests/ports.py)
+# Block 40000 (see tests/ports.py). The cluster is a session fixture, so under pytest-xdist each
+# worker that needs it starts its own (test_compute_dask and the production loop run in different
+# groups): one scheduler port per xdist worker, or the second cluster's client meets the first's
+# scheduler and its certificates ("TLS certificate does not match").
+_XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+SCHEDULER_PORT = 40086 + OFFSET + 10 * _XDIST_WORKER
 WORKERS = 2
 
 
