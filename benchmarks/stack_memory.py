@@ -29,18 +29,12 @@ SETTLE_S, SAMPLES, EVERY_S = 20.0, 5, 2.0
 
 
 def sessions(settings: Settings) -> dict[int, str]:
-    found = {}
-    for pid_file in (settings.run_dir).glob("*.pid"):
-        try:
-            found[int(pid_file.read_text())] = pid_file.stem
-        except (OSError, ValueError):
-            continue
-    return found
+    """Session id (each service starts its own session: its pid) → service name, of the live ones."""
+    return {s.pid: s.name for s in stack.status(settings) if s.pid is not None}
 
 
-def sample(settings: Settings) -> dict[str, float]:
+def sample(owners: dict[int, str]) -> dict[str, float]:
     """PSS in MiB per service (its whole session)."""
-    owners = sessions(settings)
     totals: dict[str, float] = dict.fromkeys(owners.values(), 0.0)
     for proc in psutil.process_iter():
         try:
@@ -58,9 +52,10 @@ def measure(settings: Settings) -> dict[str, float]:
     started = time.monotonic() - t0
     try:
         time.sleep(SETTLE_S)
+        owners = sessions(settings)
         samples = []
         for _ in range(SAMPLES):
-            samples.append(sample(settings))
+            samples.append(sample(owners))
             time.sleep(EVERY_S)
         result = {name: round(statistics.median(s[name] for s in samples)) for name in samples[0]}
         result["total"] = sum(result.values())

@@ -97,10 +97,16 @@ def up(
         typer.Option(help="embedded (SQLite, LocalExecutor) or production (PostgreSQL, Redis, Celery "
                      "workers; services from FLYWHEEL_PRODUCTION__* URLs). Default: FLYWHEEL_PROFILE"),
     ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Let the model server start without an API key, serving without "
+                           "authentication (it warns loudly); a configured key is still required")
+    ] = False,
 ) -> None:
     """Start the stack: SeaweedFS (S3), MLflow, Airflow (+ the model server if a bento exists).
 
     `--exporter` adds the Prometheus exporter of the monitoring summaries (`flywheel exporter`).
+    The model server refuses to start without an API key (FLYWHEEL_API_KEY, or the one `up`
+    generates into <home>/secrets.json) unless `--insecure` is given.
 
     Idempotent: running services are left alone. Fails with a clear message if a port is taken.
     The production profile first creates the databases it needs and checks Redis and the broker.
@@ -110,6 +116,8 @@ def up(
     settings = get_settings()
     if profile is not None and profile is not settings.profile:
         settings = settings.model_copy(update={"profile": profile})
+    if insecure:
+        settings = settings.model_copy(update={"serving_insecure": True})
     services = None
     if model_server:
         services = [s.name for s in stack.SERVICES if not s.optional] + ["model-server"]
@@ -358,6 +366,7 @@ def replay(
     DATASET is any dataset of a spec under models/ (a use case or a `kind: dataset` spec).
     """
     from flywheel.core import catalog
+    from flywheel.core.lease import PartitionBusy
     from flywheel.data.validation import ContractViolation
     from flywheel.runs import replay as run_replay
 
@@ -368,7 +377,7 @@ def replay(
     _iso_date(ds, "--ds")
     try:
         console.print(run_replay(spec, ds, run_id=f"replay__{ds}", features=features))
-    except ContractViolation as exc:
+    except (ContractViolation, PartitionBusy) as exc:
         fail(str(exc), code=1)
 
 

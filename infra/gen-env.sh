@@ -28,6 +28,18 @@ else
   exit 1
 fi
 
+# The registration signing pair (Ed25519, raw keys in base64; flywheel/training/signing.py): the
+# last 32 bytes of the DER encodings are the raw private and public keys.
+signing_pair() {
+  if command -v openssl >/dev/null 2>&1 && openssl genpkey -algorithm ed25519 -out /dev/null 2>/dev/null; then
+    local key; key="$(openssl genpkey -algorithm ed25519 2>/dev/null)"
+    echo "REGISTRY_SIGNING_KEY=$(printf '%s\n' "${key}" | openssl pkey -outform DER | tail -c 32 | base64 -w0)"
+    echo "REGISTRY_VERIFY_KEY=$(printf '%s\n' "${key}" | openssl pkey -pubout -outform DER | tail -c 32 | base64 -w0)"
+  else
+    python3 -c 'from flywheel.stack.security import new_signing_pair as n; p = n(); print(f"REGISTRY_SIGNING_KEY={p[\"registry_signing_key\"]}"); print(f"REGISTRY_VERIFY_KEY={p[\"registry_verify_key\"]}")'
+  fi
+}
+
 umask 077
 tmp="$(mktemp "${target}.XXXXXX")"
 trap 'rm -f "${tmp}"' EXIT
@@ -46,6 +58,15 @@ AIRFLOW_JWT_SECRET=$(rand_hex 32)
 AIRFLOW_ADMIN_USER=admin
 AIRFLOW_ADMIN_PASSWORD=$(rand_hex 16)
 FLYWHEEL_API_KEY=$(rand_hex 24)
+MLFLOW_ADMIN_PASSWORD=$(rand_hex 24)
+MLFLOW_TRAINING_PASSWORD=$(rand_hex 24)
+MLFLOW_READER_PASSWORD=$(rand_hex 24)
+MLFLOW_FLASK_SECRET=$(rand_hex 32)
+WEED_JWT_SIGNING_KEY=$(rand_hex 32)
+WEED_JWT_SIGNING_READ_KEY=$(rand_hex 32)
+WEED_JWT_FILER_SIGNING_KEY=$(rand_hex 32)
+WEED_JWT_FILER_SIGNING_READ_KEY=$(rand_hex 32)
+$(signing_pair)
 GRAFANA_ADMIN_USER=admin
 GRAFANA_ADMIN_PASSWORD=$(rand_hex 16)
 ENV

@@ -5,9 +5,13 @@ and ``POST /<use case>/predict_batch`` (a list), with request/response schemas g
 the spec; ``/predict`` and ``/predict_batch`` too when exactly one use case is served. Plus
 BentoML's ``/healthz``, ``/readyz`` (ready once every served champion is loaded), ``/metrics``
 (Prometheus, labelled by use case) and the Swagger UI at ``/`` (OpenAPI at ``/docs.json``).
-Every prediction endpoint requires the ``X-API-Key`` header; invalid input is a 422 that names
-the offending fields. Which use cases: ``FLYWHEEL_SERVING_USE_CASES`` (default: every one with a
-champion). CPU or GPU is configuration (``FLYWHEEL_SERVING_GPUS``, ``FLYWHEEL_TORCH_DEVICE``),
+Every prediction endpoint requires the ``X-API-Key`` header, and the server does not start
+without a key unless told to serve insecure (``FLYWHEEL_SERVING_INSECURE=true`` or
+``bentoml serve ... --arg insecure=true``). A body over ``FLYWHEEL_SERVING_MAX_BODY_BYTES`` is a
+413 (on its Content-Length before reading, or counted while it streams), one slower than
+``FLYWHEEL_SERVING_BODY_TIMEOUT_S`` a 408; invalid input is a 422 that names the offending fields
+(:mod:`flywheel.serving.edge`). Which use cases: ``FLYWHEEL_SERVING_USE_CASES`` (default: every one
+with a champion). CPU or GPU is configuration (``FLYWHEEL_SERVING_GPUS``, ``FLYWHEEL_TORCH_DEVICE``),
 not a second service: see docs/serving.md.
 
 The prediction routes are a small FastAPI app mounted in the bento (``@bentoml.asgi_app``),
@@ -30,13 +34,16 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from flywheel.core.config import get_settings
+from flywheel.serving import edge
+from flywheel.serving.prediction_log import PredictionLogUnavailable
 from flywheel.serving.predictor import tune_gc
 from flywheel.serving.routes import RUNTIME_HEADER
 from flywheel.serving.schemas import MAX_BATCH
-from flywheel.serving.server import ModelServer, Route
+from flywheel.serving.server import ModelServer, Route, ServingError
 
 QUIET = ("/metrics", "/healthz", "/readyz", "/livez")
 NOT_LOADED = b'{"error": "the models are not loaded yet"}'
+LOG_FULL = b'{"error": "the prediction log cannot keep this request (its spool is full): retry later"}'
 access_log = logging.getLogger("flywheel.access")
 
 
@@ -49,19 +56,25 @@ def _is_prediction_path(path: str) -> bool:
 
 
 class FlywheelHttpMiddleware:
-    """API key check (401, before any work) on the prediction routes, the prediction routes
-    themselves, and one structured (JSON) access-log line per request: never the body, the key
-    or any other header.
+    """The edge of the prediction routes, before any work: the API key (401), the body limit
+    (413, on Content-Length before reading, then counted while reading) and the body deadline
+    (408); then the routes themselves, and one structured (JSON) access-log line per request:
+    never the body, the key or any other header.
 
-    BentoML places this middleware inside its own (metrics, tracing, timeout, concurrency
-    limit). The prediction routes are answered here by the very ASGI handlers the mounted
-    ``scoring`` app routes them to: the request skips the context middleware, two routers and
-    FastAPI's request/response layer (~0.1 ms of a ~0.6 ms request), nothing else.
+    With no key it answers 401 to every prediction request unless ``insecure`` (fail closed,
+    should the start-up check ever be skipped). BentoML places this middleware inside its own
+    (metrics, tracing, timeout, concurrency limit). The prediction routes are answered here by
+    the very ASGI handlers the mounted ``scoring`` app routes them to: the request skips the
+    context middleware, two routers and FastAPI's request/response layer (~0.1 ms of a ~0.6 ms
+    request), nothing else.
     """
 
-    def __init__(self, app, api_key: str | None = None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, app, api_key: bytes | None = None, insecure: bool = False, *,  # type: ignore[no-untyped-def]
+                 max_body_bytes: int, body_timeout_s: float) -> None:
         self.app = app
-        self.api_key = api_key.encode() if api_key else None
+        self.api_key = api_key
+        self.open = api_key is None and insecure
+        self.reader = edge.BodyReader(limit=max_body_bytes, timeout_s=body_timeout_s)
 
     async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
         if scope["type"] != "http":
@@ -71,13 +84,13 @@ class FlywheelHttpMiddleware:
         server = _server()
         handler = server.async_handler(path) if server is not None else None
         guarded = handler is not None or (server is None and _is_prediction_path(path))
-        if guarded and self.api_key:
+        if guarded and not self.open:
             given = next((v for k, v in scope.get("headers") or () if k == b"x-api-key"), b"")
-            if not hmac.compare_digest(given, self.api_key):
+            if self.api_key is None or not hmac.compare_digest(given, self.api_key):
                 await _send(send, 401, b'{"error": "missing or wrong X-API-Key header"}')
                 return _log(scope, 401, started)
         if guarded and scope["method"] == "POST":
-            return _log(scope, await _answer(handler, receive, send), started)
+            return _log(scope, await _answer(handler, scope, receive, send, self.reader), started)
         if path in QUIET:
             return await self.app(scope, receive, send)
         status = [0]
@@ -93,16 +106,23 @@ class FlywheelHttpMiddleware:
             _log(scope, status[0], started)
 
 
-async def _answer(handler: Any, receive: Any, send: Any) -> int:
-    """Read the body, await the route's ``bytes -> (status, bytes, runtime)`` handler, send its
-    answer (with the runtime that scored in the ``x-flywheel-runtime`` header)."""
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            break
-    status, payload, runtime = (503, NOT_LOADED, "") if handler is None else await handler(b"".join(chunks))
+async def _answer(handler: Any, scope: Any, receive: Any, send: Any, reader: edge.BodyReader) -> int:
+    """Read the body within the edge's limits, await the route's ``bytes -> (status, bytes,
+    runtime)`` handler, send its answer (with the runtime that scored in the
+    ``x-flywheel-runtime`` header). A refused body closes the connection: the rest of it is
+    never read."""
+    try:
+        edge.check_declared_length(edge.content_length(scope.get("headers") or ()), reader.limit)
+        body = await reader.read(receive)
+    except edge.EdgeError as exc:
+        await _send(send, exc.status, exc.payload(), close=True)
+        return exc.status
+    except edge.ClientDisconnected:
+        return 499  # nobody to answer (nginx's code for it, in the access log only)
+    try:
+        status, payload, runtime = (503, NOT_LOADED, "") if handler is None else await handler(body)
+    except PredictionLogUnavailable:  # not answered: its prediction could not be logged
+        status, payload, runtime = 503, LOG_FULL, ""
     await _send(send, status, payload, runtime)
     return status
 
@@ -115,10 +135,12 @@ def _log(scope: dict[str, Any], status: int, started: float) -> None:
             "client": (scope.get("client") or ("", 0))[0]}))
 
 
-async def _send(send: Any, status: int, payload: bytes, runtime: str = "") -> None:
+async def _send(send: Any, status: int, payload: bytes, runtime: str = "", *, close: bool = False) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]
     if runtime:
         headers.append((RUNTIME_HEADER, runtime.encode()))
+    if close:
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 
@@ -138,15 +160,21 @@ class _AsgiRoute(APIRoute):
 
         async def app(scope: Any, receive: Any, send: Any) -> None:
             server = _server()
-            await _answer(server.async_handler(path) if server is not None else None, receive, send)
+            await _answer(server.async_handler(path) if server is not None else None, scope, receive, send,
+                          _route_reader)
 
         self.app = app  # type: ignore[assignment]
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or wrong X-API-Key header"},
-    422: {"description": "Invalid input: `fields` names the offending fields (batch rows as `3.<column>`)"},
-    503: {"description": "The models are not loaded yet"},
+    408: {"description": "The request body did not arrive within `serving_body_timeout_s`"},
+    413: {"description": "The request body is over `serving_max_body_bytes` (declared or counted); `limit_bytes` "
+                         "says the limit"},
+    422: {"description": "Invalid input: `fields` names the offending fields (batch rows as `3.<column>`); a batch "
+                         f"of more than {MAX_BATCH} rows; with `serving.out_of_contract: reject` in the spec, a "
+                         "value outside the contract's range or allowed set"},
+    503: {"description": "The models are not loaded yet, or the prediction log cannot keep the request"},
 }
 scoring = FastAPI(title="flywheel", openapi_url=None, docs_url=None, redoc_url=None)
 
@@ -194,6 +222,10 @@ def _start_access_log() -> None:
 
 
 _settings = get_settings()
+# Serving without a key is asked for by a setting or on BentoML's command line (`--arg insecure=true`).
+_insecure = _settings.serving_insecure or edge.is_true(getattr(bentoml.use_arguments(), "insecure", ""))
+_key = edge.configured_api_key(_settings)
+_route_reader = edge.BodyReader(limit=_settings.serving_max_body_bytes, timeout_s=_settings.serving_body_timeout_s)
 _resources: dict[str, object] = {"cpu": str(_settings.serving_cpus)}
 if _settings.serving_gpus:
     _resources["gpu"] = _settings.serving_gpus
@@ -206,7 +238,9 @@ _PREDICTION_PATHS = ["/predict", "/predict_batch"]
 @bentoml.service(
     name="flywheel_model_server",
     workers=_settings.serving_workers,
-    traffic={"timeout": 10, "max_concurrency": 256},
+    # timeout: a request not answering by then is cancelled with a 504 (BentoML's); a body still
+    # arriving is a 408 before that (serving_body_timeout_s, the middleware's).
+    traffic={"timeout": _settings.serving_request_timeout_s, "max_concurrency": 256},
     resources=_resources,
     # Our middleware writes the structured access log; BentoML's own would be a second line.
     # BentoML's request metrics and tracing spans skip the prediction routes (~0.12 ms per
@@ -215,9 +249,19 @@ _PREDICTION_PATHS = ["/predict", "/predict_batch"]
     tracing={"excluded_urls": _PREDICTION_PATHS},
 )
 class ModelService:
+    @bentoml.on_deployment
+    def refuse_to_serve_open() -> None:
+        """Once, in the `bentoml serve` process, before any worker starts or port opens: no key
+        and no explicit --insecure stops the server with one line saying how to set a key."""
+        try:
+            edge.check_api_key(_settings, insecure=_insecure)
+        except ServingError as exc:
+            raise SystemExit(f"flywheel model server: {exc}") from None
+
     def __init__(self) -> None:
         if not access_log.handlers:
             _start_access_log()
+        edge.check_api_key(_settings, insecure=_insecure)  # each worker warns when serving insecure
         self.server = ModelServer(_settings)
         _document(self.server)
         scoring.state.server = self.server
@@ -231,7 +275,8 @@ class ModelService:
         self.server.close()
 
 
-_key = _settings.api_key
 # mypy reads the decorated class as the plain class; at run time it is a bentoml Service.
 ModelService.add_asgi_middleware(FlywheelHttpMiddleware,  # type: ignore[attr-defined]
-                                 api_key=_key.get_secret_value() if _key else None)
+                                 api_key=_key, insecure=_insecure,
+                                 max_body_bytes=_settings.serving_max_body_bytes,
+                                 body_timeout_s=_settings.serving_body_timeout_s)

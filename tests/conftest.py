@@ -19,9 +19,10 @@ SESSION_STACK = "session-stack"
 # Groups start in collection order (xdist gives each worker two at once), so the longest come first:
 # a long one started last makes the tail. LONGEST: an ordering hint from --durations, longest first;
 # any other module ranks by its level in LEVEL_ORDER.
-LONGEST = (SESSION_STACK, "tests/e2e/test_loop.py", "tests/integration/test_production_loop.py",
-           "tests/e2e/test_backfill_retrain.py",
-           "tests/e2e/test_simulation.py", "tests/e2e/test_flights.py")
+LONGEST = ("tests/e2e/test_loop.py", SESSION_STACK, "tests/e2e/test_simulation.py",
+           "tests/e2e/test_backfill_retrain.py", "tests/integration/test_production_loop.py",
+           "tests/integration/test_data_backfill.py", "tests/e2e/test_flights.py",
+           "tests/integration/test_production_rabbitmq.py")  # 1199 ~1000 960 777 686 441 267 222 s (CI, 12-01)
 LEVEL_ORDER = ("e2e", "integration", "unit")
 
 
@@ -95,5 +96,19 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN201 - x
         def _split_scope(self, nodeid: str) -> str:
             _, sep, group = nodeid.rpartition("@")  # _suffix_group appends the group last
             return group.removesuffix("]") if sep and "::" not in group else nodeid
+
+        def _assign_work_unit(self, node) -> None:  # noqa: ANN001 - xdist's WorkerController
+            """A worker runs a test only once it holds the next one (xdist's remote loop), so a
+            worker on a group of one or two tests is topped up with a second group at once. xdist
+            takes the queue's next, which is the next long group: 18-minute e2e paths then ran one
+            after another on one worker while two others sat idle (CI, 2026-12-01). A worker still
+            busy with a long group gets the queue's first short group instead; long groups wait
+            for a free worker."""
+            busy = [scope for scope, unit in self.assigned_work.get(node, {}).items() if not all(unit.values())]
+            if any(scope in LONGEST for scope in busy):
+                short = next((scope for scope in self.workqueue if scope not in LONGEST), None)
+                if short is not None:
+                    self.workqueue.move_to_end(short, last=False)
+            super()._assign_work_unit(node)
 
     return GroupScheduling(config, log)

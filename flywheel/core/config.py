@@ -27,6 +27,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # package is imported (flywheel/core/__init__.py): config never imports profiles (no circle).
 PRODUCTION_DERIVATIONS: dict[str, Callable[[Settings], Any]] = {}
 SECRETS_FILE = "secrets.json"
+# The MLflow identities of the basic-auth app (``mlflow server --app-name basic-auth``): the admin
+# (the launcher creates the other two with it, nothing else uses it), the training identity
+# (Airflow tasks and the operator's CLI: registers versions, moves aliases) and the read-only
+# one (the model server, the UI links). Their passwords are secrets ``mlflow_<role>_password``.
+MLFLOW_USERS = {"admin": "flywheel-admin", "training": "flywheel-training", "reader": "flywheel-reader"}
 
 
 class Profile(StrEnum):
@@ -174,6 +179,22 @@ class Settings(BaseSettings):
     airflow_password: SecretStr | None = None
     model_server_url: str | None = None
     api_key: SecretStr | None = None
+    # This process's MLflow identity (basic auth); from the secrets file: the training identity.
+    mlflow_username: str | None = None
+    mlflow_password: SecretStr | None = None
+    # Versions are signed at registration (Ed25519 over the artifact digest) with the training
+    # identity's key; the model server verifies with the public key before it loads a version.
+    registry_signing_key: SecretStr | None = None
+    registry_verify_key: str | None = None
+    # The model server loads only signed versions whose artifacts are unchanged (default on).
+    serving_verify_versions: bool = True
+    # Whether to fill missing secrets from <home>/secrets.json. The stack's components get their
+    # own secrets in their environment instead (FLYWHEEL_READ_SECRETS_FILE=false).
+    read_secrets_file: bool = True
+    # SeaweedFS's master, volume and filer (and their gRPC ports) admit anyone who can reach them;
+    # "netns" runs it in a private network namespace with only the S3 API bridged out (a Unix
+    # socket); "auto" does that where user namespaces are available and warns otherwise.
+    s3_isolation: Literal["auto", "netns", "none"] = "auto"
 
     # Production profile: PostgreSQL, Redis, Celery (ignored by the embedded profile).
     production: ProductionServices = Field(default_factory=ProductionServices)
@@ -199,6 +220,22 @@ class Settings(BaseSettings):
     # at ~1000 requests/s a 200-row threshold meant 5 flushes a second landing in request tails.
     prediction_flush_rows: int = 10_000
     prediction_flush_s: float = 5.0
+    # The prediction log's write-ahead spool (flywheel.serving.spool): every row is appended and
+    # fsync'd there before its request is answered, then uploaded. Default <home>/spool/predictions.
+    prediction_spool_dir: Path | None = None
+    # Disk bound of one server process's spool (per use case). When the store stays down until it
+    # is full: "reject" answers 503 (no acknowledged prediction goes unlogged), "drop" serves and
+    # counts the rows it could not log (flywheel_prediction_log_rows_total{outcome="dropped"}).
+    prediction_spool_max_bytes: int = Field(1 << 30, ge=1 << 20)
+    prediction_spool_full: Literal["reject", "drop"] = "reject"
+    # "write" (default): every acknowledged row is in the page cache before the answer, so it
+    # survives a killed or crashed server (the fault the crash test causes), at ~18 us a request;
+    # "fsync": also a host crash or power loss, at the disk's flush per group commit (3.15 ms p50
+    # for a lone request on the 2-core test VM, 5x the whole request's budget): see
+    # docs/reliability.md.
+    prediction_spool_sync: Literal["fsync", "write"] = "write"
+    # Seconds a shutdown (SIGTERM) spends uploading the spool; what is left uploads at the next start.
+    prediction_drain_s: float = Field(10.0, ge=0)
     # Model server sizing: CPU and GPU variants are configuration, not copies of the service.
     # serving_gpus > 0 asks BentoML for GPUs; the PyTorch family then runs where torch_device says.
     serving_workers: int = Field(1, ge=1)
@@ -219,9 +256,27 @@ class Settings(BaseSettings):
     # The use cases one model server serves (routes /<use case>/predict...); empty = every
     # use-case spec whose model has a champion. One server per use case = one name each.
     serving_use_cases: list[str] = Field(default_factory=list)
+    # Limits at the edge (docs/serving.md, "Limits"). A request body over max_body_bytes is a
+    # 413: refused on its Content-Length before a byte is read, and counted while it streams
+    # (chunked bodies). The default holds MAX_BATCH (1000) rows of 2 KiB, several times what a
+    # full batch of the shipped use cases weighs.
+    serving_max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    # A body still arriving body_timeout_s after its request reached the server is a 408 (enforced
+    # within a tenth of it). BentoML's traffic timeout, request_timeout_s, cancels any request that
+    # has not started its answer by then with a 504: the body deadline must end first.
+    serving_body_timeout_s: float = Field(5.0, gt=0)
+    serving_request_timeout_s: float = Field(10.0, gt=0)
+    # The model server refuses to start without an API key unless this is set (or `--insecure`,
+    # or `bentoml serve ... --arg insecure=true`): then it serves without authentication.
+    serving_insecure: bool = False
 
     # Where features and training compute: in process (default) or on a Dask cluster.
     compute: ComputeSettings = Field(default_factory=ComputeSettings)
+
+    # Partition writes: one writer per dataset day holds a lease (flywheel.core.lease.partition),
+    # renewed while it works and expired ttl_s after a killed writer; another waits up to wait_s.
+    partition_lease_ttl_s: float = Field(60.0, gt=0)
+    partition_lease_wait_s: float = Field(600.0, ge=0)
 
     # Prometheus exporter: seconds a read of the monitoring summaries is reused across scrapes.
     exporter_cache_s: float = Field(10.0, ge=0)
@@ -238,12 +293,25 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _TomlFileSource(settings_cls))
 
     @model_validator(mode="after")
+    def _body_deadline_first(self) -> Settings:
+        if self.serving_body_timeout_s * 1.1 >= self.serving_request_timeout_s:
+            raise ConfigError(f"serving_body_timeout_s ({self.serving_body_timeout_s:g} s) must end before the "
+                              f"request timeout serving_request_timeout_s ({self.serving_request_timeout_s:g} s), "
+                              "with a tenth to spare: a body that is slow to arrive is then a 408, not a 504")
+        return self
+
+    @model_validator(mode="after")
     def _fill_derived(self) -> Settings:
         self.home = self.home.expanduser().resolve()
-        secrets = read_secrets(self.home)
-        for key in ("s3_access_key", "s3_secret_key", "airflow_password", "api_key"):
+        secrets = read_secrets(self.home) if self.read_secrets_file else {}
+        for key in ("s3_access_key", "s3_secret_key", "airflow_password", "api_key", "registry_signing_key"):
             if getattr(self, key) is None and key in secrets:
                 setattr(self, key, SecretStr(secrets[key]))
+        if self.registry_verify_key is None and "registry_verify_key" in secrets:
+            self.registry_verify_key = secrets["registry_verify_key"]
+        if self.mlflow_password is None and secrets.get("mlflow_training_password"):
+            self.mlflow_username = self.mlflow_username or MLFLOW_USERS["training"]
+            self.mlflow_password = SecretStr(secrets["mlflow_training_password"])
         base = f"http://{self.host}"
         if self.s3_endpoint_url is None:
             self.s3_endpoint_url = f"{base}:{self.ports.s3}"
@@ -267,6 +335,11 @@ class Settings(BaseSettings):
     @property
     def log_dir(self) -> Path:
         return self.home / "logs"
+
+    @property
+    def spool_dir(self) -> Path:
+        """The prediction log's spool (one folder per use case below it)."""
+        return self.prediction_spool_dir or self.home / "spool" / "predictions"
 
     @property
     def airflow_home(self) -> Path:
@@ -304,10 +377,18 @@ class Settings(BaseSettings):
             env["AWS_SECRET_ACCESS_KEY"] = self.s3_secret_key.get_secret_value()
         return env
 
+    def mlflow_env(self) -> dict[str, str]:
+        """The variables MLflow's client reads its basic-auth identity from (none when unset)."""
+        if self.mlflow_username is None or self.mlflow_password is None:
+            return {}
+        return {"MLFLOW_TRACKING_USERNAME": self.mlflow_username,
+                "MLFLOW_TRACKING_PASSWORD": self.mlflow_password.get_secret_value()}
+
     def component_env(self) -> dict[str, str]:
         """Environment handed to every process the stack starts: the same settings, no secrets.
 
-        Secrets travel through ``<home>/secrets.json`` (or the caller's own environment).
+        The launcher adds each component's own secrets to its environment (never to a command
+        line) and tells it not to read ``<home>/secrets.json`` (``flywheel.stack.launcher``).
         Spec and feature-repo folders are not passed on: a built bento reads the copies
         packaged with its own code, so an older bento never meets a newer spec.
         """
@@ -326,6 +407,13 @@ class Settings(BaseSettings):
             "FLYWHEEL_CHAMPION_REFRESH_S": str(self.champion_refresh_s),
             "FLYWHEEL_PREDICTION_FLUSH_ROWS": str(self.prediction_flush_rows),
             "FLYWHEEL_PREDICTION_FLUSH_S": str(self.prediction_flush_s),
+            **({"FLYWHEEL_PREDICTION_SPOOL_DIR": str(self.prediction_spool_dir)} if self.prediction_spool_dir else {}),
+            "FLYWHEEL_PREDICTION_SPOOL_MAX_BYTES": str(self.prediction_spool_max_bytes),
+            "FLYWHEEL_PREDICTION_SPOOL_FULL": self.prediction_spool_full,
+            "FLYWHEEL_PREDICTION_SPOOL_SYNC": self.prediction_spool_sync,
+            "FLYWHEEL_PREDICTION_DRAIN_S": str(self.prediction_drain_s),
+            "FLYWHEEL_PARTITION_LEASE_TTL_S": str(self.partition_lease_ttl_s),
+            "FLYWHEEL_PARTITION_LEASE_WAIT_S": str(self.partition_lease_wait_s),
             "FLYWHEEL_TORCH_DEVICE": self.torch_device,
             "FLYWHEEL_SERVING_WORKERS": str(self.serving_workers),
             "FLYWHEEL_SERVING_CPUS": str(self.serving_cpus),
@@ -338,6 +426,10 @@ class Settings(BaseSettings):
             "FLYWHEEL_SERVING_BATCH_MAX_ROWS": str(self.serving_batch_max_rows),
             "FLYWHEEL_SERVING_BATCH_WAIT_MS": str(self.serving_batch_wait_ms),
             "FLYWHEEL_SERVING_USE_CASES": json.dumps(self.serving_use_cases),
+            "FLYWHEEL_SERVING_MAX_BODY_BYTES": str(self.serving_max_body_bytes),
+            "FLYWHEEL_SERVING_BODY_TIMEOUT_S": str(self.serving_body_timeout_s),
+            "FLYWHEEL_SERVING_REQUEST_TIMEOUT_S": str(self.serving_request_timeout_s),
+            "FLYWHEEL_SERVING_INSECURE": str(self.serving_insecure).lower(),
         }
         env |= {f"FLYWHEEL_PORTS__{k.upper()}": str(v) for k, v in self.ports.model_dump().items()}
         if self.compute.distributed:

@@ -5,15 +5,20 @@ One bucket per zone (``<prefix>-<zone>``, see ``Settings.bucket``). Inside them:
 | zone | key | written by |
 | --- | --- | --- |
 | raw, curated, quarantine | ``<dataset>/ds=<date>/`` (+ ``_manifest.json``) | ingest, validation |
+| reports | ``locks/partitions/<dataset>/ds=<date>.json`` | the lease of a partition's one writer |
 | features | ``<use case>/<entity>/ds=<date>/`` | the day's aggregates (Feast's offline source) |
 | features | ``reference/<model>/v<version>.parquet`` | training: the drift reference |
-| predictions | ``<use case>/dt=<date>/…parquet`` | the model server's prediction log |
+| predictions | ``<use case>/dt=<date>/part-<writer>-<segment>.parquet`` | the model server's prediction log |
 | reports | ``feature-freshness/<use case>/ds=<date>.json`` | materialization |
 | reports | ``drift/<model>/ds=<date>/``, ``performance/<model>/ds=<date>/`` | monitoring checks |
 | reports | ``monitoring/<model>/ds=<date>/summary.json``, ``monitoring/<model>/latest.json`` | the day's summary |
 | reports | ``policy/<model>/ds=<date>/…json`` | retraining decisions |
 | reports | ``audit/<model>/…json`` | every alias move (written before the move) |
 | reports | ``locks/<model>/champion.json`` | the lease held while the champion alias moves |
+
+Curated and quarantine are one unit (:data:`UNIT_RECORD`): the curated manifest commits both (it
+carries the quarantine manifest); without a curated manifest the quarantine zone's own manifest
+stands (a batch quarantined whole, an unreadable file).
 
 Use cases and models are keyed by their spec's ``name`` / ``model_name`` (validated names: no
 path parts), so several use cases share the buckets without collisions.
@@ -29,6 +34,8 @@ MANIFEST = "_manifest.json"
 SUMMARY = "summary.json"
 LATEST = "latest.json"
 SUMMARY_PREFIX = "monitoring/"
+# zone -> the zone whose manifest commits it with its own (one commit for a validated day).
+UNIT_RECORD = {"quarantine": "curated"}
 
 
 _PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}$")
@@ -72,6 +79,12 @@ def prediction_prefix(use_case: str, day: date | str) -> str:
     return f"{_part(use_case, 'use case')}/dt={_day(day)}/"
 
 
+def prediction_part_key(use_case: str, day: date | str, writer: str, segment: int) -> str:
+    """The prediction-log object of one spool segment's rows of one day: the same segment always
+    gets the same key, so an upload retried after a crash overwrites itself instead of adding a copy."""
+    return f"{prediction_prefix(use_case, day)}part-{_part(writer, 'writer')}-{segment:08d}.parquet"
+
+
 def freshness_prefix(use_case: str) -> str:
     return f"feature-freshness/{_part(use_case, 'use case')}/"
 
@@ -101,3 +114,8 @@ def audit_prefix(model: str) -> str:
 def champion_lease_key(model: str) -> str:
     """The lease every move of a model's champion alias holds (flywheel.core.lease)."""
     return f"locks/{_part(model, 'model')}/champion.json"
+
+
+def partition_lease_key(dataset: str, ds: date | str) -> str:
+    """The lease of the one writer of a dataset's day, every zone of it (flywheel.core.lease)."""
+    return f"locks/partitions/{_part(dataset, 'dataset')}/ds={_day(ds)}.json"

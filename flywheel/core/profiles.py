@@ -24,7 +24,7 @@ from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 from flywheel.core.config import PRODUCTION_DERIVATIONS, ConfigError, Settings
 
-DATABASES = ("airflow", "mlflow", "feast")
+DATABASES = ("airflow", "mlflow", "mlflow_auth", "feast")
 CELERY_EXECUTOR = "CeleryExecutor"
 _USERINFO = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 

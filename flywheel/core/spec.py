@@ -510,6 +510,23 @@ class MonitoringSpec(_Strict):
     retrain: RetrainPolicySpec = Field(default_factory=RetrainPolicySpec)
 
 
+OutOfContract = Literal["flag", "reject"]
+
+
+class ServingSpec(_Strict):
+    """How the model server treats a request value the dataset contract does not allow.
+
+    ``out_of_contract: flag`` (the default): a number outside the column's ``min``/``max`` is
+    scored as given and named in the response's ``out_of_range`` (and the prediction log's
+    ``out_of_range`` column, and ``flywheel_out_of_range_values_total``); a value outside the
+    ``allowed`` set of a column a ``category`` feature codes is scored with the reserved code and
+    named in ``unknown``. ``reject``: both are a 422 naming the field. Wrong types, NaN/infinity,
+    missing required fields and unknown fields are a 422 either way.
+    """
+
+    out_of_contract: OutOfContract = "flag"
+
+
 class DataSpec(_Strict):
     """A dataset on its own (``kind: dataset`` in its YAML): a daily data DAG that ingests
     and validates it (contract, quarantine, replay), with no features or model. Onboarding a
@@ -542,6 +559,7 @@ class PipelineSpec(DataSpec):
     features: FeatureSpec
     training: TrainingSpec
     monitoring: MonitoringSpec
+    serving: ServingSpec = Field(default_factory=ServingSpec)
 
     @model_validator(mode="before")
     @classmethod

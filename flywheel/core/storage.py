@@ -5,6 +5,14 @@ Layout: one bucket per zone (``<prefix>-raw``, ``-curated``, ``-quarantine``,
 ``<dataset>/ds=<YYYY-MM-DD>/``. A partition is committed by its manifest
 (``_manifest.json``): readers only read the files the manifest lists, so a
 partition is never seen half-written, and a rerun of the same date replaces it.
+
+One writer at a time: a commit runs under the partition's lease
+(:func:`flywheel.core.lease.partition`, held by the whole stage or taken for the call) and puts
+its manifest with a compare-and-set (``If-Match`` the manifest it read before uploading, or
+``If-None-Match: *``), so even a writer that lost its lease cannot overwrite a newer commit.
+Zones committed together (:data:`~flywheel.core.layout.UNIT_RECORD`: quarantine with curated)
+have one commit: the curated manifest carries the quarantine manifest, and readers of quarantine
+read it from there (:func:`read_manifest`), so both zones always show the same commit.
 """
 
 from __future__ import annotations
@@ -13,31 +21,30 @@ import hashlib
 import io
 import json
 import tempfile
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flywheel.core.config import Settings, get_settings
-from flywheel.core.layout import MANIFEST, ZONES, partition_prefix  # the layout's one home
-
-if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client  # pragma: no cover
-else:
-    S3Client = Any
-
-
-class StorageError(RuntimeError):
-    """An object-store operation failed or found an inconsistent partition."""
+from flywheel.core.layout import MANIFEST, UNIT_RECORD, ZONES, partition_prefix  # the layout's one home
+from flywheel.core.lease import Held
+from flywheel.core.lease import partition as partition_lease
+from flywheel.core.s3 import S3Client, StorageError, conditional_write_lost, s3_client  # re-exported
 
 
 class PartitionNotFound(StorageError):
     """No committed manifest exists for the partition."""
+
+
+class PartitionConflict(StorageError):
+    """Another writer committed the partition while this one wrote it (the compare-and-set lost)."""
 
 
 @dataclass(frozen=True)
@@ -54,45 +61,33 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
     # Each input object: uri, size and the version that was read (S3 VersionId/ETag, or mtime).
     inputs: list[dict[str, Any]] = field(default_factory=list)
+    # The manifests committed with this one (zone -> manifest), on the unit's record (curated).
+    unit: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
 
-def s3_client(
-    settings: Settings | None = None,
-    *,
-    max_attempts: int = 5,
-    connect_timeout: float = 5,
-    read_timeout: float = 60,
-) -> S3Client:
-    """A boto3 S3 client for the configured endpoint and credentials.
 
-    Readers that must answer quickly (the Prometheus exporter) pass fewer attempts and
-    shorter timeouts. Raises :class:`StorageError` when no credentials are configured.
+@dataclass(frozen=True)
+class Part:
+    """One local file of a commit: its zone, its rows (-1: not Parquet) and schema (or a label).
+
+    ``name`` is the object's file name in the partition (default ``part-<sha256[:16]>.parquet``:
+    content-addressed, so the same rows give the same key); ``sha256`` skips hashing it again.
     """
-    import boto3
-    from botocore.config import Config
 
-    settings = settings or get_settings()
-    if settings.s3_access_key is None or settings.s3_secret_key is None:
-        raise StorageError(
-            "no S3 credentials configured: run `flywheel up` (embedded profile) or set "
-            "FLYWHEEL_S3_ACCESS_KEY / FLYWHEEL_S3_SECRET_KEY"
-        )
-    return boto3.client(
-        "s3",
-        endpoint_url=settings.s3_endpoint_url,
-        region_name=settings.s3_region,
-        aws_access_key_id=settings.s3_access_key.get_secret_value(),
-        aws_secret_access_key=settings.s3_secret_key.get_secret_value(),
-        config=Config(
-            s3={"addressing_style": settings.s3_addressing_style},
-            retries={"max_attempts": max_attempts, "mode": "standard"},
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-        ),
-    )
+    zone: str
+    path: Path
+    rows: int
+    schema: pa.Schema | str
+    name: str = ""
+    sha256: str = ""
+    source_uri: str = ""
 
 
 def ensure_buckets(settings: Settings | None = None, *, client: S3Client | None = None) -> list[str]:
@@ -179,50 +174,139 @@ def commit_file(
     inputs: list[dict[str, Any]] | None = None,
     settings: Settings | None = None,
     client: S3Client | None = None,
+    lease: Held | None = None,
 ) -> Manifest:
-    """Atomically replace one daily partition with the Parquet file at ``path``.
+    """Atomically replace one daily partition with the Parquet file at ``path`` (see :func:`commit`)."""
+    return commit([Part(zone, path, rows, schema)], dataset=dataset, ds=ds, source=source, run_id=run_id,
+                  extra=extra, inputs=inputs, settings=settings, client=client, lease=lease)[zone]
 
-    The data object is uploaded (in parts when large) under a content-addressed
-    key first; the manifest put is the commit; objects of earlier attempts are
-    removed afterwards. A writer killed at any point leaves the previous manifest,
-    so readers see the old partition or the new one, never a mix.
+
+def commit(
+    parts: Sequence[Part],
+    *,
+    dataset: str,
+    ds: str,
+    source: str = "",
+    run_id: str = "",
+    extra: dict[str, Any] | None = None,
+    inputs: list[dict[str, Any]] | None = None,
+    settings: Settings | None = None,
+    client: S3Client | None = None,
+    lease: Held | None = None,
+) -> dict[str, Manifest]:
+    """Atomically replace one day of a dataset in each zone of ``parts``, all visible together.
+
+    The first part's zone holds the commit: with parts of several zones, the others must be
+    that zone's unit members (``UNIT_RECORD``), and its manifest carries theirs. Under the
+    partition's lease (``lease``: the stage's, or one taken for the call), the data objects are
+    uploaded (in parts when large) under content-addressed keys; the lease is renewed (a writer
+    that lost it stops here); the manifest put is the commit, conditional on the manifest read
+    before the upload; each member's manifest is then copied to its own zone for listings. Objects
+    referenced neither by the new manifests nor by those they replace (a reader may still be
+    fetching those) are removed afterwards, with multipart uploads of killed writers. A writer
+    killed at any point leaves the previous manifests, so readers see the old partition or the
+    new one, never a mix.
+
+    Raises :class:`PartitionConflict` when another writer committed meanwhile,
+    :class:`~flywheel.core.lease.LeaseLost` when this one lost the lease, and
+    :class:`~flywheel.core.lease.PartitionBusy` when the lease stays taken.
     """
-    from boto3.s3.transfer import TransferConfig
-
     settings = settings or get_settings()
     client = client or s3_client(settings)
-    bucket = settings.bucket(zone)
+    zones = list(dict.fromkeys(p.zone for p in parts))
+    record, members = zones[0], zones[1:]
+    if any(UNIT_RECORD.get(z) != record for z in members):
+        raise ValueError(f"zones {members} are not committed with {record!r} (layout.UNIT_RECORD)")
     prefix = partition_prefix(dataset, ds)
-    digest = file_sha256(path)
-    key = f"{prefix}part-{digest[:16]}.parquet"
-    client.upload_file(str(path), bucket, key, Config=TransferConfig(
+    with _writer(dataset, ds, run_id=run_id, settings=settings, lease=lease) as held:
+        before = {z: _committed_state(client, settings, z, dataset, ds) for z in zones}
+        files = {z: [_upload(client, settings.bucket(z), prefix, p) for p in parts if p.zone == z] for z in zones}
+        common = {"dataset": dataset, "ds": ds, "source": source, "run_id": run_id, "extra": extra or {},
+                  "inputs": inputs or []}
+        manifests = {z: _manifest(z, files[z], [p for p in parts if p.zone == z], common) for z in zones}
+        manifests[record] = replace(manifests[record], unit={z: asdict(manifests[z]) for z in members})
+        held.check()
+        _put_manifest(client, settings.bucket(record), prefix, manifests[record], etag=before[record][0])
+        for z in members:
+            client.put_object(Bucket=settings.bucket(z), Key=prefix + MANIFEST, Body=manifests[z].to_json())
+        for z in zones:
+            keep = {f["key"] for f in manifests[z].files} | before[z][1] | {prefix + MANIFEST}
+            _remove_stale(client, settings.bucket(z), prefix, keep=keep)
+            _abort_uploads(client, settings.bucket(z), prefix)
+    return manifests
+
+
+@contextmanager
+def _writer(dataset: str, ds: str, *, run_id: str, settings: Settings, lease: Held | None) -> Iterator[Held]:
+    """The lease the caller holds for the partition, or one held for this call."""
+    if lease is not None:
+        yield lease
+        return
+    with partition_lease(dataset, ds, run_id=run_id, settings=settings) as held:
+        yield held
+
+
+def _upload(client: S3Client, bucket: str, prefix: str, part: Part) -> dict[str, Any]:
+    """Upload one file of a commit; its manifest entry (key, rows, bytes, sha256, etag, version)."""
+    from boto3.s3.transfer import TransferConfig
+
+    digest = part.sha256 or file_sha256(part.path)
+    key = prefix + (part.name or f"part-{digest[:16]}.parquet")
+    client.upload_file(str(part.path), bucket, key, Config=TransferConfig(
         multipart_threshold=_TRANSFER_CHUNK, multipart_chunksize=_TRANSFER_CHUNK, max_concurrency=2))
     head = client.head_object(Bucket=bucket, Key=key)
-    file_entry = {
-        "key": key,
-        "rows": rows,
-        "bytes": path.stat().st_size,
-        "sha256": digest,
-        "etag": head.get("ETag", "").strip('"'),
-        "version_id": head.get("VersionId"),
-    }
-    manifest = Manifest(
-        dataset=dataset,
-        zone=zone,
-        ds=ds,
-        rows=rows,
-        content_hash=digest,
-        schema=str(_plain_schema(schema)),
-        files=[file_entry],
-        source=source,
-        run_id=run_id,
-        extra=extra or {},
-        inputs=inputs or [],
-    )
-    client.put_object(Bucket=bucket, Key=prefix + MANIFEST, Body=manifest.to_json())
-    _remove_stale(client, bucket, prefix, keep={key, prefix + MANIFEST})
-    _abort_uploads(client, bucket, prefix)
-    return manifest
+    entry = {"key": key, "rows": part.rows, "bytes": part.path.stat().st_size, "sha256": digest,
+             "etag": head.get("ETag", "").strip('"'), "version_id": head.get("VersionId")}
+    return entry | ({"source_uri": part.source_uri} if part.source_uri else {})
+
+
+def _manifest(zone: str, files: list[dict[str, Any]], parts: list[Part], common: dict[str, Any]) -> Manifest:
+    digests = [str(f["sha256"]) for f in files]
+    content_hash = digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
+    rows = -1 if any(p.rows < 0 for p in parts) else sum(p.rows for p in parts)
+    schema = parts[0].schema
+    return Manifest(zone=zone, rows=rows, content_hash=content_hash, files=files,
+                    schema=schema if isinstance(schema, str) else str(_plain_schema(schema)), **common)
+
+
+def _put_manifest(client: S3Client, bucket: str, prefix: str, manifest: Manifest, *, etag: str | None) -> None:
+    """The commit: put the manifest only if the partition's manifest is still the one read first."""
+    from botocore.exceptions import ClientError
+
+    condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+    try:
+        client.put_object(Bucket=bucket, Key=prefix + MANIFEST, Body=manifest.to_json(),
+                          ContentType="application/json", **condition)  # type: ignore[arg-type]
+    except ClientError as exc:
+        if not conditional_write_lost(exc):
+            raise
+        now = _get_manifest(client, bucket, prefix + MANIFEST)
+        by = now[0].run_id if now else "a writer that has since withdrawn it"
+        raise PartitionConflict(
+            f"partition {manifest.zone}/{manifest.dataset}/ds={manifest.ds} was committed by {by!r} while "
+            f"{manifest.run_id!r} wrote it: not overwriting; rerun the day to replace it") from exc
+
+
+def _committed_state(client: S3Client, settings: Settings, zone: str, dataset: str,
+                     ds: str) -> tuple[str | None, set[str]]:
+    """(ETag of the zone's own manifest or None, every key its readers may be fetching now)."""
+    key = partition_prefix(dataset, ds) + MANIFEST
+    own = _get_manifest(client, settings.bucket(zone), key)
+    keys = {str(f["key"]) for f in own[0].files} if own else set()
+    record_zone = UNIT_RECORD.get(zone)
+    record = _get_manifest(client, settings.bucket(record_zone), key) if record_zone else None
+    if record is not None and zone in record[0].unit:
+        keys |= {str(f["key"]) for f in record[0].unit[zone].get("files", [])}
+    return (own[1] if own else None), keys
+
+
+def _get_manifest(client: S3Client, bucket: str, key: str) -> tuple[Manifest, str] | None:
+    """A manifest and its ETag, or None when there is none."""
+    try:
+        obj = client.get_object(Bucket=bucket, Key=key)
+    except client.exceptions.NoSuchKey:
+        return None
+    return Manifest.from_dict(json.loads(obj["Body"].read())), str(obj["ETag"])
 
 
 def _abort_uploads(client: S3Client, bucket: str, prefix: str) -> None:
@@ -250,15 +334,24 @@ def _remove_stale(client: S3Client, bucket: str, prefix: str, *, keep: set[str])
 def read_manifest(
     *, zone: str, dataset: str, ds: str, settings: Settings | None = None, client: S3Client | None = None
 ) -> Manifest:
+    """The committed manifest of one partition; raises :class:`PartitionNotFound`.
+
+    A zone committed with another (``UNIT_RECORD``: quarantine with curated) is read from that
+    one's manifest while it carries it: both zones then always show the same commit. Without
+    it (a batch quarantined whole, or written before units), the zone's own manifest stands.
+    """
     settings = settings or get_settings()
     client = client or s3_client(settings)
     key = partition_prefix(dataset, ds) + MANIFEST
-    try:
-        body = client.get_object(Bucket=settings.bucket(zone), Key=key)["Body"].read()
-    except client.exceptions.NoSuchKey as exc:
-        raise PartitionNotFound(f"no committed partition {zone}/{dataset}/ds={ds}") from exc
-    known = set(Manifest.__dataclass_fields__)
-    return Manifest(**{k: v for k, v in json.loads(body).items() if k in known})
+    record_zone = UNIT_RECORD.get(zone)
+    if record_zone is not None:
+        record = _get_manifest(client, settings.bucket(record_zone), key)
+        if record is not None and zone in record[0].unit:
+            return Manifest.from_dict(record[0].unit[zone])
+    found = _get_manifest(client, settings.bucket(zone), key)
+    if found is None:
+        raise PartitionNotFound(f"no committed partition {zone}/{dataset}/ds={ds}")
+    return found[0]
 
 
 def read_partition(
@@ -307,14 +400,23 @@ def list_partitions(
     """Dates (``YYYY-MM-DD``) of the committed partitions of a dataset, sorted."""
     settings = settings or get_settings()
     client = client or s3_client(settings)
-    dates = []
-    for page in client.get_paginator("list_objects_v2").paginate(
-        Bucket=settings.bucket(zone), Prefix=f"{dataset}/ds="
-    ):
-        for obj in page.get("Contents", []):
-            if obj["Key"].endswith("/" + MANIFEST):
-                dates.append(obj["Key"].split("ds=")[1].split("/")[0])
+    dates = set(_manifest_dates(client, settings.bucket(zone), dataset))
+    record_zone = UNIT_RECORD.get(zone)
+    if record_zone is not None:  # committed by the record before its copy landed here
+        for day in set(_manifest_dates(client, settings.bucket(record_zone), dataset)) - dates:
+            record = _get_manifest(client, settings.bucket(record_zone), partition_prefix(dataset, day) + MANIFEST)
+            if record is not None and zone in record[0].unit:
+                dates.add(day)
     return sorted(dates)
+
+
+def _manifest_dates(client: S3Client, bucket: str, dataset: str) -> list[str]:
+    return [
+        obj["Key"].split("ds=")[1].split("/")[0]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{dataset}/ds=")
+        for obj in page.get("Contents", [])
+        if obj["Key"].endswith("/" + MANIFEST)
+    ]
 
 
 def put_bytes(
@@ -353,12 +455,19 @@ def utcnow() -> datetime:
 
 
 def delete_partition(
-    *, zone: str, dataset: str, ds: str, settings: Settings | None = None, client: S3Client | None = None
+    *, zone: str, dataset: str, ds: str, settings: Settings | None = None, client: S3Client | None = None,
+    lease: Held | None = None,
 ) -> None:
-    """Withdraw a partition: the manifest goes first, so readers never see a partial one."""
+    """Withdraw a partition: the manifest goes first, so readers never see a partial one.
+
+    With ``lease`` (the writer's), raises :class:`~flywheel.core.lease.LeaseLost` instead of
+    withdrawing when another writer took the partition over.
+    """
     settings = settings or get_settings()
     client = client or s3_client(settings)
     prefix = partition_prefix(dataset, ds)
+    if lease is not None:
+        lease.check()
     client.delete_object(Bucket=settings.bucket(zone), Key=prefix + MANIFEST)
     _remove_stale(client, settings.bucket(zone), prefix, keep=set())
 

@@ -3,7 +3,9 @@
 Any source of :mod:`flywheel.data.sources` (local or S3 CSV / Parquet / JSON Lines) is
 streamed batch by batch into one Parquet file, so memory stays bounded whatever the input
 size, and committed atomically with a manifest that records the rows, schema, content hash,
-each input's URI and version, and the producing run.
+each input's URI and version, and the producing run. The whole stage holds the partition's lease
+(:func:`flywheel.core.lease.partition`): a second writer of the same day waits for it, or fails
+with :class:`~flywheel.core.lease.PartitionBusy` naming the holder.
 A file that cannot be read is quarantined as it is and raises
 :class:`~flywheel.data.validation.ContractViolation`.
 """
@@ -18,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from flywheel.core import storage
+from flywheel.core import lease, storage
 from flywheel.core.config import Settings, get_settings
 from flywheel.core.spec import DataSpec
 from flywheel.data import sources
@@ -80,17 +82,19 @@ def _unified(
 def ingest(spec: DataSpec, ds: str, *, run_id: str = "", settings: Settings | None = None) -> IngestResult:
     """Replace the raw partition of ``ds`` with the source's rows (idempotent, bounded memory).
 
-    Raises :class:`SourceNotFound` when nothing has arrived, and
+    Raises :class:`SourceNotFound` when nothing has arrived,
     :class:`~flywheel.data.validation.ContractViolation` (after quarantining the files as
-    they are) when a file cannot be read.
+    they are) when a file cannot be read, and :class:`~flywheel.core.lease.PartitionBusy` when
+    another writer keeps the partition longer than ``settings.partition_lease_wait_s``.
     """
     settings = settings or get_settings()
     name = spec.dataset.name
-    objects = source_objects(spec, ds, settings)
     where = sources.location(spec, ds, settings)
-    if not objects:
-        raise SourceNotFound(f"dataset {name!r}: no {spec.dataset.format} files for ds={ds} in {where}")
-    with tempfile.TemporaryDirectory(prefix="flywheel-ingest-") as tmp_dir:
+    with lease.partition(name, ds, run_id=run_id, settings=settings) as held, \
+            tempfile.TemporaryDirectory(prefix="flywheel-ingest-") as tmp_dir:
+        objects = source_objects(spec, ds, settings)  # listed under the lease: what this writer commits
+        if not objects:
+            raise SourceNotFound(f"dataset {name!r}: no {spec.dataset.format} files for ds={ds} in {where}")
         tmp = Path(tmp_dir)
         try:
             opened = [(obj, *_batches(spec, ds, obj, tmp, settings)) for obj in objects]
@@ -98,11 +102,11 @@ def ingest(spec: DataSpec, ds: str, *, run_id: str = "", settings: Settings | No
             out = tmp / "raw.parquet"
             rows = storage.write_batches(stream, schema, out)
         except ContractViolation as exc:
-            quarantine_files(spec, ds, objects, exc, run_id=run_id, settings=settings)
+            quarantine_files(spec, ds, objects, exc, run_id=run_id, settings=settings, held=held)
             raise
         manifest = storage.commit_file(
             out, zone="raw", dataset=name, ds=ds, rows=rows, schema=schema, source=where, run_id=run_id,
-            inputs=[o.to_dict() for o in objects], settings=settings,
+            inputs=[o.to_dict() for o in objects], settings=settings, lease=held,
         )
     return IngestResult(
         dataset=name,
@@ -116,32 +120,24 @@ def ingest(spec: DataSpec, ds: str, *, run_id: str = "", settings: Settings | No
 
 def quarantine_files(
     spec: DataSpec, ds: str, objects: list[SourceObject], exc: ContractViolation, *,
-    run_id: str, settings: Settings,
+    run_id: str, settings: Settings, held: lease.Held,
 ) -> None:
-    """Unreadable input: copy the files as they are to quarantine and withdraw raw and curated."""
-    import hashlib
+    """Unreadable input: copy the files as they are to quarantine and withdraw raw and curated.
 
+    The quarantine manifest is committed first; withdrawing the curated manifest is what switches
+    readers of the day from the old unit (curated + the quarantine it carries) to this one.
+    """
     client = storage.s3_client(settings)
-    bucket = settings.bucket("quarantine")
-    prefix = storage.partition_prefix(spec.dataset.name, ds)
-    files: list[dict[str, Any]] = []
+    name = spec.dataset.name
     with tempfile.TemporaryDirectory(prefix="flywheel-quarantine-") as tmp_dir:
+        parts = []
         for obj in objects:
             path = sources.fetch(obj, Path(tmp_dir), settings)
             digest = storage.file_sha256(path)
-            key = f"{prefix}source-{digest[:16]}-{Path(obj.uri).name}"
-            client.upload_file(str(path), bucket, key)
-            files.append({"key": key, "rows": -1, "bytes": path.stat().st_size, "sha256": digest,
-                          "source_uri": obj.uri})
-    content_hash = hashlib.sha256("".join(f["sha256"] for f in files).encode()).hexdigest()
-    manifest = storage.Manifest(
-        dataset=spec.dataset.name, zone="quarantine", ds=ds, rows=-1, content_hash=content_hash,
-        schema="unreadable", files=files, source=sources.location(spec, ds, settings), run_id=run_id,
-        extra={"batch_failure": exc.rule, "detail": exc.detail, "unreadable": True},
-        inputs=[o.to_dict() for o in objects],
-    )
-    client.put_object(Bucket=bucket, Key=prefix + storage.MANIFEST, Body=manifest.to_json())
-    keep = {str(f["key"]) for f in files} | {prefix + storage.MANIFEST}
-    storage._remove_stale(client, bucket, prefix, keep=keep)  # noqa: SLF001 - same package contract
-    for zone in ("raw", "curated"):
-        storage.delete_partition(zone=zone, dataset=spec.dataset.name, ds=ds, settings=settings, client=client)
+            parts.append(storage.Part("quarantine", path, -1, "unreadable", name=f"source-{digest[:16]}-"
+                                      f"{Path(obj.uri).name}", sha256=digest, source_uri=obj.uri))
+        storage.commit(parts, dataset=name, ds=ds, source=sources.location(spec, ds, settings), run_id=run_id,
+                       extra={"batch_failure": exc.rule, "detail": exc.detail, "unreadable": True},
+                       inputs=[o.to_dict() for o in objects], settings=settings, client=client, lease=held)
+    for zone in ("curated", "raw"):
+        storage.delete_partition(zone=zone, dataset=name, ds=ds, settings=settings, client=client, lease=held)

@@ -483,18 +483,33 @@ def _history(name: str, ds: str, settings: Any, client: Any) -> list[int]:
 
 
 def validate_partition(spec: Any, ds: str, *, run_id: str = "", settings: Any = None) -> dict[str, Any]:
-    """Validate the raw partition of ``ds``: write curated and quarantine partitions.
+    """Validate the raw partition of ``ds``: write curated and quarantine partitions, as one commit.
 
+    The whole stage holds the partition's lease (:func:`flywheel.core.lease.partition`), so the
+    raw partition it reads is the one its output names, and a second writer of the day waits.
     A batch-level failure quarantines the whole batch with its reason, withdraws
     any curated partition of that date, and raises :class:`ContractViolation`. When more
     than the contract's ``max_quarantine_share`` of the rows is quarantined, both
     partitions are committed, then :class:`QuarantineShareExceeded` is raised.
-    Every chunk's GX result is published as Data Docs to the reports zone.
+    Every chunk's GX result is published as Data Docs to the reports zone. Raises
+    :class:`~flywheel.core.lease.PartitionBusy` when another writer keeps the day longer than
+    ``settings.partition_lease_wait_s``.
     """
-    from flywheel.core import storage
+    from flywheel.core import lease
     from flywheel.core.config import get_settings
 
     settings = settings or get_settings()
+    with lease.partition(spec.dataset.name, ds, run_id=run_id, settings=settings) as held:
+        summary = _validate_held(spec, ds, run_id=run_id, settings=settings, held=held)
+    log.info("validated %s ds=%s: %s curated, %s quarantined; GX Data Docs: %s",
+             spec.dataset.name, ds, summary["curated"], summary["quarantined"], summary["data_docs"].get("url"))
+    check_quarantine_share(summary, spec.dataset, ds)
+    return summary
+
+
+def _validate_held(spec: Any, ds: str, *, run_id: str, settings: Any, held: Any) -> dict[str, Any]:
+    from flywheel.core import storage
+
     name = spec.dataset.name
     client = storage.s3_client(settings)
     with tempfile.TemporaryDirectory(prefix="flywheel-validate-") as tmp_dir:
@@ -504,7 +519,7 @@ def validate_partition(spec: Any, ds: str, *, run_id: str = "", settings: Any = 
         try:
             facts = check_partition(path, spec.dataset, ds, _history(name, ds, settings, client))
         except ContractViolation as exc:
-            _quarantine_batch(path, exc, spec, ds, run_id=run_id, settings=settings, client=client)
+            _quarantine_batch(path, exc, spec, ds, run_id=run_id, settings=settings, client=client, held=held)
             raise
         split = split_file(path, spec.dataset, ds, tmp, docs_dir=tmp / "docs")
         docs = publish_data_docs(tmp / "docs", name, ds, settings=settings, client=client)
@@ -517,21 +532,23 @@ def validate_partition(spec: Any, ds: str, *, run_id: str = "", settings: Any = 
             "batch": facts,
             "data_docs": docs,
         }
-        for zone, out, schema in (("curated", split.curated, split.schema),
-                                  ("quarantine", split.quarantined, split.q_schema)):
-            storage.commit_file(out, zone=zone, dataset=name, ds=ds, rows=split.rows[zone], schema=schema,
-                                run_id=run_id, source=f"raw/{name}/ds={ds}@{raw_manifest.content_hash[:16]}",
-                                extra=summary, settings=settings, client=client)
-    log.info("validated %s ds=%s: %s curated, %s quarantined; GX Data Docs: %s",
-             name, ds, summary["curated"], summary["quarantined"], docs.get("url"))
-    check_quarantine_share(summary, spec.dataset, ds)
+        # One commit: the curated manifest carries the quarantine one (layout.UNIT_RECORD).
+        storage.commit([storage.Part("curated", split.curated, split.rows["curated"], split.schema),
+                        storage.Part("quarantine", split.quarantined, split.rows["quarantine"], split.q_schema)],
+                       dataset=name, ds=ds, run_id=run_id,
+                       source=f"raw/{name}/ds={ds}@{raw_manifest.content_hash[:16]}",
+                       extra=summary, settings=settings, client=client, lease=held)
     return summary
 
 
 def _quarantine_batch(
-    path: Path, exc: ContractViolation, spec: Any, ds: str, *, run_id: str, settings: Any, client: Any
+    path: Path, exc: ContractViolation, spec: Any, ds: str, *, run_id: str, settings: Any, client: Any, held: Any
 ) -> None:
-    """The whole batch goes to quarantine with its reason; no curated partition remains."""
+    """The whole batch goes to quarantine with its reason; no curated partition remains.
+
+    The quarantine manifest is committed first; withdrawing the curated manifest (which carries
+    the day's previous quarantine manifest) is what switches readers to this one.
+    """
     import pyarrow.parquet as pq
 
     from flywheel.core import storage
@@ -558,8 +575,8 @@ def _quarantine_batch(
     rows = storage.write_batches(tagged(), schema, out)
     storage.commit_file(out, zone="quarantine", dataset=name, ds=ds, rows=rows, schema=schema, run_id=run_id,
                         source=f"raw/{name}/ds={ds}", extra={"batch_failure": exc.rule, "detail": exc.detail},
-                        settings=settings, client=client)
-    storage.delete_partition(zone="curated", dataset=name, ds=ds, settings=settings, client=client)
+                        settings=settings, client=client, lease=held)
+    storage.delete_partition(zone="curated", dataset=name, ds=ds, settings=settings, client=client, lease=held)
 
 
 def publish_data_docs(docs_dir: Path, dataset: str, ds: str, *, settings: Any, client: Any) -> dict[str, str]:

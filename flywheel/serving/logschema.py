@@ -4,8 +4,9 @@ Columns: ``request_id``; the dataset's key columns (the caller's ids, echoed; th
 labels that arrive later); the timestamp; ``logged_at``; the entities' join keys; ``model_version``;
 the task's outputs (binary: ``probability`` + ``decision``; multiclass: ``predicted_class`` +
 ``probability`` of it; regression: ``value``); the flags ``feature_miss`` (an entity had no
-online features) and ``unknown_value`` (an out-of-contract categorical value was scored with the
-reserved code); and every model input, as served.
+online features), ``unknown_value`` (an out-of-contract categorical value was scored with the
+reserved code) and ``out_of_range`` (a number outside its contract's min/max was scored as given);
+and every model input, as served.
 """
 
 from __future__ import annotations
@@ -40,5 +41,6 @@ def log_dtypes(spec: PipelineSpec) -> dict[str, str]:
     out |= OUTPUTS[spec.task]
     out["feature_miss"] = "bool"
     out["unknown_value"] = "bool"
+    out["out_of_range"] = "bool"
     out |= {name: "float64" for name in featurizer_for(spec).names if name not in out}
     return out

@@ -33,6 +33,9 @@ class ServingMetrics:
         self.unknown_values = Counter("flywheel_unknown_values_total",
                                       "Request values outside the contract's allowed set (scored with the "
                                       "reserved code)", ["use_case", "column"])
+        self.out_of_range_values = Counter("flywheel_out_of_range_values_total",
+                                           "Request values outside the contract's min/max (scored as given; "
+                                           "serving.out_of_contract: flag)", ["use_case", "column"])
         self.lookups = Counter("flywheel_feature_lookups_total", "Online feature lookups by entity",
                                ["use_case", "entity"])
         self.misses = Counter("flywheel_feature_misses_total",
@@ -45,12 +48,16 @@ class ServingMetrics:
                                       "Failed checks of the champion alias (the current model keeps serving)",
                                       ["use_case"])
         self.log_rows = Counter("flywheel_prediction_log_rows_total",
-                                "Prediction log rows by outcome (written, dropped, lost)", ["use_case", "outcome"])
+                                "Prediction log rows by outcome (written; rejected or dropped: the spool could "
+                                "not keep them; unreadable: spooled records set aside, requests)", ["use_case", "outcome"])
         self.log_failures = Counter("flywheel_prediction_log_flush_failures_total",
                                     "Prediction log uploads that failed and will be retried", ["use_case"])
         self.log_backlog = Gauge("flywheel_prediction_log_backlog_rows",
                                  "Prediction log rows waiting for upload", ["use_case"],
                                  multiprocess_mode="liveall")
+        self.log_spool_bytes = Gauge("flywheel_prediction_log_spool_bytes",
+                                     "Bytes of the prediction log's local spool not uploaded yet (bounded by "
+                                     "prediction_spool_max_bytes)", ["use_case"], multiprocess_mode="liveall")
 
     @classmethod
     def get(cls) -> ServingMetrics:

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -27,7 +27,7 @@ from flywheel.serving.metrics import ServingMetrics
 from flywheel.serving.online import OnlineFeatures
 from flywheel.serving.prediction_log import LogSchema, PredictionLogger, log_schema
 from flywheel.serving.schemas import RouteSchemas, route_schemas
-from flywheel.training import registry
+from flywheel.training import registry, signing
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,9 @@ class ModelHolder:
         self.use_case = use_case
         self._name, self._settings, self._metrics = model_name, settings, metrics
         self._lock = threading.Lock()
-        self.current = registry.load_alias(model_name, settings=settings, compiled=True)
+        self._refused: str | None = None
+        self.current = registry.load_alias(model_name, settings=settings, compiled=True,
+                                           verify=settings.serving_verify_versions)
         _warm(self.current)  # as every later swap is: the first request pays no lazy start-up
         self._publish(None, self.current)
         self._stop = threading.Event()
@@ -61,12 +63,24 @@ class ModelHolder:
         return self.current
 
     def refresh(self) -> bool:
-        """Load the champion if the alias moved; returns True when the model changed."""
+        """Load the champion if the alias moved; returns True when the model changed.
+
+        A version that fails verification (:mod:`flywheel.training.signing`) is refused: logged,
+        counted, not downloaded again until the alias moves on, and the current model serves on."""
         with self._lock:
             mv = registry.alias_version(self._name, registry.CHAMPION, settings=self._settings)
-            if mv is None or str(mv.version) == self.current.version:
+            if mv is None or str(mv.version) in (self.current.version, self._refused):
                 return False
-            loaded = registry.load_version(self._name, str(mv.version), settings=self._settings, compiled=True)
+            try:
+                loaded = registry.load_version(self._name, str(mv.version), settings=self._settings,
+                                               compiled=True, verify=self._settings.serving_verify_versions)
+            except signing.VersionVerificationError as exc:
+                self._refused = str(mv.version)
+                if self._metrics:
+                    self._metrics.refresh_errors.labels(self.use_case).inc()
+                log.error("champion of %s moved to v%s, which is refused: %s; serving v%s", self._name,
+                          mv.version, exc, self.current.version)
+                return False
             _warm(loaded)
             old, self.current = self.current, loaded  # one reference swap
             self._publish(old, loaded)
@@ -153,6 +167,8 @@ class Scores:
     request_ids: list[str]
     model: registry.LoadedModel
     runtime: str = ""  # which runtime scored (onnxruntime, or the family's native one)
+    # column -> which rows had a value outside the contract's min/max (only flagged columns)
+    out_of_range: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.raw)
@@ -165,6 +181,11 @@ class Scores:
     @cached_property
     def any_unknown(self) -> np.ndarray:
         flags = list(self.unknown.values())
+        return np.logical_or.reduce(flags) if flags else np.zeros(len(self), dtype=bool)
+
+    @cached_property
+    def any_out_of_range(self) -> np.ndarray:
+        flags = list(self.out_of_range.values())
         return np.logical_or.reduce(flags) if flags else np.zeros(len(self), dtype=bool)
 
     def unknown_columns(self) -> list[list[str]]:
@@ -182,9 +203,11 @@ class Scores:
             else [{} for _ in range(len(self))]
         outputs = self._task_records()
         unknown, entities = self.unknown_columns(), self.unknown_entities()
+        outside = _flagged(self.out_of_range, len(self))
         return [{**key, "request_id": rid, **out, "model_name": m.name, "model_version": m.version,
-                 "unknown": u, "unknown_entities": e, "defaults_used": bool(e)}
-                for key, rid, out, u, e in zip(ids, self.request_ids, outputs, unknown, entities, strict=True)]
+                 "unknown": u, "out_of_range": r, "unknown_entities": e, "defaults_used": bool(e)}
+                for key, rid, out, u, r, e in zip(ids, self.request_ids, outputs, unknown, outside, entities,
+                                                  strict=True)]
 
     def _task_records(self) -> list[dict[str, Any]]:
         o = self.outputs
@@ -219,6 +242,21 @@ def _flagged(flags: dict[str, np.ndarray], n: int) -> list[list[str]]:
         if mask.any():
             for row in np.flatnonzero(mask).tolist():
                 out[row].append(name)
+    return out
+
+
+def outside_ranges(columns: dict[str, list[Any]],
+                   ranges: dict[str, tuple[float | None, float | None]]) -> dict[str, np.ndarray]:
+    """Per column of ``ranges`` holding a value outside its (min, max), which rows do (None and
+    missing values are inside). Columns with no such value are left out: nothing is built for
+    the common request."""
+    out: dict[str, np.ndarray] = {}
+    for column, (low, high) in ranges.items():
+        values = columns[column]
+        flags = [v is not None and ((low is not None and v < low) or (high is not None and v > high))
+                 for v in values]
+        if any(flags):
+            out[column] = np.array(flags, dtype=bool)
     return out
 
 
@@ -268,7 +306,8 @@ class Predictor:
         """Score validated requests (instances of ``schemas.request``) column-wise.
 
         Unknown entities are scored with the training defaults and flagged, values outside a
-        contract's allowed set with the reserved code and flagged; neither is an error.
+        contract's allowed set with the reserved code and flagged, numbers outside its min/max
+        (under ``serving.out_of_contract: flag``) as given and flagged; none is an error.
         ``timed=False`` leaves the request-latency metric to the caller (a micro-batch observes
         each request's own latency, queueing included). Raises whatever the online store raises
         when it is unreachable.
@@ -281,7 +320,8 @@ class Predictor:
         raw = predict_array(model, features.matrix, self.names)
         scores = Scores(self.spec.task, columns, self.schemas.id_columns, self.names, features.matrix, raw,
                         task_outputs(self.spec.task, model, raw), misses, dict(features.unknown),
-                        request_ids(len(rows)), model, model.runtime_for(len(rows)))
+                        request_ids(len(rows)), model, model.runtime_for(len(rows)),
+                        outside_ranges(columns, self.schemas.ranges))
         if self.logger is not None:
             self.logger.log(scores)
         self._observe(endpoint, scores, time.perf_counter() - started if timed else None)
@@ -311,10 +351,12 @@ class Predictor:
             missed = int(flags.sum())
             if missed:
                 series(self.metrics.misses, entity).inc(missed)
-        for column, flags in scores.unknown.items():
-            n = int(np.count_nonzero(flags))
-            if n:
-                series(self.metrics.unknown_values, column).inc(n)
+        for counter, flagged in ((self.metrics.unknown_values, scores.unknown),
+                                 (self.metrics.out_of_range_values, scores.out_of_range)):
+            for column, flags in flagged.items():
+                n = int(np.count_nonzero(flags))
+                if n:
+                    series(counter, column).inc(n)
 
     def _series(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(use_case, *labels)``, remembered (prometheus_client's lookup takes a lock

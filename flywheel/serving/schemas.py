@@ -2,16 +2,23 @@
 
 The request carries the dataset columns the featurizer reads at scoring time
 (``Featurizer.request_columns``: entity keys, the timestamp, the request-feature inputs),
-each validated by its contract rule (type, min/max, allowed set, nullability), plus the
-dataset's key columns as an optional caller id echoed back. The response carries the task's
-outputs (binary: probability + decision; multiclass: class probabilities + class; regression:
-value), the model version, a request id and the flags. Nothing here names a column: every
-field comes from the spec.
+each validated by its contract rule (type, allowed set, nullability; min/max as the spec's
+``serving.out_of_contract`` says), plus the dataset's key columns as an optional caller id echoed
+back. The response carries the task's outputs (binary: probability + decision; multiclass: class
+probabilities + class; regression: value), the model version, a request id and the flags.
+Nothing here names a column: every field comes from the spec.
+
+Out-of-contract values (``serving.out_of_contract``): ``flag`` (default) accepts a number outside
+its column's min/max and a value outside the allowed set of a column a ``category`` feature
+codes; both are scored and flagged (``out_of_range``, ``unknown``). ``reject`` makes both a 422.
+The generated schema, and so the OpenAPI document, holds exactly what is enforced: ``minimum``/
+``maximum`` only under ``reject`` (the contract's range is ``x-contract-minimum``/``-maximum``
+under ``flag``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -25,7 +32,8 @@ INT64 = (-(2**63), 2**63 - 1)
 EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC)
 
 # Response fields every task has; a key column of the same name would be ambiguous.
-COMMON_FIELDS = ("request_id", "model_name", "model_version", "unknown", "unknown_entities", "defaults_used")
+COMMON_FIELDS = ("request_id", "model_name", "model_version", "unknown", "out_of_range", "unknown_entities",
+                 "defaults_used")
 TASK_FIELDS = {"binary": ("probability", "decision", "threshold"), "multiclass": ("probabilities", "class"),
                "regression": ("value",)}
 
@@ -44,12 +52,14 @@ def _utc_in_range(value: datetime) -> datetime:
 Timestamp = Annotated[datetime, AfterValidator(_utc_in_range)]
 
 
-def _describe(rule: ColumnRule, *, categorical: bool) -> str:
+def _describe(rule: ColumnRule, *, categorical: bool, flagged: bool) -> str:
     parts: list[str] = [rule.type]
     if rule.min is not None:
         parts.append(f">= {rule.min:g}")
     if rule.max is not None:
         parts.append(f"<= {rule.max:g}")
+    if flagged:
+        parts.append("a value outside this range is scored as given and flagged in `out_of_range`")
     if rule.allowed is not None:
         shown = ", ".join(map(str, rule.allowed))
         parts.append(f"one of {shown}" + ("; another value is scored with the reserved code and flagged "
@@ -59,8 +69,16 @@ def _describe(rule: ColumnRule, *, categorical: bool) -> str:
     return "Contract: " + ", ".join(parts)
 
 
-def _type(rule: ColumnRule, *, categorical: bool) -> tuple[Any, dict[str, Any]]:
-    """The Python type and Field constraints of one contract column."""
+def _numeric_range(rule: ColumnRule) -> tuple[float | None, float | None] | None:
+    """The contract's (min, max) of a numeric column, or None when it has neither."""
+    if rule.type not in ("int", "float") or (rule.min is None and rule.max is None):
+        return None
+    return rule.min, rule.max
+
+
+def _type(rule: ColumnRule, *, categorical: bool, enforce_range: bool = True) -> tuple[Any, dict[str, Any]]:
+    """The Python type and Field constraints of one contract column; the contract's min/max
+    are constraints only with ``enforce_range`` (the type's own range always is)."""
     if rule.allowed is not None and not categorical:
         return Literal[tuple(rule.allowed)], {}
     if rule.type == "string":
@@ -69,7 +87,7 @@ def _type(rule: ColumnRule, *, categorical: bool) -> tuple[Any, dict[str, Any]]:
         return bool, {}
     if rule.type == "datetime":
         return Timestamp, {}
-    low, high = rule.min, rule.max
+    low, high = (rule.min, rule.max) if enforce_range else (None, None)
     if rule.type == "int":
         return int, {"ge": INT64[0] if low is None else max(int(-(-low // 1)), INT64[0]),
                      "le": INT64[1] if high is None else min(int(high // 1), INT64[1])}
@@ -78,12 +96,17 @@ def _type(rule: ColumnRule, *, categorical: bool) -> tuple[Any, dict[str, Any]]:
     return float, {"allow_inf_nan": False, **limits}
 
 
-def _field(rule: ColumnRule, *, categorical: bool, required: bool) -> tuple[Any, Any]:
-    kind, limits = _type(rule, categorical=categorical)
-    description = _describe(rule, categorical=categorical)
+def _field(rule: ColumnRule, *, categorical: bool, required: bool, enforce_range: bool,
+           description: str | None = None) -> tuple[Any, Any]:
+    kind, limits = _type(rule, categorical=categorical, enforce_range=enforce_range)
+    flagged = not enforce_range and _numeric_range(rule) is not None
+    extra = {f"x-contract-{name}": value for name, value in (("minimum", rule.min), ("maximum", rule.max))
+             if flagged and value is not None}
+    text = description or _describe(rule, categorical=categorical, flagged=flagged)
+    schema = {"description": text, **({"json_schema_extra": extra} if extra else {}), **limits}
     if required and not rule.nullable:
-        return kind, Field(description=description, **limits)
-    return kind | None, Field(None, description=description, **limits)
+        return kind, Field(**schema)
+    return kind | None, Field(None, **schema)
 
 
 def _camel(name: str) -> str:
@@ -91,8 +114,8 @@ def _camel(name: str) -> str:
 
 
 def category_columns(spec: PipelineSpec) -> frozenset[str]:
-    """Request columns coded against their contract's allowed set (an unknown value is flagged,
-    not rejected: a new category must not take the route down)."""
+    """Request columns coded against their contract's allowed set (under ``out_of_contract: flag``
+    an unknown value is flagged, not rejected: a new category must not take the route down)."""
     return frozenset(f.column for f in spec.features.request.values() if f.fn == "category" and f.column)
 
 
@@ -107,6 +130,8 @@ class RouteSchemas:
     batch: TypeAdapter[list[Any]]
     columns: tuple[str, ...]  # request columns the featurizer reads
     id_columns: tuple[str, ...]  # the dataset's key columns, echoed back
+    # Request fields whose contract range is flagged, not enforced (empty under "reject").
+    ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
     def openapi_request(self) -> dict[str, Any]:
         return self.request.model_json_schema()
@@ -116,21 +141,23 @@ def route_schemas(spec: PipelineSpec, request_columns: list[str] | tuple[str, ..
     """The request/response models of ``spec``'s routes; ``request_columns`` are the
     featurizer's. Raises :class:`SchemaError` when a key column collides with a response field."""
     rules = spec.dataset.contract.columns
-    categorical = category_columns(spec)
+    flag = spec.serving.out_of_contract == "flag"
+    categorical = category_columns(spec) if flag else frozenset()
     keys = tuple(spec.dataset.key_columns)
     fields: dict[str, Any] = {}
     for column in keys:
         if column not in request_columns:  # the caller's id: optional, echoed back
-            kind, limits = _type(rules[column], categorical=True)
-            fields[column] = (kind | None, Field(None, description="Caller's id (the dataset key), echoed back",
-                                                 **limits))
+            fields[column] = _field(rules[column], categorical=True, required=False, enforce_range=not flag,
+                                    description="Caller's id (the dataset key), echoed back")
     for column in request_columns:
-        fields[column] = _field(rules[column], categorical=column in categorical, required=True)
+        fields[column] = _field(rules[column], categorical=column in categorical, required=True,
+                                enforce_range=not flag)
     request = create_model(f"{_camel(spec.name)}Request", __config__=ConfigDict(extra="forbid"), **fields)
     response = _response_model(spec, keys)
     batch: TypeAdapter[list[Any]] = TypeAdapter(
         Annotated[list[request], Field(min_length=1, max_length=MAX_BATCH)])  # type: ignore[valid-type]
-    return RouteSchemas(spec.name, spec.task, request, response, batch, tuple(request_columns), keys)
+    ranges = {c: r for c in fields if flag and (r := _numeric_range(rules[c])) is not None}
+    return RouteSchemas(spec.name, spec.task, request, response, batch, tuple(request_columns), keys, ranges)
 
 
 def _response_model(spec: PipelineSpec, keys: tuple[str, ...]) -> type[BaseModel]:
@@ -149,6 +176,9 @@ def _response_model(spec: PipelineSpec, keys: tuple[str, ...]) -> type[BaseModel
     fields["unknown"] = (list[str], Field(default_factory=list,
                                           description="Columns whose value is outside the contract's allowed set "
                                                       "(scored with the reserved code)"))
+    fields["out_of_range"] = (list[str], Field(default_factory=list,
+                                               description="Columns whose value is outside the contract's min/max "
+                                                           "(scored as given)"))
     fields["unknown_entities"] = (list[str], Field(default_factory=list,
                                                    description="Entities without online features (defaults used)"))
     fields["defaults_used"] = (bool, Field(False, description="True when any entity feature fell back to its "

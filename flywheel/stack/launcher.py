@@ -29,6 +29,8 @@ import httpx
 import psutil
 
 from flywheel.core.config import PROJECT_ROOT, SECRETS_FILE, Profile, Settings, mask, read_secrets
+from flywheel.stack import security
+from flywheel.stack.common import StackError, _secret, _write_private
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -43,10 +45,6 @@ GRPC_PORT_OFFSET = 10_000  # SeaweedFS's admin worker dials <admin port> + 10000
 LOG_TAIL_LINES = 30
 STOP_TIMEOUT_S = 15.0
 MAX_CELERY_WORKERS = 4  # service slots airflow-worker-1..4 (Settings.production.celery_workers)
-
-
-class StackError(RuntimeError):
-    """The embedded stack could not be started, stopped or inspected."""
 
 
 class PortInUseError(StackError):
@@ -115,9 +113,13 @@ def ensure_secrets(settings: Settings) -> Settings:
     """
     path = settings.home / SECRETS_FILE
     current = read_secrets(settings.home)
-    missing = [k for k in (*SETTINGS_SECRETS, *AIRFLOW_SECRETS) if not current.get(k)]
+    wanted = (*SETTINGS_SECRETS, *AIRFLOW_SECRETS, *security.MLFLOW_SECRETS, *security.WEED_SECRETS)
+    missing = [k for k in wanted if not current.get(k)]
+    if not all(current.get(k) for k in security.SIGNING_SECRETS):
+        current.update(security.new_signing_pair())
+        missing += list(security.SIGNING_SECRETS)
     if missing:
-        current.update({key: _new_secret(key) for key in missing})
+        current.update({key: _new_secret(key) for key in missing if key not in security.SIGNING_SECRETS})
         _write_private(path, json.dumps(current, indent=2) + "\n")
         log.info("generated secrets %s in %s", ", ".join(missing), path)
     else:
@@ -131,26 +133,6 @@ def _new_secret(key: str) -> str:
 
         return Fernet.generate_key().decode()
     return secrets.token_urlsafe(16 if key == "s3_access_key" else 32)
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Atomically write a file only the owner can read."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
-def _secret(settings: Settings, key: str) -> str:
-    value = getattr(settings, key, None)
-    if value is not None:
-        return str(value.get_secret_value())
-    stored = read_secrets(settings.home).get(key)
-    if not stored:
-        raise StackError(f"secret {key!r} missing: run ensure_secrets() / `flywheel up` first")
-    return stored
 
 
 # ---- environments --------------------------------------------------------------
@@ -168,7 +150,8 @@ def _bin(name: str) -> str:
 
 
 def _base_env() -> dict[str, str]:
-    env = dict(os.environ)
+    """The launcher's environment without any secret in it (each component gets its own)."""
+    env = security.scrub(dict(os.environ))
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     # Nothing leaves the machine: opt out of the tools' usage reporting.
     env.update({"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "BENTOML_DO_NOT_TRACK": "true"})
@@ -178,6 +161,7 @@ def _base_env() -> dict[str, str]:
 def flywheel_env(settings: Settings) -> dict[str, str]:
     """``FLYWHEEL_*`` variables so a child process builds the same Settings as the launcher."""
     env = settings.component_env()
+    env["FLYWHEEL_READ_SECRETS_FILE"] = "false"  # its secrets come in its environment
     env["FLYWHEEL_HOST"] = settings.host
     env["FLYWHEEL_BUCKET_PREFIX"] = settings.bucket_prefix
     for field, port in settings.ports.model_dump().items():
@@ -185,12 +169,14 @@ def flywheel_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _tasks_env(settings: Settings) -> dict[str, str]:
-    """Environment of processes that run pipeline code (Airflow tasks, the model server)."""
+def _tasks_env(settings: Settings, component: str = "tasks") -> dict[str, str]:
+    """Environment of processes that run pipeline code (Airflow tasks, the model server), with
+    that component's secrets (:func:`flywheel.stack.security.component_secrets`)."""
     env = _base_env()
     env.update(flywheel_env(settings))
     env.update(settings.aws_env())
     env["MLFLOW_TRACKING_URI"] = str(settings.mlflow_tracking_uri)
+    env.update(security.component_secrets(settings, component))
     return env
 
 
@@ -259,6 +245,8 @@ def _free_admin_port(host: str) -> int:
 
 def _weed_ports(settings: Settings) -> tuple[int, ...]:
     p = settings.ports
+    if security.weed_isolated(settings):  # everything but the S3 bridge is inside its namespace
+        return (p.s3,)
     http = (p.s3, p.weed_master, p.weed_volume, p.weed_filer)
     return http + (p.s3_grpc, p.weed_master_grpc, p.weed_volume_grpc, p.weed_filer_grpc)
 
@@ -267,10 +255,12 @@ def _weed_command(settings: Settings) -> list[str]:
     p, home = settings.ports, _seaweed_dir(settings)
     # `weed mini` always runs an admin server (-admin.ui=false only hides its UI) that
     # nothing here uses; Ports has no field for it, so it gets a free ephemeral port.
+    isolated = security.weed_isolated(settings)
+    ip = "127.0.0.1" if isolated else settings.host  # inside its namespace: its own loopback
     admin = _free_admin_port(settings.host)
-    return [
+    command = [
         _bin("weed"), "mini", f"-dir={home / 'data'}",
-        f"-ip={settings.host}", f"-ip.bind={settings.host}",
+        f"-ip={ip}", f"-ip.bind={ip}",
         f"-master.port={p.weed_master}", f"-volume.port={p.weed_volume}",
         f"-filer.port={p.weed_filer}", f"-s3.port={p.s3}",
         f"-master.port.grpc={p.weed_master_grpc}", f"-volume.port.grpc={p.weed_volume_grpc}",
@@ -280,6 +270,17 @@ def _weed_command(settings: Settings) -> list[str]:
         "-admin.ui=false", "-master.telemetry=false",
         f"-s3.config={home / 'identities.json'}",
     ]  # fmt: skip
+    if not isolated:
+        return command
+    socket_path = security.s3_socket(settings)
+    return [sys.executable, "-m", "flywheel.stack.isolation", "--listen", f"{settings.host}:{p.s3}",
+            "--socket", str(socket_path), "--", *command, f"-s3.localSocket={socket_path}"]
+
+
+def _weed_env(settings: Settings) -> dict[str, str]:
+    env = {**_base_env(), **flywheel_env(settings), **security.component_secrets(settings, "seaweedfs")}
+    env["WEED_ACCESS_UI"] = "false"  # the volume server's unauthenticated status page
+    return env
 
 
 def _prepare_seaweed(settings: Settings) -> None:
@@ -331,9 +332,10 @@ def mlflow_backend_store_uri(settings: Settings) -> str:
 
 
 def _mlflow_command(settings: Settings) -> list[str]:
+    # The backend store URI (a database password in production) is in MLFLOW_BACKEND_STORE_URI,
+    # not on the command line, where `ps` would show it.
     return [
-        _bin("mlflow"), "server",
-        "--backend-store-uri", mlflow_backend_store_uri(settings),
+        _bin("mlflow"), "server", "--app-name", "basic-auth",
         "--artifacts-destination", f"s3://{settings.bucket('mlflow')}/",
         "--serve-artifacts",
         "--host", settings.host, "--port", str(settings.ports.mlflow),
@@ -345,6 +347,9 @@ def _mlflow_env(settings: Settings) -> dict[str, str]:
     env = _base_env()
     env.update(flywheel_env(settings))
     env.update(settings.aws_env())  # the server proxies artifacts; clients need no S3 keys
+    env.update(security.component_secrets(settings, "mlflow"))
+    env["MLFLOW_BACKEND_STORE_URI"] = mlflow_backend_store_uri(settings)
+    env["MLFLOW_AUTH_CONFIG_PATH"] = str(settings.home / "mlflow" / "basic_auth.ini")
     # The GenAI job runner (extra huey processes) is not used by Flywheel.
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     return env
@@ -352,6 +357,7 @@ def _mlflow_env(settings: Settings) -> dict[str, str]:
 
 def _prepare_mlflow(settings: Settings) -> None:
     (settings.home / "mlflow").mkdir(parents=True, exist_ok=True)
+    security.mlflow_auth_config(settings)
     if settings.profile is Profile.PRODUCTION:
         from flywheel.stack.provision import ensure_databases
 
@@ -523,7 +529,7 @@ def _model_server_command(settings: Settings) -> list[str]:
 
 
 def _model_server_env(settings: Settings) -> dict[str, str]:
-    env = _tasks_env(settings)
+    env = _tasks_env(settings, "model-server")
     env["BENTOML_HOME"] = str(bentoml_home(settings))
     return env
 
@@ -546,7 +552,7 @@ SERVICES: tuple[Service, ...] = (
     Service(
         name="seaweedfs",
         command=_weed_command,
-        env=lambda s: {**_base_env(), **flywheel_env(s)},
+        env=_weed_env,
         health=_s3_healthy,
         ports=_weed_ports,
         url=_url("s3_endpoint_url"),
@@ -563,6 +569,10 @@ SERVICES: tuple[Service, ...] = (
         url=_url("mlflow_tracking_uri"),
         requires=("seaweedfs",),
         prepare=_prepare_mlflow,
+        on_healthy=security.provision_mlflow_users,
+        # A first start migrates two schemas (tracking, then basic-auth's): 2-3 min on a loaded
+        # 2-core machine with PostgreSQL (CI saw 130 s), seconds once they exist.
+        start_timeout_s=300.0,
     ),
     Service(
         name="airflow-api-server",
@@ -608,7 +618,7 @@ SERVICES: tuple[Service, ...] = (
     Service(
         name="exporter",
         command=_exporter_command,
-        env=lambda s: {**_base_env(), **flywheel_env(s)},
+        env=lambda s: {**_base_env(), **flywheel_env(s), **security.component_secrets(s, "exporter")},
         health=lambda s: _http_ok(_exporter_url(s)),
         ports=lambda s: (s.ports.exporter,),
         url=_exporter_url,
@@ -675,18 +685,48 @@ def log_path(settings: Settings, name: str) -> Path:
     return settings.log_dir / f"{name}.log"
 
 
+def _read_pid_file(path: Path) -> tuple[int, str] | None:
+    """(pid, start token) of a pid file; the token is "" in one written before tokens existed."""
+    try:
+        pid, _, token = path.read_text().strip().partition("\n")
+        return int(pid), token.strip()
+    except (OSError, ValueError):
+        return None
+
+
+def _start_token(pid: int) -> str:
+    """What tells this process from a later one with its pid: its start time in clock ticks since
+    boot (Linux, /proc/<pid>/stat field 22), else psutil's creation time. The ticks do not move
+    when the wall clock is stepped: psutil's creation time is boot time (from the wall clock) plus
+    those ticks, and a CI machine's clock synced minutes after boot shifted it by seconds, so live
+    services read as reused pids and `up` stopped them as orphans (CI, 2026-12-01)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return "ticks:" + stat.rpartition(")")[2].split()[19]  # fields after "(comm)" start at 3
+    except (OSError, IndexError):
+        try:
+            return f"created:{psutil.Process(pid).create_time():.2f}"
+        except psutil.Error:
+            return ""
+
+
+def _write_pid_file(settings: Settings, name: str, pid: int) -> None:
+    _pid_file(settings, name).write_text(f"{pid}\n{_start_token(pid)}\n")
+
+
 def _running_pid(settings: Settings, name: str) -> int | None:
     """Pid of the service's live process, or None (no pid file, dead, zombie or reused pid)."""
     path = _pid_file(settings, name)
-    try:
-        pid = int(path.read_text().strip())
-        written = path.stat().st_mtime
-    except (OSError, ValueError):
+    read = _read_pid_file(path)
+    if read is None or not _alive(read[0]):
         return None
-    if not _alive(pid):
+    pid, token = read
+    if token:
+        return pid if _start_token(pid) == token else None
+    try:  # an older pid file: a reused pid was created after the file was written
+        return pid if psutil.Process(pid).create_time() <= path.stat().st_mtime + 1.0 else None
+    except (OSError, psutil.Error):
         return None
-    # A pid reused by a later process was created after the pid file was written.
-    return pid if psutil.Process(pid).create_time() <= written + 1.0 else None
 
 
 def _alive(pid: int) -> bool:
@@ -734,7 +774,7 @@ def _spawn(settings: Settings, service: Service) -> int:
             cwd=settings.home, start_new_session=True, close_fds=True,
         )  # fmt: skip
     _children[proc.pid] = proc
-    _pid_file(settings, service.name).write_text(f"{proc.pid}\n")
+    _write_pid_file(settings, service.name, proc.pid)
     return proc.pid
 
 
@@ -865,12 +905,21 @@ def _service_group(settings: Settings, name: str) -> int | None:
     pid = _running_pid(settings, name)
     if pid is not None:
         return pid
-    try:
-        pgid = int(_pid_file(settings, name).read_text().strip())
-    except (OSError, ValueError):
+    read = _read_pid_file(_pid_file(settings, name))
+    if read is None:
         return None
-    # Our processes carry FLYWHEEL_HOME; a reused pid's group does not.
-    return pgid if any(_is_ours(settings, proc) for proc in _group_members(pgid)) else None
+    pgid, token = read
+    if _alive(pgid):
+        return None  # the pid is another process's now (its start token differs)
+    members = _group_members(pgid)
+    if token:
+        # The kernel does not hand out a pid while a process group of that id lives, so members
+        # of the dead leader's group are its children. (Reading FLYWHEEL_HOME from their
+        # environment misses processes that set their title: Airflow's api-server clobbers its
+        # environ, and one left this way held its port through the next suite on the machine.)
+        return pgid if members else None
+    # A pid file without a token: our processes carry FLYWHEEL_HOME; a reused pid's group does not.
+    return pgid if any(_is_ours(settings, proc) for proc in members) else None
 
 
 def _is_ours(settings: Settings, proc: psutil.Process) -> bool:
@@ -881,10 +930,33 @@ def _is_ours(settings: Settings, proc: psutil.Process) -> bool:
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signal the service's process group and every descendant that left it (BentoML starts its
+    workers in sessions of their own: a signal to the group alone left them holding the port)."""
+    escaped = _escaped_descendants(pid)
     try:
         os.killpg(pid, sig)  # started with start_new_session: pgid == pid
     except ProcessLookupError:
         pass
+    for proc in escaped:
+        try:
+            proc.send_signal(sig)
+        except psutil.Error:
+            continue
+
+
+def _escaped_descendants(pgid: int) -> list[psutil.Process]:
+    try:
+        descendants = psutil.Process(pgid).children(recursive=True)
+    except psutil.Error:
+        return []
+    escaped = []
+    for proc in descendants:
+        try:
+            if os.getpgid(proc.pid) != pgid:
+                escaped.append(proc)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return escaped
 
 
 def _group_members(pgid: int) -> list[psutil.Process]:

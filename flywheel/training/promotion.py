@@ -141,6 +141,9 @@ def _checked(model_name: str, version: str, reason: str, settings: Settings) -> 
         if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code):
             raise PromotionError(f"{model_name} has no version {version!r} (see `flywheel audit` and MLflow)") \
                 from exc
+        if exc.get_http_status_code() in (401, 403):  # MLflow's auth app: also its answer for no such model
+            raise PromotionError(f"MLflow refused to read {model_name} v{version} as {settings.mlflow_username!r}: "
+                                 "no such model, or this identity may not read it") from exc
         raise
 
 

@@ -68,18 +68,36 @@ def client(settings: Settings | None = None) -> Any:
     from mlflow import MlflowClient
 
     settings = settings or get_settings()
+    use_identity(settings)
     mlflow.set_tracking_uri(str(settings.mlflow_tracking_uri))
     return MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+
+
+def use_identity(settings: Settings) -> None:
+    """Make ``settings``' MLflow identity the one this process's MLflow client sends.
+
+    MLflow's client reads basic-auth credentials only from ``MLFLOW_TRACKING_USERNAME`` /
+    ``MLFLOW_TRACKING_PASSWORD``; a process without them gets 401 from the tracking server.
+    """
+    import os
+
+    os.environ.update(settings.mlflow_env())
 
 
 def alias_version(model_name: str, alias: str, *, settings: Settings | None = None) -> Any | None:
     """The model version behind an alias, or None when the alias is not set."""
     from mlflow.exceptions import MlflowException
 
+    mlflow_client = client(settings)
     try:
-        return client(settings).get_model_version_by_alias(model_name, alias)
+        return mlflow_client.get_model_version_by_alias(model_name, alias)
     except MlflowException as exc:
         if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
+            return None
+        # MLflow's auth app answers 403 for a model that does not exist yet (no permission row
+        # to grant READ from): a model no search finds has no alias either.
+        if exc.get_http_status_code() == 403 and not mlflow_client.search_registered_models(
+                filter_string=f"name = '{model_name}'"):
             return None
         raise
 
@@ -194,13 +212,17 @@ class LoadedModel:
 
 
 def load_version(model_name: str, version: str, *, settings: Settings | None = None,
-                 compiled: bool = False) -> LoadedModel:
+                 compiled: bool = False, verify: bool = False) -> LoadedModel:
     """Load a registered version with its serving metadata (family, task, classes, threshold,
     features). PyTorch models load onto ``settings.torch_device`` (CUDA when configured and present).
 
     ``compiled``: also load the version's ONNX copy when it has one that passed parity, per
     ``settings.serving_runtime`` (the model server asks; everyone else gets the native model).
     Raises :class:`flywheel.training.compiled.CompiledModelError` when that copy is corrupt.
+
+    ``verify``: load only a version training signed, whose artifacts are unchanged since
+    (:mod:`flywheel.training.signing`; the model server asks); raises
+    :class:`flywheel.training.signing.VersionVerificationError` otherwise.
     """
     from flywheel.training import families
 
@@ -212,7 +234,7 @@ def load_version(model_name: str, version: str, *, settings: Settings | None = N
         name=model_name,
         version=str(mv.version),
         family=family,
-        model=scorer.load(f"models:/{model_name}/{version}", settings),
+        model=_load_model(scorer, model_name, str(mv.version), dict(mv.tags), settings, verify=verify),
         scorer=scorer,
         threshold=float(mv.tags.get("threshold", "nan")),
         features=json.loads(mv.tags["features"]),
@@ -222,6 +244,15 @@ def load_version(model_name: str, version: str, *, settings: Settings | None = N
     if compiled:
         attach_compiled(loaded, dict(mv.tags), settings)
     return loaded
+
+
+def _load_model(scorer: Any, model_name: str, version: str, tags: dict[str, str], settings: Settings, *,
+                verify: bool) -> Any:
+    if not verify:
+        return scorer.load(f"models:/{model_name}/{version}", settings)
+    from flywheel.training import signing
+
+    return signing.verified_load(model_name, version, tags, settings, lambda path: scorer.load(path, settings))
 
 
 def attach_compiled(loaded: LoadedModel, tags: dict[str, str], settings: Settings) -> None:
@@ -248,9 +279,9 @@ def attach_compiled(loaded: LoadedModel, tags: dict[str, str], settings: Setting
 
 
 def load_alias(model_name: str, alias: str = CHAMPION, *, settings: Settings | None = None,
-               compiled: bool = False) -> LoadedModel:
+               compiled: bool = False, verify: bool = False) -> LoadedModel:
     """Load the version behind ``alias``; raises :class:`RegistryError` if it is not set."""
     mv = alias_version(model_name, alias, settings=settings)
     if mv is None:
         raise RegistryError(f"registered model {model_name!r} has no {alias!r} alias yet: train first")
-    return load_version(model_name, str(mv.version), settings=settings, compiled=compiled)
+    return load_version(model_name, str(mv.version), settings=settings, compiled=compiled, verify=verify)

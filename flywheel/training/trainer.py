@@ -23,7 +23,7 @@ from flywheel.core import storage
 from flywheel.core.config import Settings, get_settings
 from flywheel.core.spec import PipelineSpec
 from flywheel.features.featurizer import featurizer_for
-from flywheel.training import compiled, evaluation, families, lineage, promotion, registry, tuning
+from flywheel.training import compiled, evaluation, families, lineage, promotion, registry, signing, tuning
 from flywheel.training.families.base import FitData, Trained, permutation_importance
 from flywheel.training.labels import LabelEncoding, drop_null
 
@@ -323,6 +323,7 @@ def train(spec: PipelineSpec, *, end: date, reason: str = "scheduled",
                           ev=ev, prepared=prepared, per_family=per_family, decision=decision, settings=settings)
         runtime = compiled.package(best, prepared.x["holdout"], list(fz.names), threshold=ev.threshold,
                                    model_uri=f"models:/{spec.model_name}/{version}", settings=settings)
+        signing.sign_version(spec.model_name, version, settings, registry.client(settings), runtime)
     run_id = run.info.run_id
     awaiting = decision.promote and spec.training.approval.required
     tag_version(spec, version, settings, threshold=ev.threshold, run_id=run_id, family=best.name,

@@ -1,4 +1,5 @@
-"""A partition write killed midway never shows readers a half-written partition."""
+"""A partition write killed midway never shows readers a half-written partition, and its lease
+expires: the next writer of the day commits."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def test_killed_write_leaves_the_previous_partition(services):
                                         settings=services)
     client = storage.s3_client(services)
     bucket = services.bucket("curated")
-    env = os.environ | services.component_env()
+    # The killed writer holds the partition's lease: it expires 3 s after the kill here (60 s by default).
+    env = os.environ | services.component_env() | {"FLYWHEEL_PARTITION_LEASE_TTL_S": "3"}
     proc = subprocess.Popen([sys.executable, "-c", WRITER, DS], env=env)
     try:
         deadline = time.monotonic() + 120
@@ -57,7 +59,8 @@ def test_killed_write_leaves_the_previous_partition(services):
     assert after == committed
     pd.testing.assert_frame_equal(
         storage.read_partition(zone="curated", dataset="atomic", ds=DS, settings=services), before)
-    # A rerun of the interval commits cleanly and leaves only its own objects.
+    # A rerun of the interval waits out the killed writer's lease, commits cleanly and leaves only
+    # its own objects.
     again = storage.write_partition(before, zone="curated", dataset="atomic", ds=DS, run_id="v2",
                                     settings=services)
     assert again.content_hash == committed.content_hash

@@ -105,7 +105,7 @@ def test_api_key_is_required(served):
 
 def test_invalid_input_is_rejected_naming_the_field(served):
     _, http, _ = served
-    resp = http.post("/predict", json=_txn(amount=-5))
+    resp = http.post("/predict", json=_txn(amount="-5 dollars"))
     assert 400 <= resp.status_code < 500
     assert "amount" in resp.text
     missing = {k: v for k, v in _txn().items() if k != "user_id"}

@@ -50,7 +50,7 @@ from tests.ports import ports
 LOOP_TOLERANCE = 2 * TOLERANCE  # search + fit on the cluster vs in process (see the comparison)
 
 # ~7.5 min on the shared 2-core box (6.2 min loop + 1.3 min embedded reference): e2e only (`pytest -m e2e`), like tests/e2e/test_loop.py.
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]  # setup alone took 867 s on a loaded 2-core box
 
 # Five days: fewer and the first XGBoost candidate does not beat the baseline at the gate.
 HISTORY_DAYS, DRIFT_DAYS = 5, 1

@@ -13,7 +13,7 @@ import psycopg2
 import pytest
 
 from flywheel.core.config import ConfigError, ProductionServices, Profile, Settings
-from flywheel.core.profiles import admin_dsn, database_name, database_url, redact
+from flywheel.core.profiles import DATABASES, admin_dsn, database_name, database_url, redact
 from flywheel.stack.provision import (
     ProvisionError,
     check_broker,
@@ -41,13 +41,13 @@ def settings(tmp_path) -> Iterator[Settings]:
     finally:
         drop_databases(s)
         with psycopg2.connect(admin_dsn(s)) as conn, conn.cursor() as cur:
-            for purpose in ("airflow", "mlflow", "feast"):
+            for purpose in DATABASES:
                 cur.execute(f'DROP ROLE IF EXISTS "{database_name(s, purpose)}"')
 
 
 def test_databases_and_owner_roles_are_created_once(settings: Settings) -> None:
     first = ensure_databases(settings)
-    names = [database_name(settings, p) for p in ("airflow", "mlflow", "feast")]
+    names = [database_name(settings, p) for p in DATABASES]
     assert first.created_databases == names and first.created_roles == names
     again = ensure_databases(settings)  # idempotent: nothing new, nothing dropped
     assert again.created_databases == [] and again.existing_databases == names and again.created_roles == []

@@ -67,24 +67,34 @@ def gate(services, name: str, version: str, *, evaluated: str | None) -> tuple[b
 
 
 def test_the_lease_admits_one_holder_and_one_taker_of_an_expired_lease(services):
-    key = f"locks/test-{uuid.uuid4().hex[:8]}/champion.json"
-    start = threading.Barrier(8)
+    # The racers' leases last 60 s, so a racer the loaded machine delays (building a boto3
+    # client takes seconds at load 14) cannot legitimately find an expired lease and win too:
+    # with a 1 s TTL, CI once saw two "winners" that way. The expired lease comes from a holder
+    # that "stalled" (a zero TTL) instead of from sleeping past a short one.
+    def race_on(key: str) -> list[str]:
+        start = threading.Barrier(8)
 
-    def race(i: int) -> str:
-        start.wait()
-        try:
-            lease.acquire(key, holder=f"racer-{i}", ttl_s=1.0, wait_s=0.0, settings=services)
-        except lease.LeaseBusy:
-            return "busy"
-        return "won"
+        def race(i: int) -> str:
+            start.wait()
+            try:
+                lease.acquire(key, holder=f"racer-{i}", ttl_s=60.0, wait_s=0.0, settings=services)
+            except lease.LeaseBusy:
+                return "busy"
+            return "won"
 
-    with ThreadPoolExecutor(8) as pool:
-        first = list(pool.map(race, range(8)))
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(race, range(8)))
+
+    fresh = f"locks/test-{uuid.uuid4().hex[:8]}/champion.json"
+    first = race_on(fresh)
     assert first.count("won") == 1, first
-    time.sleep(1.2)  # the winner's lease expires (its holder "stalled")
-    start.reset()
-    with ThreadPoolExecutor(8) as pool:
-        second = list(pool.map(race, range(8)))
+    with pytest.raises(lease.LeaseBusy):  # held: a latecomer does not get it either
+        lease.acquire(fresh, holder="late", ttl_s=60.0, wait_s=0.0, settings=services)
+
+    stale = f"locks/test-{uuid.uuid4().hex[:8]}/champion.json"
+    lease.acquire(stale, holder="stalled", ttl_s=0.0, wait_s=0.0, settings=services)
+    time.sleep(0.05)
+    second = race_on(stale)
     assert second.count("won") == 1, second  # exactly one takes the expired lease over
 
 

@@ -1,19 +1,39 @@
 """HTTP contract of the served bento (routes and schemas generated from models/fraud.yaml): valid,
-invalid (422 naming the field), out-of-contract category (scored, flagged), unknown entity,
-auth missing/wrong, batch, the /predict alias, health, metrics by use case, OpenAPI; and
-Schemathesis over its OpenAPI (no 5xx)."""
+invalid (422 naming the field), out-of-contract values (flagged by default: response, metric and
+prediction log), unknown entity, auth missing/wrong, batch, the /predict alias, health, metrics by
+use case, OpenAPI; the limits at the edge (413 by Content-Length before reading and counted on a
+chunked body, 408 for a body that stops arriving); a server started from source with a spec that
+rejects out-of-contract values (422) that refuses to start without an API key unless
+`--arg insecure=true`; and Schemathesis over its OpenAPI (no 5xx)."""
 
 from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
 
 import httpx
 import hypothesis
 import pytest
 import schemathesis
 
+from flywheel.monitoring.drift import load_predictions
+from flywheel.serving.schemas import MAX_BATCH
 from flywheel.stack import launcher as stack
 from flywheel.training import compiled, registry
 
-from .serving_support import champion_version, has_series, serve, txn
+from .serving_support import (
+    END,
+    champion_version,
+    chunked,
+    has_series,
+    raw_post,
+    serve,
+    source_server_env,
+    txn,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +41,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def served(services, loaded, spec):
     version = champion_version(spec, services)
-    settings, http, key = serve(spec, services, version)
+    # A short body deadline keeps the 408 test short (the default is 5 s).
+    settings, http, key = serve(spec, services.model_copy(update={"serving_body_timeout_s": 1.0}), version)
     try:
         yield settings, http, key, version
     finally:
@@ -51,8 +72,7 @@ def test_a_category_outside_the_contract_is_scored_and_flagged(served, spec):
 
 
 @pytest.mark.parametrize(("change", "field"), [
-    ({"amount": -5}, "amount"),
-    ({"amount": 60_000}, "amount"),
+    ({"amount": "lots"}, "amount"),
     ({"event_timestamp": "yesterday"}, "event_timestamp"),
     ({"user_id": None}, "user_id"),
     ({"surprise": 1}, "surprise"),
@@ -68,11 +88,75 @@ def test_invalid_input_is_422_naming_the_field(served, spec, change, field):
 
 def test_invalid_batch_row_is_422_naming_row_and_field(served, spec):
     _, http, _, _ = served
-    resp = http.post(f"/{spec.name}/predict_batch", json=[txn(), txn(amount=0)])
+    resp = http.post(f"/{spec.name}/predict_batch", json=[txn(), txn(amount=None)])
     assert resp.status_code == 422 and resp.json()["fields"] == ["1.amount"], resp.text
     assert http.post(f"/{spec.name}/predict_batch", json=[]).status_code == 422
     assert http.post(f"/{spec.name}/predict", content=b"{not json", headers={"content-type": "application/json"}
                      ).status_code == 422
+    nan = http.post(f"/{spec.name}/predict", content=json.dumps(txn(amount=float("nan"))).encode(),
+                    headers={"content-type": "application/json"})
+    assert nan.status_code == 422 and nan.json()["fields"] == ["amount"], nan.text
+    assert http.post(f"/{spec.name}/predict_batch", json=[txn()] * (MAX_BATCH + 1)).status_code == 422
+
+
+def test_a_value_outside_the_contract_range_is_scored_and_flagged_in_response_metric_and_log(served, spec):
+    settings, http, _, _ = served
+    body = http.post(f"/{spec.name}/predict", json=txn(transaction_id="oor-1", amount=60_000, user_id=-1))
+    assert body.status_code == 200, body.text
+    flagged = body.json()
+    assert sorted(flagged["out_of_range"]) == ["amount", "user_id"] and 0.0 <= flagged["probability"] <= 1.0
+    assert flagged["unknown"] == []
+    within = http.post(f"/{spec.name}/predict", json=txn(transaction_id="oor-0", amount=50_000)).json()
+    assert within["out_of_range"] == [], "the contract's bounds are inclusive"
+    assert has_series(http.get("/metrics").text, "flywheel_out_of_range_values_total", use_case=spec.name,
+                      column="amount")
+    # The prediction log carries the flag, and the monitoring reader reads the log with it.
+    ids = {flagged["request_id"]: True, within["request_id"]: False}
+    deadline = time.monotonic() + 60
+    while True:
+        logs = load_predictions(spec, start=END, end=END, settings=settings)
+        rows = logs[logs["request_id"].isin(ids)]
+        if len(rows) == len(ids) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert dict(zip(rows["request_id"], rows["out_of_range"], strict=True)) == ids
+    assert rows.set_index("request_id").loc[flagged["request_id"], "transaction_id"] == "oor-1"
+
+
+def test_a_body_declared_over_the_limit_is_413_before_a_byte_is_read(served, spec):
+    settings, _, key, _ = served
+    limit = settings.serving_max_body_bytes
+    # 50 MB declared, nothing sent: the answer comes without waiting for the body.
+    status, headers, body = raw_post(str(settings.model_server_url), f"/{spec.name}/predict",
+                                     {"X-API-Key": key, "Content-Type": "application/json",
+                                      "Content-Length": str(50 * 1024 * 1024)})
+    assert status == 413 and headers["connection"] == "close", body
+    assert json.loads(body)["limit_bytes"] == limit and str(limit) in json.loads(body)["error"]
+    # Authentication comes first: no key, no word about the limit.
+    status, _, _ = raw_post(str(settings.model_server_url), f"/{spec.name}/predict",
+                            {"Content-Length": str(50 * 1024 * 1024)})
+    assert status == 401
+
+
+def test_a_chunked_body_over_the_limit_is_413_once_the_limit_is_crossed(served, spec):
+    settings, _, key, _ = served
+    limit = settings.serving_max_body_bytes
+    # No Content-Length, and the body never ends: the answer comes at the limit's next byte.
+    status, _, body = raw_post(str(settings.model_server_url), f"/{spec.name}/predict_batch",
+                               {"X-API-Key": key, "Content-Type": "application/json",
+                                "Transfer-Encoding": "chunked"}, chunked(limit + 1))
+    assert status == 413, body
+    assert json.loads(body)["limit_bytes"] == limit
+
+
+def test_a_body_that_stops_arriving_is_a_408_not_a_held_worker(served, spec):
+    settings, http, key, _ = served
+    status, _, body = raw_post(str(settings.model_server_url), f"/{spec.name}/predict",
+                               {"X-API-Key": key, "Content-Type": "application/json", "Content-Length": "400"},
+                               [b'{"transaction_id": "slow", '])
+    assert status == 408, body
+    assert "serving_body_timeout_s" in json.loads(body)["error"]
+    assert http.post(f"/{spec.name}/predict", json=txn()).status_code == 200  # the worker serves on
 
 
 def test_unknown_entities_get_defaults_and_a_flag(served, spec):
@@ -104,9 +188,13 @@ def test_openapi_documents_the_spec_generated_schemas(served, spec):
     body = doc["paths"][f"/{spec.name}/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert set(body["properties"]) == {"transaction_id", "user_id", "merchant_id", "amount", "event_timestamp",
                                        "merchant_category", "device", "country"}
-    assert body["properties"]["amount"]["maximum"] == spec.dataset.contract.columns["amount"].max
+    # Flagged, not enforced (serving.out_of_contract: flag): the range is documented, not a maximum.
+    assert body["properties"]["amount"]["x-contract-maximum"] == spec.dataset.contract.columns["amount"].max
+    assert "maximum" not in body["properties"]["amount"]
+    responses = doc["paths"][f"/{spec.name}/predict"]["post"]["responses"]
+    assert {"401", "408", "413", "422"} <= set(responses)
     response = doc["components"]["schemas"]["FraudPrediction"]["properties"]
-    assert {"probability", "decision", "model_version", "request_id", "unknown"} <= set(response)
+    assert {"probability", "decision", "model_version", "request_id", "unknown", "out_of_range"} <= set(response)
 
 
 def test_batch_keeps_order_and_flags_per_row(served, spec):
@@ -143,8 +231,6 @@ def test_access_log_is_structured_and_has_no_secrets(served):
     log_file = settings.log_dir / "model-server.log"
     lines = [ln for ln in log_file.read_text().splitlines() if ln.startswith("{") and '"path": "/fraud/predict"' in ln]
     assert lines, "one JSON access line per request"
-    import json
-
     entry = json.loads(lines[-1])
     assert {"method", "path", "status", "duration_ms"} <= entry.keys()
     text = log_file.read_text()
@@ -259,7 +345,6 @@ def test_requests_waiting_together_share_one_bounded_model_call(services, loaded
     """In the server's own routes, on the event loop: requests submitted together form batches of
     at most serving_batch_max_rows, and each answer equals that request scored alone."""
     import asyncio
-    import json
 
     from flywheel.serving.predictor import Predictor
     from flywheel.serving.routes import ScoringRoutes
@@ -270,7 +355,7 @@ def test_requests_waiting_together_share_one_bounded_model_call(services, loaded
     try:
         routes = ScoringRoutes(predictor)
         bodies = [json.dumps(txn(transaction_id=f"m-{i}", user_id=i, amount=3.0 + i)).encode() for i in range(40)]
-        bodies.append(json.dumps(txn(amount=-1)).encode())  # one bad request: its own 422, the rest unaffected
+        bodies.append(json.dumps(txn(amount=None)).encode())  # one bad request: its own 422, the rest unaffected
 
         async def together():
             return await asyncio.gather(*(routes.predict_async(b) for b in bodies))
@@ -287,3 +372,87 @@ def test_requests_waiting_together_share_one_bounded_model_call(services, loaded
             assert runtime in {predictor.models.current.runtime_for(16), predictor.models.current.runtime_for(8)}
     finally:
         predictor.close()
+
+
+# ---- a server from source: a spec that rejects out-of-contract values, and no API key ------------
+
+@pytest.fixture(scope="module")
+def rejecting(served, spec, tmp_path_factory):
+    """``bentoml serve serving.service:ModelService`` from source, as a deployment runs it, with no
+    API key (an empty FLYWHEEL_API_KEY), twice at once: without ``--insecure`` (it must refuse to
+    start) and with ``--arg insecure=true``, serving fraud's spec with ``serving:
+    {out_of_contract: reject}`` and the same champion next to the module's server. Yields (its
+    URL, its log, the refused one's process and log)."""
+    import yaml
+
+    from flywheel.core.config import PROJECT_ROOT
+    from flywheel.training.packaging import bentoml_bin
+
+    settings, _, _, _ = served
+    folder = tmp_path_factory.mktemp("reject")
+    (folder / "models").mkdir()
+    (folder / "examples").symlink_to(PROJECT_ROOT / "examples")  # the spec's own feature code: ../examples
+    raw = yaml.safe_load(spec._path.read_text()) | {"serving": {"out_of_contract": "reject"}}
+    (folder / "models" / "fraud.yaml").write_text(yaml.safe_dump(raw))
+    port = settings.ports.model_server + 50  # inside this block, 50 from its other ports (tests/ports.py)
+    env = source_server_env(settings, FLYWHEEL_SPECS_DIR=str(folder / "models"), FLYWHEEL_API_KEY="",
+                            FLYWHEEL_PORTS__MODEL_SERVER=str(port))
+    command = [bentoml_bin(), "serve", "serving.service:ModelService", "--host", "127.0.0.1", "--port", str(port)]
+    processes = {}
+    for name, args in (("open", ["--arg", "insecure=true"]), ("refused", [])):
+        with (folder / f"{name}.log").open("wb") as out:  # each its own BentoML home: it clears its metrics folder
+            processes[name] = subprocess.Popen(
+                [*command, *args], cwd=PROJECT_ROOT, env=env | {"BENTOML_HOME": str(folder / f"bentoml-{name}")},
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc, url = processes["open"], f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(1)
+        assert proc.poll() is None, (folder / "open.log").read_text()[-3000:]
+        yield url, folder / "open.log", processes["refused"], folder / "refused.log"
+    finally:
+        for started in processes.values():
+            if started.poll() is None:
+                os.killpg(started.pid, signal.SIGTERM)
+            try:
+                started.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(started.pid, signal.SIGKILL)
+                started.wait()
+
+
+def test_without_an_api_key_the_server_refuses_to_start_unless_insecure(rejecting, spec):
+    url, log, refused, refused_log = rejecting
+    assert refused.wait(timeout=300) != 0
+    last = refused_log.read_text().strip().splitlines()[-1]
+    assert last.startswith("flywheel model server: no API key configured: set FLYWHEEL_API_KEY"), last
+    assert "--insecure" in last
+    # The one started with `--arg insecure=true` serves without a key, and says so loudly.
+    open_answer = httpx.post(f"{url}/{spec.name}/predict", json=txn(), timeout=30)
+    assert open_answer.status_code == 200, open_answer.text
+    assert "SERVING WITHOUT AUTHENTICATION" in log.read_text()
+
+
+@pytest.mark.parametrize(("change", "field"), [({"amount": 60_000}, "amount"), ({"user_id": -1}, "user_id"),
+                                               ({"device": "toaster"}, "device")])
+def test_a_spec_that_rejects_out_of_contract_values_answers_422_naming_the_field(rejecting, spec, change, field):
+    url, *_ = rejecting
+    resp = httpx.post(f"{url}/{spec.name}/predict", json=txn(**change), timeout=30)
+    assert resp.status_code == 422 and resp.json()["fields"] == [field], resp.text
+    batch = httpx.post(f"{url}/{spec.name}/predict_batch", json=[txn(), txn(**change)], timeout=30)
+    assert batch.status_code == 422 and batch.json()["fields"] == [f"1.{field}"], batch.text
+
+
+def test_the_rejecting_servers_openapi_holds_the_limits_it_enforces(rejecting, spec):
+    url, *_ = rejecting
+    doc = httpx.get(f"{url}/docs.json", timeout=30).json()
+    body = doc["paths"][f"/{spec.name}/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    amount = spec.dataset.contract.columns["amount"]
+    assert body["properties"]["amount"]["minimum"] == amount.min and body["properties"]["amount"]["maximum"] == amount.max
+    assert body["properties"]["device"]["enum"] == spec.dataset.contract.columns["device"].allowed

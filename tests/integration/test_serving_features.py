@@ -90,27 +90,32 @@ def test_redis_reader_reconnects_when_its_pooled_connection_was_dropped(redis_se
     pd.testing.assert_frame_equal(before, after)
 
 
-def _predictor_with_store_down(services, spec):
+def _predictor_with_store_down(services, spec, tmp_path, **settings):
     """A predictor whose prediction log writes to a closed port: the object store is down."""
     champion_version(spec, services)
-    quiet = services.model_copy(update={"prediction_flush_s": 3600})
+    quiet = services.model_copy(update={"prediction_flush_s": 3600, "prediction_spool_dir": tmp_path / "spool",
+                                        **settings})
     predictor = Predictor(spec, quiet, watch=False)
     down = quiet.model_copy(update={"s3_endpoint_url": "http://127.0.0.1:9"})
     return predictor, down
 
 
-def test_predictions_survive_a_down_object_store_and_logs_are_retried(services, loaded, spec):
-    predictor, down = _predictor_with_store_down(services, spec)
-    predictor.logger._settings = down
+def test_predictions_survive_a_down_object_store_and_logs_are_retried(services, loaded, spec, tmp_path):
+    predictor, down = _predictor_with_store_down(services, spec, tmp_path)
+    logger = predictor.logger
+    logger._settings = down
     try:
         batch = [predictor.schemas.request(**txn(transaction_id=f"down-{i}", user_id=i)) for i in range(30)]
         scored = predictor.score(batch).records()  # the request path never touches the store
         assert len(scored) == 30
-        assert predictor.logger.flush() == 0
-        assert predictor.logger.failed_flushes == 1 and predictor.logger.written == 0
-        predictor.logger._settings = services  # the store is back
-        assert predictor.logger.flush() == 30
-        assert predictor.logger.dropped == predictor.logger.lost == 0
+        assert logger.flush() == 0
+        assert logger.failed_flushes == 1 and logger.written == 0
+        assert len([p for p in (tmp_path / "spool").rglob("*.seg") if p.stat().st_size]) == 1, \
+            "the rows wait in one closed segment on disk"
+        logger._settings = services  # the store is back
+        assert logger.flush() == 30
+        assert logger.flush() == 0, "uploaded once: the segment is gone"
+        assert logger.rejected == logger.dropped == 0 and logger.spool.disk_bytes == 0
     finally:
         predictor.close()
     keys = storage.list_keys("predictions", layout.prediction_prefix(spec.name, END), settings=services)
@@ -125,18 +130,31 @@ def test_predictions_survive_a_down_object_store_and_logs_are_retried(services, 
     assert str(ours["event_timestamp"].iloc[0].date()) == END.isoformat()
 
 
-def test_full_queue_and_backlog_are_counted_never_silent(services, loaded, spec):
-    from flywheel.serving.prediction_log import PredictionLogger
+@pytest.mark.parametrize("when_full", ["reject", "drop"])
+def test_a_full_spool_refuses_requests_or_counts_them_never_silent(services, loaded, spec, tmp_path, when_full):
+    from flywheel.serving.prediction_log import PredictionLogUnavailable
 
-    predictor, down = _predictor_with_store_down(services, spec)
-    predictor.logger.close()
-    predictor.logger = logger = PredictionLogger(predictor.log_schema, down, max_queue=2, max_backlog_rows=5)
+    predictor, down = _predictor_with_store_down(services, spec, tmp_path, prediction_spool_max_bytes=1 << 20,
+                                                 prediction_spool_full=when_full)
+    logger = predictor.logger
+    logger._settings = down
+    rows = [predictor.schemas.request(**txn(transaction_id=f"full-{i}", user_id=i)) for i in range(50)]
     try:
-        for i in range(4):
-            predictor.score([predictor.schemas.request(**txn(transaction_id=f"q-{i}", user_id=i)) for _ in range(3)])
-        assert logger.dropped == 6  # two requests of three rows found the queue full
-        logger.flush()
-        assert logger.lost == 1 and logger.failed_flushes == 1  # 6 rows queued, the backlog keeps 5
+        accepted = 0
+        for _ in range(200):  # ~30 KiB a request: the 1 MiB spool fills within ~35
+            try:
+                predictor.score(rows)
+            except PredictionLogUnavailable as exc:
+                assert when_full == "reject" and "cannot keep this request" in str(exc)
+                break
+            if logger.dropped:
+                break
+            accepted += len(rows)
+        refused = logger.rejected if when_full == "reject" else logger.dropped
+        assert refused == len(rows) and accepted > 0
+        assert logger.flush() == 0 and logger.failed_flushes == 1  # the store is still down
+        logger._settings = services
+        assert logger.flush() == accepted, "every row the spool took is uploaded"
+        predictor.score(rows)  # room again
     finally:
-        logger._stop.set()
-        predictor.models.close()
+        predictor.close()

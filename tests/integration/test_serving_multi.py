@@ -133,7 +133,7 @@ def test_one_server_serves_every_use_case_with_a_champion(two):
         # Each use case validates against its own generated schema: pairs reads no merchant category.
         status, body = server.handler("/pairs/predict")(json.dumps(txn()).encode())
         assert status == 422 and json.loads(body)["fields"] == ["merchant_category"]
-        status, body = server.handler("/pairs/predict")(json.dumps(pairs_txn | {"amount": 0}).encode())
+        status, body = server.handler("/pairs/predict")(json.dumps(pairs_txn | {"amount": None}).encode())
         assert status == 422 and json.loads(body)["fields"] == ["amount"]
         from prometheus_client import REGISTRY, generate_latest
 

@@ -19,9 +19,10 @@ import pytest
 from pydantic import SecretStr
 
 from flywheel.airflow.client import AirflowAuthError, AirflowClient
-from flywheel.core.config import Ports, Settings
+from flywheel.core.config import MLFLOW_USERS, Ports, Settings
 from flywheel.core.storage import ZONES, s3_client
 from flywheel.stack import launcher as stack
+from flywheel.stack import security
 from tests.ports import OFFSET, ports
 
 pytestmark = pytest.mark.integration
@@ -79,12 +80,14 @@ def test_up_starts_object_store_and_tracking_server(settings: Settings) -> None:
     assert not statuses["airflow-api-server"].running
     assert not statuses["model-server"].running
     assert not statuses["exporter"].running  # optional: only with --exporter
-    # SeaweedFS listens on the block's HTTP and gRPC ports (below the ephemeral range), plus the
-    # admin server's pair, picked free at start
-    weed_ports = set(stack.get_service("seaweedfs").ports(ready))
-    listening = _listening_ports(statuses["seaweedfs"].pid or 0)
-    assert len(weed_ports) == 8 and weed_ports <= listening and max(weed_ports) < 32768, listening
-    assert len(listening - weed_ports) == 2, listening
+    # SeaweedFS runs in its own network namespace: the host reaches only its S3 API (through the
+    # bridge); its master, volume and filer HTTP ports and every gRPC port are not there to reach
+    assert security.weed_isolated(ready)
+    assert _listening_ports(statuses["seaweedfs"].pid or 0) == {TEST_PORTS.s3}
+    for port in (TEST_PORTS.weed_master, TEST_PORTS.weed_volume, TEST_PORTS.weed_filer, TEST_PORTS.s3_grpc,
+                 TEST_PORTS.weed_master_grpc, TEST_PORTS.weed_volume_grpc, TEST_PORTS.weed_filer_grpc):
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/col/delete?collection={ready.bucket('raw')}", timeout=3)
 
     secrets_file = ready.home / "secrets.json"
     assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
@@ -96,13 +99,69 @@ def test_up_starts_object_store_and_tracking_server(settings: Settings) -> None:
 
 def test_tracking_server_proxies_artifacts_to_the_object_store(settings: Settings) -> None:
     ready = stack.ensure_secrets(settings)
-    url = f"{ready.mlflow_tracking_uri}/api/2.0/mlflow-artifacts/artifacts/smoke/hello.txt"
+    training = (ready.mlflow_username or "", ready.mlflow_password.get_secret_value() if ready.mlflow_password else "")
+    made = httpx.post(f"{ready.mlflow_tracking_uri}/api/2.0/mlflow/experiments/create", json={"name": "smoke"},
+                      auth=training, timeout=30)
+    assert made.status_code == 200, made.text
+    key = f"{made.json()['experiment_id']}/smoke/hello.txt"  # artifacts live under their experiment
+    url = f"{ready.mlflow_tracking_uri}/api/2.0/mlflow-artifacts/artifacts/{key}"
 
-    response = httpx.put(url, content=b"hello", timeout=30)  # no S3 credentials on the client
+    assert httpx.put(url, content=b"anonymous", timeout=30).status_code == 401
+    response = httpx.put(url, content=b"hello", auth=training, timeout=30)  # no S3 credentials on the client
 
     assert response.status_code == 200, response.text
-    body = s3_client(ready).get_object(Bucket=ready.bucket("mlflow"), Key="smoke/hello.txt")["Body"].read()
+    body = s3_client(ready).get_object(Bucket=ready.bucket("mlflow"), Key=key)["Body"].read()
     assert body == b"hello"
+
+
+def test_mlflow_admits_its_three_identities_only(settings: Settings) -> None:
+    """Anonymous requests get 401; the read-only identity reads but cannot move an alias (403);
+    the training identity, which created the model, moves it."""
+    ready = stack.ensure_secrets(settings)
+    stored = json.loads((ready.home / "secrets.json").read_text())
+    api = f"{ready.mlflow_tracking_uri}/api/2.0/mlflow"
+    training = (MLFLOW_USERS["training"], stored["mlflow_training_password"])
+    reader = (MLFLOW_USERS["reader"], stored["mlflow_reader_password"])
+    model = {"name": "closed-by-default"}
+    alias = {**model, "alias": "champion", "version": "1"}
+
+    assert httpx.post(f"{api}/registered-models/create", json=model, timeout=30).status_code == 401
+    assert httpx.post(f"{api}/registered-models/create", json=model, auth=training, timeout=30).status_code == 200
+    version = httpx.post(f"{api}/model-versions/create", json={**model, "source": "s3://nowhere/model"},
+                         auth=training, timeout=30)
+    assert version.status_code == 200, version.text
+    assert httpx.get(f"{api}/registered-models/get", params=model, auth=reader, timeout=30).status_code == 200
+    assert httpx.post(f"{api}/registered-models/alias", json=alias, timeout=30).status_code == 401
+    assert httpx.post(f"{api}/registered-models/alias", json=alias, auth=reader, timeout=30).status_code == 403
+    assert httpx.post(f"{api}/registered-models/alias", json=alias, auth=("flywheel-reader", "guess"),
+                      timeout=30).status_code == 401
+    assert httpx.post(f"{api}/registered-models/alias", json=alias, auth=training, timeout=30).status_code == 200
+
+
+def test_each_component_gets_only_its_own_secrets(settings: Settings) -> None:
+    """No secret on any command line; each process's environment holds its own secrets only."""
+    ready = stack.ensure_secrets(settings)
+    stored = json.loads((ready.home / "secrets.json").read_text())
+    own = {  # component -> the secrets it may hold
+        "seaweedfs": set(security.WEED_SECRETS),
+        "mlflow": {"s3_access_key", "s3_secret_key", "mlflow_admin_password", "mlflow_flask_secret"},
+    }
+    for name, allowed in own.items():
+        pid = _by_name(ready)[name].pid
+        assert pid, name
+        for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+            try:
+                cmdline, environ = " ".join(proc.cmdline()), proc.environ()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            values = "\n".join(environ.values())
+            for key, secret in stored.items():
+                assert secret not in cmdline, f"{key} on the command line of {name} ({proc.pid})"
+                if key not in allowed:
+                    assert secret not in values, f"{name} ({proc.pid}) holds {key}, which it does not need"
+    logs = "\n".join(p.read_text(errors="replace") for p in ready.log_dir.glob("*.log"))
+    leaked = [key for key, secret in stored.items() if secret in logs]
+    assert not leaked, f"secrets in the logs: {leaked}"
 
 
 def test_second_up_leaves_running_services_alone(settings: Settings) -> None:

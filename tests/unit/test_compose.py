@@ -530,13 +530,20 @@ def test_compose_airflow_env_is_what_the_native_profile_sets(
 def test_compose_mlflow_runs_the_native_backend_and_artifact_store(
     services: dict[str, dict[str, Any]], compose_settings
 ) -> None:
+    from flywheel.core.profiles import database_name
     from flywheel.stack import launcher as stack
 
     env = environment_of(services["mlflow"])
     assert env["MLFLOW_BACKEND_STORE_URI"] == stack.mlflow_backend_store_uri(compose_settings)
     native = stack.get_service("mlflow").command(compose_settings)
     assert native[native.index("--artifacts-destination") + 1] == env["MLFLOW_ARTIFACTS_DESTINATION"]
-    assert services["mlflow"]["command"][:2] == ["mlflow", "server"] and Path(native[0]).name == "mlflow"
+    # Both run MLflow's basic-auth app; no database URI (a password) on either command line.
+    assert Path(native[0]).name == "mlflow" and native[1:4] == ["server", "--app-name", "basic-auth"]
+    entrypoint = (ROOT / "infra" / "mlflow" / "entrypoint.sh").read_text()
+    assert 'exec mlflow server --app-name basic-auth "$@"' in entrypoint
+    assert services["mlflow"]["command"][0] == "--host"
+    assert not any(part.startswith(("postgresql", "sqlite")) for part in [*native, *services["mlflow"]["command"]])
+    assert env["MLFLOW_AUTH_DATABASE_URI"].endswith("/" + database_name(compose_settings, "mlflow_auth"))
 
 
 def test_compose_commands_are_the_native_commands(

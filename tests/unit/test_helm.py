@@ -22,6 +22,8 @@ import jsonschema
 import pytest
 import yaml
 
+from flywheel.core.config import MLFLOW_USERS
+
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -262,7 +264,9 @@ def test_secret_template_holds_placeholders_only() -> None:
         for key, value in doc["stringData"].items():
             for userinfo in re.findall(r"://[^/@\s]*:([^@\s]*)@", value):
                 assert re.fullmatch(r"__[A-Z0-9_]+__", userinfo), f"{key}: literal password"
-            if "://" not in value:
+            if key.endswith("USERNAME"):  # an identity's name is no secret: one of Flywheel's own
+                assert value in MLFLOW_USERS.values(), f"{key}: unknown identity {value!r}"
+            elif "://" not in value:
                 assert re.fullmatch(r"__[A-Z0-9_]+__", value), f"{key} holds a literal value"
 
 
@@ -277,7 +281,12 @@ def test_provision_job_and_mlflow_match_the_native_profile(objects: list[dict[st
     native = stack.get_service("mlflow").command(chart_settings)
     env = env_of(mlflow["env"])
     assert env["MLFLOW_ARTIFACTS_DESTINATION"] == native[native.index("--artifacts-destination") + 1]
-    assert mlflow["command"][:2] == ["mlflow", "server"]
+    # the image's entrypoint (infra/mlflow/entrypoint.sh) runs the basic-auth app, as natively
+    assert "command" not in mlflow and mlflow["args"][0] == "--host" and native[1:4] == ["server", "--app-name",
+                                                                                        "basic-auth"]
+    auth = next(e["valueFrom"]["secretKeyRef"] for e in mlflow["env"] if e["name"] == "MLFLOW_AUTH_DATABASE_URI")
+    auth_template = next(d for d in documents(SECRETS) if d["metadata"]["name"] == auth["name"])
+    assert auth_template["stringData"][auth["key"]].endswith("/" + database_name(chart_settings, "mlflow_auth"))
     secret_ref = next(e["valueFrom"]["secretKeyRef"]["name"] for e in mlflow["env"]
                       if e["name"] == "MLFLOW_BACKEND_STORE_URI")
     template = next(d for d in documents(SECRETS) if d["metadata"]["name"] == secret_ref)

@@ -84,8 +84,10 @@ def test_workers_exist_only_in_the_production_profile(tmp_path) -> None:
     assert argv[argv.index("--concurrency") + 1] == "1" and "--skip-serve-logs" in argv
     with pytest.raises(ValueError, match="celery_workers"):
         prod(tmp_path, celery_workers=["default"] * 5)
-    mlflow = stack.get_service("mlflow").command(s)
-    assert mlflow[mlflow.index("--backend-store-uri") + 1].endswith("/flywheel_mlflow")
+    # the backend store URI (a password) is in MLflow's environment, never on its command line
+    assert "--backend-store-uri" not in stack.get_service("mlflow").command(s)
+    assert stack.get_service("mlflow").env(stack.ensure_secrets(s))["MLFLOW_BACKEND_STORE_URI"].endswith(
+        "/flywheel_mlflow")
 
 
 def test_s3_addressing_style_and_region_reach_the_client(tmp_path) -> None:

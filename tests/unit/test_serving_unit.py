@@ -14,7 +14,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from flywheel.core.spec import PipelineSpec, load_spec_file
+from flywheel.core.spec import PipelineSpec, ServingSpec, load_spec_file
 from flywheel.features.featurizer import featurizer_for
 from flywheel.serving.routes import field_paths, unprocessable
 from flywheel.serving.schemas import MAX_BATCH, RouteSchemas, SchemaError, route_schemas
@@ -83,6 +83,13 @@ def schemas(fraud) -> RouteSchemas:
     return route_schemas(fraud, featurizer_for(fraud).request_columns)
 
 
+@pytest.fixture(scope="module")
+def reject(fraud) -> RouteSchemas:
+    """Fraud's schemas with `serving: {out_of_contract: reject}`."""
+    spec = fraud.model_copy(update={"serving": ServingSpec(out_of_contract="reject")})
+    return route_schemas(spec, featurizer_for(spec).request_columns)
+
+
 def test_fraud_request_comes_from_the_contract(schemas):
     row = schemas.request.model_validate(GOOD)
     assert row.event_timestamp.tzinfo is not None and row.transaction_id is None
@@ -90,18 +97,50 @@ def test_fraud_request_comes_from_the_contract(schemas):
     assert schemas.id_columns == ("transaction_id",)
     fields = set(schemas.request.model_fields)
     assert fields == set(GOOD) | {"transaction_id"}, "the label never is a request field"
-    # A categorical value outside the allowed set is scored (reserved code) and flagged, not rejected.
+    # Out of contract, under the default `serving.out_of_contract: flag`: a categorical value outside
+    # the allowed set is scored (reserved code) and flagged, a number outside min/max scored as given.
     assert schemas.request.model_validate(GOOD | {"device": "fridge"}).device == "fridge"
+    assert schemas.request.model_validate(GOOD | {"amount": 6e4, "user_id": -1}).amount == 6e4
 
 
-@pytest.mark.parametrize(("field", "value"), [("amount", 0), ("amount", 6e4), ("user_id", -1), ("extra", 1),
-                                              ("event_timestamp", "0001-01-01T00:00:00Z"),
-                                              ("event_timestamp", "yesterday"), ("country", "x" * 300),
-                                              ("merchant_id", None)])
-def test_invalid_fields_are_named(schemas, field, value):
+# Wrong types, NaN/infinity, missing or unknown fields: a 422 under either policy.
+INVALID = [("extra", 1), ("event_timestamp", "0001-01-01T00:00:00Z"), ("event_timestamp", "yesterday"),
+           ("country", "x" * 300), ("merchant_id", None), ("amount", float("nan")), ("amount", float("inf")),
+           ("amount", "12 dollars"), ("user_id", 2**63), ("user_id", 1.5)]
+OUT_OF_CONTRACT = [("amount", 0), ("amount", 6e4), ("user_id", -1), ("device", "fridge")]
+
+
+@pytest.mark.parametrize(("field", "value"), INVALID)
+def test_invalid_fields_are_named(schemas, reject, field, value):
+    for s in (schemas, reject):
+        with pytest.raises(ValidationError) as info:
+            s.request.model_validate(GOOD | {field: value})
+        assert field_paths(info.value.errors(include_context=False, include_input=False)) == [field]
+
+
+@pytest.mark.parametrize(("field", "value"), OUT_OF_CONTRACT)
+def test_out_of_contract_values_are_a_422_only_when_the_spec_rejects_them(schemas, reject, field, value):
+    assert getattr(schemas.request.model_validate(GOOD | {field: value}), field) == value
     with pytest.raises(ValidationError) as info:
-        schemas.request.model_validate(GOOD | {field: value})
-    assert field_paths(info.value.errors(include_context=False, include_input=False)) == [field]
+        reject.request.model_validate_json(json.dumps(GOOD | {field: value}))
+    body = json.loads(unprocessable(info.value))
+    assert body["fields"] == [field] and field in body["error"]
+
+
+def test_the_schema_documents_what_each_policy_enforces(schemas, reject):
+    flagged = schemas.openapi_request()["properties"]
+    amount = flagged["amount"]
+    assert "minimum" not in amount and "maximum" not in amount
+    assert amount["x-contract-minimum"] == 0.01 and amount["x-contract-maximum"] == 50000
+    assert "out_of_range" in amount["description"] and "unknown" in flagged["device"]["description"]
+    assert flagged["user_id"]["minimum"] == -(2**63), "the type's own range stays enforced"
+    assert "enum" not in flagged["device"]
+    enforced = reject.openapi_request()["properties"]
+    assert enforced["amount"]["minimum"] == 0.01 and enforced["amount"]["maximum"] == 50000
+    assert enforced["user_id"]["minimum"] == 0 and "x-contract-minimum" not in enforced["amount"]
+    assert enforced["device"]["enum"] == ["mobile", "desktop", "pos", "unknown"]
+    assert schemas.ranges == {"user_id": (0, None), "merchant_id": (0, None), "amount": (0.01, 50000)}
+    assert reject.ranges == {}
 
 
 def test_batch_is_bounded_and_a_422_names_row_and_field(schemas):
@@ -109,7 +148,7 @@ def test_batch_is_bounded_and_a_422_names_row_and_field(schemas):
     for bad in ([], [GOOD] * (MAX_BATCH + 1)):
         with pytest.raises(ValidationError):
             schemas.batch.validate_python(bad)
-    rows = [GOOD, GOOD, GOOD, GOOD | {"amount": 0}, {k: v for k, v in GOOD.items() if k != "user_id"}]
+    rows = [GOOD, GOOD, GOOD, GOOD | {"amount": None}, {k: v for k, v in GOOD.items() if k != "user_id"}]
     with pytest.raises(ValidationError) as info:
         schemas.batch.validate_json(json.dumps(rows))
     body = json.loads(unprocessable(info.value))
@@ -133,8 +172,9 @@ def test_another_spec_gets_its_own_schemas(task):
                                     "departed_at": "2013-01-01T05:00:00Z"})
     assert row.distance is None, "a nullable column may be left out"
     with pytest.raises(ValidationError, match="flight"):
-        s.request.model_validate({"carrier": "AA", "flight": 0, "origin": "JFK", "dest": "LAX",
+        s.request.model_validate({"carrier": "AA", "flight": "twelve", "origin": "JFK", "dest": "LAX",
                                   "departed_at": "2013-01-01T05:00:00Z"})
+    assert s.ranges == {"flight": (1, 9999), "distance": (0, None)}  # flagged, not enforced (the default)
     response = s.response.model_json_schema(by_alias=True)["properties"]
     task_fields = {"regression": {"value"}, "multiclass": {"probabilities", "class"}}[task]
     assert task_fields <= set(response) and not {"probability", "decision"} & set(response) - task_fields
@@ -200,7 +240,7 @@ def _model(task: str, **kw):
 
 
 def _scores(task: str, raw: np.ndarray, model, spec, rows):
-    from flywheel.serving.predictor import Scores, request_ids, task_outputs
+    from flywheel.serving.predictor import Scores, outside_ranges, request_ids, task_outputs
 
     fz = featurizer_for(spec)
     s = route_schemas(spec, fz.request_columns)
@@ -211,7 +251,8 @@ def _scores(task: str, raw: np.ndarray, model, spec, rows):
     entities = {a: np.full(n, 3.0) for a in fz.entity_features if fz.aggregates[a] != "string"}
     features = fz.transform(columns, entities)
     return Scores(task, columns, s.id_columns, tuple(fz.names), features.matrix, raw, task_outputs(task, model, raw),
-                  misses, dict(features.unknown), request_ids(n), model), s
+                  misses, dict(features.unknown), request_ids(n), model,
+                  out_of_range=outside_ranges(columns, s.ranges)), s
 
 
 def _validated(response: type[BaseModel], body: bytes, *, many: bool) -> list[dict]:
@@ -222,14 +263,15 @@ def _validated(response: type[BaseModel], body: bytes, *, many: bool) -> list[di
 
 
 def test_binary_scores_serialize_as_the_response_model(fraud, schemas):
-    rows = [schemas.request.model_validate(GOOD | {"transaction_id": f"t{i}", "device": d})
-            for i, d in enumerate(["pos", "fridge", "mobile"])]
+    rows = [schemas.request.model_validate(GOOD | {"transaction_id": f"t{i}", "device": d, "amount": a})
+            for i, (d, a) in enumerate([("pos", 10.0), ("fridge", 50000.0), ("mobile", 6e4)])]
     scores, s = _scores("binary", np.array([0.1, 0.5, 0.9]), _model("binary"), fraud, rows)
     out = _validated(s.response, scores.to_json(), many=True)
     assert [o["transaction_id"] for o in out] == ["t0", "t1", "t2"]
     assert [o["probability"] for o in out] == [0.1, 0.5, 0.9]
     assert [o["decision"] for o in out] == [False, True, True] and out[0]["threshold"] == 0.5
     assert [o["unknown"] for o in out] == [[], ["device"], []]
+    assert [o["out_of_range"] for o in out] == [[], [], ["amount"]], "the bounds are inclusive"
     assert [o["unknown_entities"] for o in out] == [[], ["user"], ["merchant"]]
     assert out[1]["defaults_used"] and len({o["request_id"] for o in out}) == 3
     assert json.loads(scores.to_json(single=True)) == out[0]
@@ -259,7 +301,7 @@ def test_other_tasks_serialize_as_their_response_model(task):
 def test_prediction_log_frame_follows_the_spec_schema(fraud, schemas):
     from flywheel.serving.prediction_log import log_frame, log_schema
 
-    rows = [schemas.request.model_validate(GOOD | {"transaction_id": f"t{i}", "user_id": i,
+    rows = [schemas.request.model_validate(GOOD | {"transaction_id": f"t{i}", "user_id": i - (i == 3),
                                                    "device": "fridge" if i == 2 else "pos"}) for i in range(4)]
     a, _ = _scores("binary", np.array([0.1, 0.5, 0.9]), _model("binary"), fraud, rows[:3])
     b, _ = _scores("binary", np.array([0.7]), _model("binary"), fraud, rows[3:])
@@ -268,8 +310,12 @@ def test_prediction_log_frame_follows_the_spec_schema(fraud, schemas):
     assert list(frame.columns) == list(schema.columns)
     assert {c: str(t) for c, t in frame.dtypes.items()} == {c: str(pd.Series(dtype=t).dtype)
                                                             for c, t in schema.columns.items()}
-    assert frame["user_id"].tolist() == [0, 1, 2, 3] and frame["transaction_id"].tolist() == ["t0", "t1", "t2", "t3"]
+    assert frame["user_id"].tolist() == [0, 1, 2, 2] and frame["transaction_id"].tolist() == ["t0", "t1", "t2", "t3"]
     assert frame["unknown_value"].tolist() == [False, False, True, False]
+    assert frame["out_of_range"].tolist() == [False, False, False, False]
+    c, _ = _scores("binary", np.array([0.2, 0.3]), _model("binary"), fraud,
+                   [schemas.request.model_validate(GOOD | {"user_id": -7}), schemas.request.model_validate(GOOD)])
+    assert log_frame([a, c], schema)["out_of_range"].tolist() == [False, False, False, True, False]
     assert frame["probability"].tolist() == [0.1, 0.5, 0.9, 0.7] and frame["amount"].eq(10.0).all()
     assert str(frame["event_timestamp"].iloc[0]) == "2026-01-09 10:00:00+00:00"
 
