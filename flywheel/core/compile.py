@@ -47,6 +47,7 @@ def check_references(spec: PipelineSpec) -> None:
         raise ValueError(f"label.column: {spec.label.column!r} is not in the dataset contract")
     _check_entities(spec, columns)
     _check_request(spec, columns)
+    _check_privacy(spec, columns)
     defined = feature_names(spec)
     for name in spec.features.model or []:
         if name not in defined:
@@ -102,3 +103,35 @@ def _check_request(spec: PipelineSpec, columns: dict[str, Any]) -> None:
         for item in feature.inputs:
             if item not in defined and item not in columns:
                 raise ValueError(f"{where}.inputs: {item!r} is neither a contract column nor a feature")
+
+
+def _check_privacy(spec: PipelineSpec, columns: dict[str, Any]) -> None:
+    """Where a PII column may be used: a join key only hashed; an aggregate's column unless
+    dropped; never a label, a request feature's input or a slice (each would expose the values)."""
+    def policy(column: str | None) -> str | None:
+        rule = columns.get(column or "")
+        return rule.privacy if rule is not None else None
+
+    if policy(spec.label.column):
+        raise ValueError(f"label.column: {spec.label.column!r} is tagged pii")
+    for entity_name, entity in spec.features.entities.items():
+        _check_private_entity(entity_name, entity, policy)
+    for name, feature in spec.features.request.items():
+        for column in (feature.column, feature.other, *feature.inputs):
+            if policy(column):
+                raise ValueError(f"features.request.{name}: {column!r} is tagged pii; a request feature's value "
+                                 "is a model input, logged with every prediction (aggregate it instead)")
+    for name in spec.training.slices or []:
+        if policy(name):
+            raise ValueError(f"training.slices: {name!r} is tagged pii (slice reports name their values)")
+
+
+def _check_private_entity(entity_name: str, entity: Any, policy: Any) -> None:
+    for key in entity.keys:
+        if policy(key) not in (None, "hash"):
+            raise ValueError(f"features.entities.{entity_name}.keys: {key!r} is pii with policy {policy(key)}; a "
+                             "join key is logged with every prediction, so it can only be hashed")
+    for name, agg in entity.aggregations.items():
+        if policy(agg.column) == "drop":
+            raise ValueError(f"features.entities.{entity_name}.aggregations.{name}.column: {agg.column!r} "
+                             "is pii with policy drop (it is not in the curated zone)")

@@ -186,6 +186,9 @@ class Settings(BaseSettings):
     # identity's key; the model server verifies with the public key before it loads a version.
     registry_signing_key: SecretStr | None = None
     registry_verify_key: str | None = None
+    # The key of the keyed hash of PII columns (flywheel.core.pii): the data tasks and the model
+    # server hold it, so a hashed join key matches across datasets and at serving time.
+    pii_key: SecretStr | None = None
     # The model server loads only signed versions whose artifacts are unchanged (default on).
     serving_verify_versions: bool = True
     # Whether to fill missing secrets from <home>/secrets.json. The stack's components get their
@@ -304,7 +307,8 @@ class Settings(BaseSettings):
     def _fill_derived(self) -> Settings:
         self.home = self.home.expanduser().resolve()
         secrets = read_secrets(self.home) if self.read_secrets_file else {}
-        for key in ("s3_access_key", "s3_secret_key", "airflow_password", "api_key", "registry_signing_key"):
+        for key in ("s3_access_key", "s3_secret_key", "airflow_password", "api_key", "registry_signing_key",
+                    "pii_key"):
             if getattr(self, key) is None and key in secrets:
                 setattr(self, key, SecretStr(secrets[key]))
         if self.registry_verify_key is None and "registry_verify_key" in secrets:

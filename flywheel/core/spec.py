@@ -44,6 +44,8 @@ def window_hours(window: str) -> int:
 
 
 ColumnType = Literal["string", "int", "float", "datetime", "bool"]
+# What happens to a PII column's values past the raw zone (flywheel.core.pii).
+PiiPolicy = Literal["hash", "drop", "features_only"]
 
 
 class ColumnRule(_Strict):
@@ -53,6 +55,30 @@ class ColumnRule(_Strict):
     min: float | None = None
     max: float | None = None
     allowed: list[Any] | None = None
+    # Personal data: past the raw zone its values are keyed-hashed (``hash``, the default),
+    # removed (``drop``) or kept in curated for the aggregation SQL only (``features_only``);
+    # they never reach logs, reports, Data Docs or MLflow (docs/security.md, "Privacy").
+    pii: bool = False
+    pii_policy: PiiPolicy | None = None
+
+    @model_validator(mode="after")
+    def _pii(self) -> ColumnRule:
+        if self.pii_policy is not None and not self.pii:
+            raise ValueError("pii_policy needs pii: true")
+        if not self.pii:
+            return self
+        bounds = [name for name in ("min", "max", "allowed") if getattr(self, name) is not None]
+        if bounds:
+            raise ValueError(f"a pii column cannot declare {', '.join(bounds)}: a rule on its values would "
+                             "show them in validation results and Data Docs (keep nullable/unique)")
+        if self.pii_policy in (None, "hash") and self.type != "string":
+            raise ValueError(f"pii_policy hash needs type: string (its keyed hash is text), got {self.type}")
+        return self
+
+    @property
+    def privacy(self) -> PiiPolicy | None:
+        """The column's PII policy (None: not personal data)."""
+        return (self.pii_policy or "hash") if self.pii else None
 
     @model_validator(mode="after")
     def _min_below_max(self) -> ColumnRule:
@@ -150,6 +176,12 @@ class DatasetSpec(_Strict):
             if col not in self.contract.columns:
                 where = "timestamp" if col == self.timestamp else "key"
                 raise ValueError(f"{where}: column {col!r} is not in the dataset contract")
+        if self.contract.columns[self.timestamp].pii:
+            raise ValueError(f"timestamp: column {self.timestamp!r} is tagged pii (the event time is not hashed)")
+        for col in self.key_columns:
+            if self.contract.columns[col].privacy not in (None, "hash"):
+                raise ValueError(f"key: column {col!r} is pii with policy {self.contract.columns[col].privacy}; "
+                                 "a key column is kept in every zone and log, so it can only be hashed")
         return self
 
 

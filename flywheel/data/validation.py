@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from flywheel.core import pii
 from flywheel.core.spec import ColumnRule, DatasetSpec
 
 log = logging.getLogger(__name__)
@@ -261,13 +262,19 @@ class ContractSuite:
         return reasons
 
 
-def validate(df: pd.DataFrame, dataset: DatasetSpec, ds: str) -> ValidationResult:
-    """Split an in-memory raw batch into curated and quarantined rows.
+def validate(df: pd.DataFrame, dataset: DatasetSpec, ds: str, *, pii_key: bytes | None = None) -> ValidationResult:
+    """Split an in-memory raw batch into curated and quarantined rows (PII as in :func:`split_file`).
 
     Raises :class:`ContractViolation` for batch-level failures.
     """
     check_batch(df, dataset, ds)
     frame = df.reset_index(drop=True).copy()
+    private = bool(pii.policies(dataset))
+    if private:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        batch = table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist(
+            [], schema=table.schema)
+        frame = _to_pandas(pii.for_validation(batch, dataset, pii_key))
     frame[ROW_ID] = range(len(frame))
     reasons = ContractSuite(dataset, ds).failures(frame)
     bad = frame[ROW_ID].isin(reasons)
@@ -276,6 +283,14 @@ def validate(df: pd.DataFrame, dataset: DatasetSpec, ds: str) -> ValidationResul
     quarantined = frame[bad].copy()
     quarantined[REASONS] = quarantined[ROW_ID].map(lambda r: "; ".join(reasons[r]))
     quarantined[ROW_KEY] = row_keys(quarantined, dataset)
+    if private:  # rebuilt from the raw rows, then each zone's policy
+        raw = df.reset_index(drop=True)
+        quarantined = quarantined.drop(columns=[c for c in pii.policies(dataset)
+                                                if pii.policies(dataset)[c] == "drop"])
+        good = pa.RecordBatch.from_pandas(raw[~bad.to_numpy()].reset_index(drop=True), preserve_index=False)
+        curated = _to_pandas(pii.for_curated(good, dataset, pii_key))
+        return ValidationResult(curated=curated, quarantined=quarantined.drop(columns=[ROW_ID]).reset_index(drop=True),
+                                rule_failures=_count(reasons))
     curated = frame[~bad].drop(columns=[ROW_ID]).reset_index(drop=True)
     return ValidationResult(
         curated=curated,
@@ -303,8 +318,9 @@ class _Split:
 
     curated: Path
     quarantined: Path
-    schema: pa.Schema
+    raw_schema: pa.Schema
     dataset: DatasetSpec
+    pii_key: bytes | None = None
     rows: dict[str, int] = field(default_factory=lambda: {"curated": 0, "quarantine": 0})
     failures: dict[str, int] = field(default_factory=dict)
 
@@ -313,7 +329,8 @@ class _Split:
 
         from flywheel.core.storage import PARQUET_OPTIONS
 
-        self.q_schema = quarantine_schema(self.schema)
+        self.schema = pii.schema_for(self.raw_schema, self.dataset, "curated")
+        self.q_schema = quarantine_schema(pii.schema_for(self.raw_schema, self.dataset, "quarantine"))
         self._writers = {
             "curated": pq.ParquetWriter(self.curated, self.schema, **PARQUET_OPTIONS),
             "quarantine": pq.ParquetWriter(self.quarantined, self.q_schema, **PARQUET_OPTIONS),
@@ -327,9 +344,9 @@ class _Split:
         local = {row - offset: rules for row, rules in reasons.items()}
         bad = np.zeros(batch.num_rows, dtype=bool)
         bad[list(local)] = True
-        good = batch.filter(pa.array(~bad))
+        good = pii.for_curated(batch.filter(pa.array(~bad)), self.dataset, self.pii_key)
         self._writers["curated"].write_batch(good)
-        rejected = batch.filter(pa.array(bad))
+        rejected = pii.for_quarantine(batch.filter(pa.array(bad)), self.dataset, self.pii_key)
         why = pa.array(["; ".join(local[int(i)]) for i in np.flatnonzero(bad)], type=pa.string())
         ids = pa.array(row_keys(frame[bad], self.dataset).tolist(), type=pa.string())
         self._writers["quarantine"].write_batch(
@@ -412,9 +429,14 @@ def _to_pandas(batch: pa.RecordBatch) -> pd.DataFrame:
 
 
 def split_file(
-    path: Path, dataset: DatasetSpec, ds: str, out_dir: Path, *, docs_dir: Path | None = None
+    path: Path, dataset: DatasetSpec, ds: str, out_dir: Path, *, docs_dir: Path | None = None,
+    pii_key: bytes | None = None,
 ) -> _Split:
-    """Row-level validation of a local raw Parquet file, chunk by chunk, into two files."""
+    """Row-level validation of a local raw Parquet file, chunk by chunk, into two files.
+
+    PII columns (:mod:`flywheel.core.pii`) are validated on their keyed hash and written as their
+    policy says; ``pii_key`` is needed when the contract has any.
+    """
     import pyarrow.parquet as pq
 
     from flywheel.data.keys import DuplicateRows
@@ -424,18 +446,23 @@ def split_file(
     compound = _duplicate_compound_keys(path, dataset)
     repeated = DuplicateRows(dataset) if not dataset.key_columns else None
     suite = ContractSuite(dataset, ds, docs_dir=docs_dir)
-    split = _Split(out_dir / "curated.parquet", out_dir / "quarantine.parquet", schema, dataset)
+    split = _Split(out_dir / "curated.parquet", out_dir / "quarantine.parquet", schema, dataset, pii_key)
+    private = bool(pii.policies(dataset))
     offset = 0
     try:
         for batch in _chunks(path, dataset.chunk_rows):
-            frame = _to_pandas(batch)
+            frame = _to_pandas(batch)  # the raw values: duplicate keys were found on them
             frame[ROW_ID] = range(offset, offset + len(frame))
-            reasons = suite.failures(frame)
+            seen = frame
+            if private:  # GX (and so Data Docs) and the quarantine's row keys see only hashes
+                seen = _to_pandas(pii.for_validation(batch, dataset, pii_key))
+                seen[ROW_ID] = frame[ROW_ID].to_numpy()
+            reasons = suite.failures(seen)
             for row, rule in _key_failures(frame, dataset, duplicates, compound, repeated).items():
                 rules = reasons.setdefault(row, [])
                 if rule not in rules:
                     rules.append(rule)
-            split.add(batch, frame, reasons, offset)
+            split.add(batch, seen, reasons, offset)
             offset += len(frame)
     finally:
         split.close()
@@ -521,7 +548,8 @@ def _validate_held(spec: Any, ds: str, *, run_id: str, settings: Any, held: Any)
         except ContractViolation as exc:
             _quarantine_batch(path, exc, spec, ds, run_id=run_id, settings=settings, client=client, held=held)
             raise
-        split = split_file(path, spec.dataset, ds, tmp, docs_dir=tmp / "docs")
+        split = split_file(path, spec.dataset, ds, tmp, docs_dir=tmp / "docs",
+                           pii_key=pii.key_bytes(settings, spec.dataset))
         docs = publish_data_docs(tmp / "docs", name, ds, settings=settings, client=client)
         summary = {
             "rows": raw_manifest.rows,
@@ -557,19 +585,21 @@ def _quarantine_batch(
     from flywheel.data.keys import row_keys
 
     parquet = pq.ParquetFile(path)
-    schema = quarantine_schema(parquet.schema_arrow)
+    key = pii.key_bytes(settings, spec.dataset)
+    schema = quarantine_schema(pii.schema_for(parquet.schema_arrow, spec.dataset, "quarantine"))
     why = f"batch: {exc.rule}: {exc.detail}"
 
     def ids(batch: pa.RecordBatch) -> pa.Array:
-        frame = _to_pandas(batch)
+        frame = _to_pandas(pii.for_validation(batch, spec.dataset, key))
         if all(c in frame.columns for c in spec.dataset.key_columns):
             return pa.array(row_keys(frame, spec.dataset).tolist(), type=pa.string())
         return pa.nulls(batch.num_rows, pa.string())  # the key's columns are missing
 
     def tagged() -> Iterator[pa.RecordBatch]:
         for batch in parquet.iter_batches(batch_size=256 * 1024):
+            kept = pii.for_quarantine(batch, spec.dataset, key)
             yield pa.RecordBatch.from_arrays(
-                [*batch.columns, pa.array([why] * batch.num_rows, pa.string()), ids(batch)], schema=schema)
+                [*kept.columns, pa.array([why] * batch.num_rows, pa.string()), ids(batch)], schema=schema)
 
     out = path.with_name("quarantine-batch.parquet")
     rows = storage.write_batches(tagged(), schema, out)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from flywheel.core import pii
 from flywheel.core.config import Settings
 from flywheel.core.spec import PipelineSpec
 from flywheel.serving.metrics import ServingMetrics
@@ -169,6 +170,8 @@ class Scores:
     runtime: str = ""  # which runtime scored (onnxruntime, or the family's native one)
     # column -> which rows had a value outside the contract's min/max (only flagged columns)
     out_of_range: dict[str, np.ndarray] = field(default_factory=dict)
+    # The caller's ids as sent, where ``columns`` holds their PII hashes (None: ``columns``).
+    echo: dict[str, list[Any]] | None = None
 
     def __len__(self) -> int:
         return len(self.raw)
@@ -198,8 +201,9 @@ class Scores:
     def records(self) -> list[dict[str, Any]]:
         """Response fields per row, as plain dicts in request order."""
         m = self.model
+        sent = self.echo if self.echo is not None else self.columns
         ids = [dict(zip(self.id_columns, row, strict=True)) for row in
-               zip(*(self.columns[c] for c in self.id_columns), strict=True)] if self.id_columns \
+               zip(*(sent[c] for c in self.id_columns), strict=True)] if self.id_columns \
             else [{} for _ in range(len(self))]
         outputs = self._task_records()
         unknown, entities = self.unknown_columns(), self.unknown_entities()
@@ -297,6 +301,10 @@ class Predictor:
         self._fields = tuple(dict.fromkeys((*self.schemas.id_columns, *self.schemas.columns)))
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._numeric = frozenset(a for a, kind in self.featurizer.aggregates.items() if kind in ("int", "float"))
+        # PII columns of the request (hashed join and row keys): hashed before the online lookup
+        # and the prediction log, echoed to the caller as sent (flywheel.core.pii).
+        self._pii = tuple(c for c in self._fields if c in pii.policies(spec.dataset))
+        self._pii_key = pii.key_bytes(settings, spec.dataset) if self._pii else None
 
     @property
     def ready(self) -> bool:
@@ -315,13 +323,18 @@ class Predictor:
         started = time.perf_counter()
         model = self.models.get()  # this request keeps this model even if the champion moves
         columns = {name: [getattr(r, name) for r in rows] for name in self._fields}
+        echo = None
+        if self._pii:
+            assert self._pii_key is not None
+            echo = {c: columns[c] for c in self.schemas.id_columns}
+            columns.update({c: pii.hash_values(columns[c], self._pii_key) for c in self._pii})
         online, misses = self.features.fetch_keys({key: columns[key] for key in self.join_keys})
         features = self.featurizer.transform(columns, self._arrays(online))
         raw = predict_array(model, features.matrix, self.names)
         scores = Scores(self.spec.task, columns, self.schemas.id_columns, self.names, features.matrix, raw,
                         task_outputs(self.spec.task, model, raw), misses, dict(features.unknown),
                         request_ids(len(rows)), model, model.runtime_for(len(rows)),
-                        outside_ranges(columns, self.schemas.ranges))
+                        outside_ranges(columns, self.schemas.ranges), echo)
         if self.logger is not None:
             self.logger.log(scores)
         self._observe(endpoint, scores, time.perf_counter() - started if timed else None)

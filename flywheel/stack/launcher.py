@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SETTINGS_SECRETS = ("s3_access_key", "s3_secret_key", "airflow_password", "api_key")
+SETTINGS_SECRETS = ("s3_access_key", "s3_secret_key", "airflow_password", "api_key", "pii_key")
 # Not fields of Settings: every Airflow component must share these values.
 AIRFLOW_SECRETS = ("airflow_secret_key", "airflow_jwt_secret", "airflow_fernet_key")
 AIRFLOW_COMPONENTS = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")

@@ -43,7 +43,7 @@ SIGNING_SECRETS = ("registry_signing_key", "registry_verify_key")  # a pair, gen
 # each component gets exactly its own (component_secrets), whatever the operator exported.
 INHERITED_SECRETS = (
     "FLYWHEEL_S3_ACCESS_KEY", "FLYWHEEL_S3_SECRET_KEY", "FLYWHEEL_AIRFLOW_PASSWORD", "FLYWHEEL_API_KEY",
-    "FLYWHEEL_MLFLOW_USERNAME", "FLYWHEEL_MLFLOW_PASSWORD", "FLYWHEEL_REGISTRY_SIGNING_KEY",
+    "FLYWHEEL_MLFLOW_USERNAME", "FLYWHEEL_MLFLOW_PASSWORD", "FLYWHEEL_REGISTRY_SIGNING_KEY", "FLYWHEEL_PII_KEY",
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", *(f"WEED_{k.upper()}" for k in WEED_SECRETS),
 )  # fmt: skip
@@ -82,8 +82,9 @@ def component_secrets(settings: Settings, component: str) -> dict[str, str]:
     """The secrets ``component`` needs, as environment variables, and nothing else.
 
     - ``tasks`` (the Airflow components, whose task processes run pipeline code): S3, the
-      training identity, the registration signing key;
-    - ``model-server``: S3 (prediction log), the read-only identity, the verify key, the API key;
+      training identity, the registration signing key, the PII key;
+    - ``model-server``: S3 (prediction log), the read-only identity, the verify key, the API key,
+      the PII key (it hashes PII join keys of requests);
     - ``mlflow``: S3 (it proxies artifacts), its admin bootstrap password and Flask secret;
     - ``seaweedfs``: its JWT signing keys (its S3 identities are a 0600 file);
     - ``exporter``: S3 (it reads the monitoring summaries).
@@ -92,10 +93,11 @@ def component_secrets(settings: Settings, component: str) -> dict[str, str]:
     if component == "tasks":
         return {**s3_env(settings, get), **mlflow_identity_env(settings, "training"),
                 "FLYWHEEL_REGISTRY_SIGNING_KEY": get("registry_signing_key"),
-                "FLYWHEEL_REGISTRY_VERIFY_KEY": get("registry_verify_key")}
+                "FLYWHEEL_REGISTRY_VERIFY_KEY": get("registry_verify_key"), "FLYWHEEL_PII_KEY": get("pii_key")}
     if component == "model-server":
         return {**s3_env(settings, get), **mlflow_identity_env(settings, "reader"),
-                "FLYWHEEL_REGISTRY_VERIFY_KEY": get("registry_verify_key"), "FLYWHEEL_API_KEY": get("api_key")}
+                "FLYWHEEL_REGISTRY_VERIFY_KEY": get("registry_verify_key"), "FLYWHEEL_API_KEY": get("api_key"),
+                "FLYWHEEL_PII_KEY": get("pii_key")}
     if component == "mlflow":
         return {**s3_env(settings, get), "MLFLOW_AUTH_ADMIN_PASSWORD": get("mlflow_admin_password"),
                 "MLFLOW_FLASK_SERVER_SECRET_KEY": get("mlflow_flask_secret")}
