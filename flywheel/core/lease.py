@@ -273,10 +273,17 @@ def _kept(taken: Lease, *, ttl_s: float, settings: Settings) -> Iterator[Held]:
     held = Held(taken, ttl_s=ttl_s, settings=settings)
     try:
         yield held
-    finally:
+    except BaseException:
         held.stop()
-        if not held.lost:  # a taken-over lease is left to its new holder
-            release(held.lease, settings=settings)
+        if not held.lost:
+            try:
+                release(held.lease, settings=settings)
+            except Exception as exc:  # noqa: BLE001 - the stage's own error is the one to raise
+                log.warning("could not release lease %s (%s); it expires within %.0f s", held.lease.key, exc, ttl_s)
+        raise
+    held.stop()
+    if not held.lost:  # a taken-over lease is left to its new holder
+        release(held.lease, settings=settings)
 
 
 def holder_name(run_id: str) -> str:
@@ -301,5 +308,14 @@ def partition(dataset: str, ds: str, *, run_id: str, settings: Settings | None =
         raise PartitionBusy(f"partition {dataset}/ds={ds} is being written by {exc.holder or 'another writer'}"
                             f"{_until(exc.expires)}; waited {wait_s:.0f} s (lease {key}): rerun it once that "
                             "writer has finished", holder=exc.holder, expires=exc.expires) from exc
-    with _kept(taken, ttl_s=ttl_s, settings=settings) as held:
-        yield held
+    from botocore.exceptions import ConnectionError as Unreachable
+    from botocore.exceptions import HTTPClientError
+
+    try:
+        with _kept(taken, ttl_s=ttl_s, settings=settings) as held:
+            yield held
+    except (Unreachable, HTTPClientError) as exc:
+        raise s3.StorageError(
+            f"the object store stopped answering while partition {dataset}/ds={ds} was written ({exc}); "
+            "nothing of this write was committed (readers keep the previous partition, if any): rerun the "
+            f"stage once the store is back (this writer's lease expires within {ttl_s:.0f} s)") from exc
