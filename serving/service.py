@@ -35,6 +35,7 @@ from fastapi.routing import APIRoute
 
 from flywheel.core.config import get_settings
 from flywheel.serving import edge
+from flywheel.serving.online import OnlineStoreUnavailable
 from flywheel.serving.prediction_log import PredictionLogUnavailable
 from flywheel.serving.predictor import tune_gc
 from flywheel.serving.routes import RUNTIME_HEADER
@@ -44,7 +45,18 @@ from flywheel.serving.server import ModelServer, Route, ServingError
 QUIET = ("/metrics", "/healthz", "/readyz", "/livez")
 NOT_LOADED = b'{"error": "the models are not loaded yet"}'
 LOG_FULL = b'{"error": "the prediction log cannot keep this request (its spool is full): retry later"}'
+FEATURES_DOWN = b'{"error": "the online feature store is unavailable: retry later"}'
 access_log = logging.getLogger("flywheel.access")
+log = logging.getLogger("flywheel.serving")
+_warned = [0.0]
+
+
+def _warn_every(seconds: float, message: str, *args: Any) -> None:
+    """One warning per ``seconds`` (a down store would otherwise log every request)."""
+    now = time.monotonic()
+    if now - _warned[0] >= seconds:
+        _warned[0] = now
+        log.warning(message, *args)
 
 
 def _server() -> ModelServer | None:
@@ -123,6 +135,9 @@ async def _answer(handler: Any, scope: Any, receive: Any, send: Any, reader: edg
         status, payload, runtime = (503, NOT_LOADED, "") if handler is None else await handler(body)
     except PredictionLogUnavailable:  # not answered: its prediction could not be logged
         status, payload, runtime = 503, LOG_FULL, ""
+    except OnlineStoreUnavailable as exc:  # down or hung: a 503 within the timeout, never a default
+        _warn_every(60.0, "answering 503: %s", exc)
+        status, payload, runtime = 503, FEATURES_DOWN, ""
     await _send(send, status, payload, runtime)
     return status
 

@@ -189,6 +189,8 @@ class Settings(BaseSettings):
     # The key of the keyed hash of PII columns (flywheel.core.pii): the data tasks and the model
     # server hold it, so a hashed join key matches across datasets and at serving time.
     pii_key: SecretStr | None = None
+    # How long the model server waits for the online store (Redis) before answering 503.
+    serving_online_timeout_s: float = Field(1.0, gt=0)
     # The model server loads only signed versions whose artifacts are unchanged (default on).
     serving_verify_versions: bool = True
     # Whether to fill missing secrets from <home>/secrets.json. The stack's components get their

@@ -63,7 +63,7 @@ class OnlineFeatures:
     of ``FeatureStore.get_online_features``.
     """
 
-    def __init__(self, store: Any, spec: PipelineSpec) -> None:
+    def __init__(self, store: Any, spec: PipelineSpec, *, timeout_s: float = 1.0) -> None:
         service = store.get_feature_service(spec.feature_service)
         entities = {e.name: e for e in store.list_entities()}
         by_keys = {frozenset(e.keys): name for name, e in spec.features.entities.items()}
@@ -80,7 +80,8 @@ class OnlineFeatures:
         self.columns = [f for v, _ in self.views for f in v.features]
         self.join_keys = list(dict.fromkeys(k for v, _ in self.views for k in v.join_keys))
         self.redis = type(self.online).__name__ == "RedisOnlineStore"
-        self._reader = RedisHashReader(self.online, self.config, self.views) if self.redis else None
+        self._reader = RedisHashReader(self.online, self.config, self.views, timeout_s=timeout_s) \
+            if self.redis else None
 
     def fetch(self, rows: Sequence[Mapping[str, Any]]) -> tuple[Columns, dict[str, np.ndarray]]:
         """:meth:`fetch_keys` of rows (``[{"<join key>": value, ...}, ...]``)."""
@@ -193,6 +194,11 @@ class KeyEncoder:
         return block.tobytes()
 
 
+class OnlineStoreUnavailable(RuntimeError):
+    """The online store did not answer within the serving timeout (down, or hung): the request
+    gets a 503 naming it, never a hang and never a silent default."""
+
+
 class RedisHashReader:
     """Feast's Redis layout, read with one hand-packed pipeline and decoded column-wise.
 
@@ -203,8 +209,16 @@ class RedisHashReader:
     Values are decoded per column: doubles in one numpy call, others by protobuf.
     """
 
-    def __init__(self, online: Any, config: Any, views: list[tuple[View, Any]]) -> None:
+    def __init__(self, online: Any, config: Any, views: list[tuple[View, Any]], *, timeout_s: float = 1.0) -> None:
         self.client = online._get_client(config.online_store)
+        # Feast's client waits forever on a hung Redis, and redis-py 6 retries a connect 3 times with
+        # backoff (about 10 s): every connection gets the serving timeout and no retry of its own
+        # (_roundtrip retries once).
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        self.client.connection_pool.connection_kwargs.update(
+            socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
         self.project = config.project.encode()
         self.views = [view for view, _ in views]
         self._commands: list[HmgetCommand] = []
@@ -235,14 +249,19 @@ class RedisHashReader:
 
         pool = self.client.connection_pool
         for attempt in (1, 2):
-            conn = pool.get_connection()
+            try:
+                conn = pool.get_connection()  # connects (and says hello) when the pool has none idle
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                if attempt == 2:
+                    raise OnlineStoreUnavailable(f"the online store (Redis) is unavailable: {exc}") from exc
+                continue
             try:
                 conn.send_packed_command([packed])
                 return [conn.read_response() for _ in range(n)]
-            except (RedisConnectionError, RedisTimeoutError):
+            except (RedisConnectionError, RedisTimeoutError) as exc:
                 conn.disconnect()
                 if attempt == 2:
-                    raise
+                    raise OnlineStoreUnavailable(f"the online store (Redis) is unavailable: {exc}") from exc
             except BaseException:
                 conn.disconnect()  # the connection's reply stream is out of step: never reuse it
                 raise

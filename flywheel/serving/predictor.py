@@ -293,7 +293,8 @@ class Predictor:
         self.featurizer = featurizer_for(spec)
         self.names = tuple(self.featurizer.names)
         self.schemas: RouteSchemas = route_schemas(spec, list(self.featurizer.request_columns))
-        self.features = OnlineFeatures(store if store is not None else feature_store(settings), spec)
+        self.features = OnlineFeatures(store if store is not None else feature_store(settings), spec,
+                                       timeout_s=settings.serving_online_timeout_s)
         self.join_keys = self.features.join_keys
         self.models = ModelHolder(spec.name, spec.model_name, settings, metrics=self.metrics, watch=watch)
         self.log_schema: LogSchema = log_schema(spec)
