@@ -1,7 +1,9 @@
-"""A 7-day backfill of the data DAG through the real Airflow scheduler (`airflow backfill create`).
+"""A 7-day backfill of the data DAG through the real Airflow scheduler (`airflow backfill create`),
+with the scheduler SIGKILLed midway and restarted.
 
 Afterwards every interval has its raw, curated, quarantine and feature partitions,
-written by the backfill's runs, and the online store serves the last day's features.
+written by the backfill's runs, each day's rows once, and the online store serves the last day's
+features.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from examples.fraud.generator import write_landing
@@ -61,6 +64,27 @@ def cli_backfill(settings: Settings, client: AirflowClient, dag_id: str, first: 
     raise AssertionError(f"airflow backfill create kept failing: {out.stderr[-2000:]}")
 
 
+def _kill_scheduler_mid_backfill(settings: Settings, client: AirflowClient, dag_id: str, backfill: int) -> int:
+    """SIGKILL the scheduler's process group once a run has succeeded and one is still running;
+    returns how many had succeeded."""
+    import os
+    import signal
+
+    deadline = time.monotonic() + 900
+    while True:
+        states = [r.state for r in client.backfill_runs(backfill)]
+        done = states.count("success")
+        if done >= 1 and "running" in states:
+            break
+        assert done < DAYS, "the backfill finished before the scheduler could be killed"
+        assert time.monotonic() < deadline, f"no run finished: {states}"
+        time.sleep(0.5)
+    (scheduler,) = [s for s in stack.status(settings) if s.name == "airflow-scheduler"]
+    assert scheduler.pid
+    os.killpg(os.getpgid(scheduler.pid), signal.SIGKILL)
+    return done
+
+
 def test_seven_day_backfill_fills_every_partition_and_the_online_store(airflow_stack, spec):
     settings = airflow_stack
     dag_id = f"{spec.name}_data"
@@ -70,8 +94,16 @@ def test_seven_day_backfill_fills_every_partition_and_the_online_store(airflow_s
         client.unpause(dag_id)
         backfill = cli_backfill(settings, client, dag_id, FIRST, last)
         stack.up(settings, services=SERVICES)  # the scheduler runs the backfill
-        states = client.wait_for_runs(dag_id, backfill, timeout=900)
+        # Fault: the scheduler (and the LocalExecutor's task processes, its process group) is
+        # SIGKILLed once some days are done and others running, then restarted past Airflow's
+        # scheduler_health_check_threshold (30 s): the new scheduler resets the dead one's task
+        # instances and the backfill completes, each day written once (issue 14 §6).
+        killed_after = _kill_scheduler_mid_backfill(settings, client, dag_id, backfill)
+        time.sleep(35)
+        stack.up(settings, services=SERVICES)
+        states = client.wait_for_runs(dag_id, backfill, timeout=900, per_run=True)
     assert len(states) == DAYS and set(states.values()) == {"success"}
+    assert 1 <= killed_after < DAYS, killed_after
     days = [(FIRST + timedelta(days=i)).isoformat() for i in range(DAYS)]
     for zone, dataset in (("raw", "transactions"), ("curated", "transactions"), ("quarantine", "transactions"),
                           ("features", "fraud/user"), ("features", "fraud/merchant")):
@@ -82,6 +114,10 @@ def test_seven_day_backfill_fills_every_partition_and_the_online_store(airflow_s
         quarantined = storage.read_manifest(zone="quarantine", dataset="transactions", ds=ds, settings=settings)
         assert raw.run_id.startswith("backfill__") and raw.inputs[0]["uri"].endswith(".parquet")
         assert curated.rows + quarantined.rows == raw.rows
+        landed = pd.read_parquet(settings.home / "landing" / "transactions" / f"ds={ds}")
+        assert raw.rows == len(landed), "0 lost, 0 duplicated through the scheduler's death"
+        rows = storage.read_partition(zone="curated", dataset="transactions", ds=ds, settings=settings)
+        assert rows["transaction_id"].is_unique and set(rows["transaction_id"]) <= set(landed["transaction_id"])
         freshness = json.loads(storage.get_bytes("reports", f"feature-freshness/{spec.name}/ds={ds}.json", settings=settings))
         assert freshness["views"]["fraud_user"]["rows"] > 0
     agg = storage.read_partition(zone="features", dataset="fraud/user", ds=last.isoformat(), settings=settings)
