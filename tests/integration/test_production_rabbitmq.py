@@ -2,18 +2,24 @@
 
 One day of the data DAG runs through the scheduler and two Celery workers that consume the
 queue ``flywheel-prod-test-<id>`` (a name of our own on the shared vhost); metadata on
-PostgreSQL (databases dropped afterwards). ~1.5 min: e2e only.
+PostgreSQL (databases dropped afterwards). Midway, both workers are SIGKILLed during a writing task
+and started again: its retry on a new worker writes the day once. ~3 min: e2e only.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
+import time
 from datetime import date
 
+import pandas as pd
 import pytest
 
 from examples.fraud.generator import write_landing
 from flywheel.airflow.client import AirflowClient
+from flywheel.core import storage
 from flywheel.core.config import ProductionServices, Profile, Settings
 from flywheel.stack import launcher as stack
 from flywheel.stack.provision import drop_databases
@@ -25,7 +31,34 @@ DAY = date(2026, 1, 1)
 REDIS_ONLINE = "redis://127.0.0.1:6379/6"
 
 
-def test_a_data_day_runs_through_rabbitmq(tmp_path, spec) -> None:
+WORKERS = ["airflow-worker-1", "airflow-worker-2"]
+
+
+def _kill_workers_mid_task(settings: Settings, client: AirflowClient, backfill: int) -> str:
+    """SIGKILL both Celery workers (their process groups: the task processes with them) while a
+    writing task runs; returns its task id."""
+    deadline = time.monotonic() + 300
+    while True:
+        runs = client.backfill_runs(backfill)
+        running = [t for t, s in client.task_states("fraud_data", runs[0].run_id).items()
+                   if s == "running" and t in ("ingest", "validate", "features")] if runs else []
+        if running:
+            break
+        assert time.monotonic() < deadline, "no writing task ran"
+        time.sleep(0.2)
+    for status in stack.status(settings):
+        if status.name in WORKERS and status.pid:
+            os.killpg(os.getpgid(status.pid), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while any(s.name in WORKERS and s.running for s in stack.status(settings)):  # gone before the restart
+        assert time.monotonic() < deadline, "the killed workers did not exit"
+        time.sleep(0.2)
+    return running[0]
+
+
+def test_a_data_day_runs_through_rabbitmq(tmp_path, spec, monkeypatch) -> None:
+    # A killed worker's task is found by its missing heartbeats: after 45 s here (300 s by default).
+    monkeypatch.setenv("AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT", "45")
     token = secrets.token_hex(3)
     queue = f"flywheel-prod-test-{token}"
     settings = Settings(
@@ -44,13 +77,27 @@ def test_a_data_day_runs_through_rabbitmq(tmp_path, spec) -> None:
         client.wait_for_dag("fraud_data", timeout=180)
         client.unpause("fraud_data")
         backfill = client.backfill("fraud_data", DAY, DAY)
-        states = client.wait_for_runs("fraud_data", backfill, timeout=400)
+        # Fault (issue 14 §6): both Celery workers SIGKILLed mid-task, then started again; the
+        # scheduler finds the task's heartbeats gone and its retry runs on a new worker.
+        killed = _kill_workers_mid_task(settings, client, backfill)
+        stack.up(settings, services=WORKERS)
+        states = client.wait_for_runs("fraud_data", backfill, timeout=600)
         assert list(states.values()) == ["success"]
         run_id = next(iter(states))
         assert set(client.task_states("fraud_data", run_id).values()) == {"success"}
+        tries = {ti["task_id"]: ti["try_number"] for ti in client.request(
+            "GET", f"/dags/fraud_data/dagRuns/{run_id}/taskInstances", params={"limit": 100})["task_instances"]}
+        assert tries[killed] >= 2, (killed, tries)  # the killed try, then the retry
         executed = {name: stack.log_path(settings, name).read_text().count("Executing workload in Celery")
-                    for name in ("airflow-worker-1", "airflow-worker-2")}
+                    for name in WORKERS}
         assert sum(executed.values()) >= 4, executed  # sensor, ingest, validate, features
+        raw = storage.read_manifest(zone="raw", dataset="transactions", ds=DAY.isoformat(), settings=settings)
+        landed = pd.read_parquet(settings.home / "landing" / "transactions" / f"ds={DAY.isoformat()}")
+        curated = storage.read_partition(zone="curated", dataset="transactions", ds=DAY.isoformat(), settings=settings)
+        quarantined = storage.read_manifest(zone="quarantine", dataset="transactions", ds=DAY.isoformat(),
+                                            settings=settings)
+        assert raw.rows == len(landed) and len(curated) + quarantined.rows == raw.rows, "0 lost"
+        assert curated["transaction_id"].is_unique, "0 duplicated"
     finally:
         stack.down(settings)
         drop_databases(settings)
