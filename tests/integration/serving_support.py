@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 
@@ -111,3 +114,66 @@ def source_server_env(settings, **overrides: str) -> dict[str, str]:
     for one started from source with ``bentoml serve serving.service:ModelService``; pass it its
     own ``BENTOML_HOME``: BentoML clears the metrics folder of the home it starts in."""
     return stack._model_server_env(settings) | overrides
+
+
+def start_source_server(env: dict[str, str], port: int, log: Path, *args: str):
+    """``bentoml serve serving.service:ModelService`` from source on 127.0.0.1:``port`` with
+    ``env``, its output appended to ``log``; returns the process (stop it with :func:`stop_server`)."""
+    import subprocess
+
+    from flywheel.core.config import PROJECT_ROOT
+    from flywheel.training.packaging import bentoml_bin
+
+    command = [bentoml_bin(), "serve", "serving.service:ModelService", "--host", "127.0.0.1", "--port", str(port),
+               *args]
+    with log.open("ab") as out:
+        return subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def wait_ready(proc, url: str, log: Path, timeout: float = 300) -> None:
+    """Until ``url``'s /readyz answers 200; fails with the log's tail when the server exits."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    assert proc.poll() is None, log.read_text()[-3000:]
+    raise AssertionError(f"{url} not ready after {timeout:.0f} s: {log.read_text()[-3000:]}")
+
+
+def stop_server(proc) -> None:
+    """SIGTERM the server's process group (it drains its prediction-log spool), SIGKILL after 60 s."""
+    import os
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@contextmanager
+def source_server(settings, folder: Path, *, port: int, **env: str) -> Iterator[httpx.Client]:
+    """The model server from source, with the environment the stack gives it (its own secrets
+    only) plus ``env``, its log ``folder/model-server.log``; yields an authenticated client."""
+    full = source_server_env(settings, FLYWHEEL_PORTS__MODEL_SERVER=str(port),
+                             BENTOML_HOME=str(folder / "bentoml"), **env)
+    log = folder / "model-server.log"
+    proc = start_source_server(full, port, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url, log)
+        with httpx.Client(base_url=url, headers={"X-API-Key": full["FLYWHEEL_API_KEY"]}, timeout=60) as http:
+            yield http
+    finally:
+        stop_server(proc)

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -29,16 +28,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from flywheel.core.config import PROJECT_ROOT, Settings
+from flywheel.core.config import Settings
 from flywheel.core.spec import load_spec_file
 from flywheel.monitoring.drift import load_predictions
 from flywheel.runs import data_day, training_run
 from flywheel.stack import launcher as stack
 from flywheel.training import promotion, registry
-from flywheel.training.packaging import bentoml_bin
 from tests.ports import ports
 
-from .serving_support import source_server_env
+from .serving_support import source_server
 
 pytestmark = pytest.mark.integration
 FIRST, DAYS, RIDERS = date(2026, 7, 1), 4, 40
@@ -146,37 +144,10 @@ def world(tmp_path_factory) -> Iterator[tuple[Settings, object, Redis, Path]]:
             redis.signal(signal.SIGKILL)
 
 
-@contextmanager
-def _server(settings: Settings, folder: Path) -> Iterator[httpx.Client]:
+def _server(settings: Settings, folder: Path):
     """``bentoml serve`` from source on the module's specs, with the stack's environment for it."""
-    port = settings.ports.model_server
-    env = source_server_env(settings, FLYWHEEL_SPECS_DIR=str(settings.specs_dir), BENTOML_HOME=str(folder / "bentoml"))
-    log = folder / "model-server.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen([bentoml_bin(), "serve", "serving.service:ModelService", "--host", "127.0.0.1",
-                                 "--port", str(port)], cwd=PROJECT_ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(1)
-        assert proc.poll() is None, log.read_text()[-3000:]
-        with httpx.Client(base_url=url, headers={"X-API-Key": env["FLYWHEEL_API_KEY"]}, timeout=60) as http:
-            yield http
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # drains the prediction log's spool
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    return source_server(settings, folder, port=settings.ports.model_server,
+                         FLYWHEEL_SPECS_DIR=str(settings.specs_dir))
 
 
 def _trip(k: int, day: date) -> dict:

@@ -13,29 +13,20 @@ by design; `home_zip` may also be in the curated zone (features only). Nowhere e
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from flywheel.core import pii, storage
-from flywheel.core.config import PROJECT_ROOT
 from flywheel.core.spec import load_spec_file
 from flywheel.monitoring.drift import load_predictions
 from flywheel.runs import data_day, monitoring_day, training_run
-from flywheel.training.packaging import bentoml_bin
 
-from .serving_support import source_server_env
+from .serving_support import source_server
 
 pytestmark = pytest.mark.integration
 FIRST = date(2026, 5, 1)
@@ -170,7 +161,9 @@ def test_pii_never_leaves_the_raw_zone_unhashed(services, tmp_path):
     rows = [{"ride_id": f"live-{k}", "started_at": f"{last.isoformat()}T{8 + k % 12:02d}:15:00Z",
              "rider_email": people["rider_email"][k % RIDERS], "station": f"st{k % STATIONS}",
              "km": float(1 + k % 9)} for k in range(40)]
-    with _server(settings, specs, tmp_path) as http:
+    # inside the session stack's block, apart from its other ports (tests/ports.py)
+    with source_server(settings, tmp_path, port=settings.ports.model_server + 60,
+                       FLYWHEEL_SPECS_DIR=str(specs)) as http:
         answered = http.post("/rides/predict_batch", json=rows)
         assert answered.status_code == 200, answered.text
         scored = answered.json()
@@ -220,39 +213,3 @@ def _scan(settings, home: Path, secrets: dict[str, list[str]]) -> tuple[dict[str
             if found:
                 leaks[str(path)] = found
     return leaks, scanned
-
-
-@contextmanager
-def _server(settings, specs: Path, folder: Path) -> Iterator[httpx.Client]:
-    """The model server from source (``bentoml serve``) on the test's specs folder, with the
-    environment the stack gives it (its own secrets only) and its log in ``folder``; stopped with
-    SIGTERM, which drains its prediction-log spool."""
-    port = settings.ports.model_server + 60  # inside this block, apart from its other ports (tests/ports.py)
-    env = source_server_env(settings, FLYWHEEL_SPECS_DIR=str(specs), FLYWHEEL_PORTS__MODEL_SERVER=str(port),
-                            BENTOML_HOME=str(folder / "bentoml"))
-    key = env["FLYWHEEL_API_KEY"]
-    command = [bentoml_bin(), "serve", "serving.service:ModelService", "--host", "127.0.0.1", "--port", str(port)]
-    with (folder / "model-server.log").open("wb") as out:
-        proc = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(1)
-        assert proc.poll() is None, (folder / "model-server.log").read_text()[-3000:]
-        with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=30) as http:
-            yield http
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()

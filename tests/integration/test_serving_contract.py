@@ -9,9 +9,6 @@ rejects out-of-contract values (422) that refuses to start without an API key un
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import time
 
 import httpx
@@ -32,7 +29,10 @@ from .serving_support import (
     raw_post,
     serve,
     source_server_env,
+    start_source_server,
+    stop_server,
     txn,
+    wait_ready,
 )
 
 pytestmark = pytest.mark.integration
@@ -386,7 +386,6 @@ def rejecting(served, spec, tmp_path_factory):
     import yaml
 
     from flywheel.core.config import PROJECT_ROOT
-    from flywheel.training.packaging import bentoml_bin
 
     settings, _, _, _ = served
     folder = tmp_path_factory.mktemp("reject")
@@ -397,34 +396,18 @@ def rejecting(served, spec, tmp_path_factory):
     port = settings.ports.model_server + 50  # inside this block, 50 from its other ports (tests/ports.py)
     env = source_server_env(settings, FLYWHEEL_SPECS_DIR=str(folder / "models"), FLYWHEEL_API_KEY="",
                             FLYWHEEL_PORTS__MODEL_SERVER=str(port))
-    command = [bentoml_bin(), "serve", "serving.service:ModelService", "--host", "127.0.0.1", "--port", str(port)]
     processes = {}
     for name, args in (("open", ["--arg", "insecure=true"]), ("refused", [])):
-        with (folder / f"{name}.log").open("wb") as out:  # each its own BentoML home: it clears its metrics folder
-            processes[name] = subprocess.Popen(
-                [*command, *args], cwd=PROJECT_ROOT, env=env | {"BENTOML_HOME": str(folder / f"bentoml-{name}")},
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    proc, url = processes["open"], f"http://127.0.0.1:{port}"
+        # each its own BentoML home: it clears its metrics folder
+        processes[name] = start_source_server(env | {"BENTOML_HOME": str(folder / f"bentoml-{name}")}, port,
+                                              folder / f"{name}.log", *args)
+    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(1)
-        assert proc.poll() is None, (folder / "open.log").read_text()[-3000:]
+        wait_ready(processes["open"], url, folder / "open.log")
         yield url, folder / "open.log", processes["refused"], folder / "refused.log"
     finally:
         for started in processes.values():
-            if started.poll() is None:
-                os.killpg(started.pid, signal.SIGTERM)
-            try:
-                started.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(started.pid, signal.SIGKILL)
-                started.wait()
+            stop_server(started)
 
 
 def test_without_an_api_key_the_server_refuses_to_start_unless_insecure(rejecting, spec):
