@@ -207,6 +207,43 @@ def _text_rule(name: str, column: pa.ChunkedArray, notes: list[str]) -> dict[str
     return {}
 
 
+PII_TOKENS = frozenset({"email", "phone", "mobile", "ssn", "passport", "iban", "surname", "dob", "birthdate",
+                        "birthday"})
+PII_PAIRS = (("first", "name"), ("last", "name"), ("full", "name"), ("ip", "address"), ("street", "address"),
+             ("home", "address"), ("card", "number"), ("of", "birth"))
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$", re.IGNORECASE)
+
+
+def pii_suspect(name: str, column: pa.ChunkedArray) -> str | None:
+    """Why a column looks like personal data (its name, or e-mail addresses in it), or None."""
+    tokens = _tokens(name)
+    hit = sorted(PII_TOKENS.intersection(tokens)) or [" ".join(p) for p in PII_PAIRS
+                                                       if any(tokens[i:i + 2] == list(p) for i in range(len(tokens)))]
+    if hit:
+        return f"its name ({hit[0]})"
+    if column_type(column.type) == "string":
+        values = [v for v in column.drop_null().slice(0, 200).to_pylist() if isinstance(v, str)]
+        if values and sum(bool(_EMAIL.match(v)) for v in values) >= len(values) / 2:
+            return "its values are e-mail addresses"
+    return None
+
+
+def _tag_pii(columns: dict[str, Any], combined: pa.Table, timestamp: str, notes: list[str]) -> None:
+    """Draft ``pii: true`` on columns that look like personal data (the reviewer decides)."""
+    for name, rule in columns.items():
+        reason = None if name == timestamp else pii_suspect(name, combined[name])
+        if reason is None:
+            continue
+        for bound in ("min", "max", "allowed"):
+            rule.pop(bound, None)
+        rule["pii"] = True
+        if rule["type"] != "string":
+            rule["pii_policy"] = "drop"  # a keyed hash is text: a number would change type
+        policy = rule.get("pii_policy", "hash")
+        notes.append(f"{name}: looks like personal data ({reason}): drafted pii: true, policy {policy} "
+                     "(docs/security.md, Privacy): review")
+
+
 def column_rule(name: str, column: pa.ChunkedArray, notes: list[str]) -> dict[str, Any]:
     """The contract rule of one column inferred from every sample's values."""
     kind = column_type(column.type)
@@ -308,6 +345,11 @@ def draft_dataset(samples: Sequence[Path], *, name: str, source: str, timestamp:
     if not key_columns:
         notes.append("key: none: rows are keyed by a hash of the row (exact duplicates are quarantined)")
     columns[timestamp]["nullable"] = False
+    _tag_pii(columns, combined, timestamp, notes)
+    for column in key_columns:
+        if columns[column].get("pii_policy") == "drop":  # a key is kept everywhere: hash it or nothing
+            del columns[column]["pii"], columns[column]["pii_policy"]
+            notes.append(f"{column}: the key is not a string, so it cannot be hashed: left untagged: review")
     if label and label in columns:
         for bound in ("min", "max"):
             columns[label].pop(bound, None)

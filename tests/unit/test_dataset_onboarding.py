@@ -272,3 +272,24 @@ def test_flywheel_airflow_runs_the_airflow_cli_against_the_stack(tmp_path):
     missing = subprocess.run([flywheel, "airflow", "version"], env=env | {"FLYWHEEL_HOME": str(tmp_path / "none")},
                              capture_output=True, text=True, timeout=120, check=False)
     assert missing.returncode == 2 and "flywheel up" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_init_dataset_drafts_columns_that_look_like_personal_data_as_pii(tmp_path):
+    path = tmp_path / "riders.csv"
+    pd.DataFrame({
+        "ride_id": [f"r-{i}" for i in range(40)],
+        "started_at": pd.date_range("2026-02-01", periods=40, freq="30min", tz="UTC"),
+        "contact": [f"person{i % 7}@example.org" for i in range(40)],  # by its values
+        "phone_number": [5550100 + i for i in range(40)],  # by its name, and not text
+        "station_name": ["north", "south"] * 20,  # a name of a place, not of a person
+        "km": [1.5 + i for i in range(40)],
+    }).to_csv(path, index=False)
+    out = tmp_path / "riders.yaml"
+    result = runner.invoke(app, ["init-dataset", str(path), "--name", "riders", "--source",
+                                 "{home}/landing/riders/ds={ds}", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    columns = load_any_spec_file(out).dataset.contract.columns
+    assert columns["contact"].privacy == "hash" and columns["contact"].allowed is None
+    assert columns["phone_number"].privacy == "drop" and columns["phone_number"].min is None
+    assert columns["station_name"].privacy is None and columns["km"].privacy is None
+    assert "contact: looks like personal data (its values are e-mail addresses)" in result.output
