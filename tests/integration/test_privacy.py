@@ -117,10 +117,15 @@ def _hits(data: bytes, secrets: dict[str, list[str]]) -> set[str]:
     if data[:4] == b"PAR1":
         import io
 
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pq.read_table(io.BytesIO(data))
-        texts.append(" ".join(map(str, (v for col in table.columns for v in col.to_pylist()))).encode())
+        try:
+            table = pq.read_table(io.BytesIO(data))
+        except pa.ArrowInvalid:  # another test's deliberately truncated file (quarantined byte for byte)
+            table = None
+        if table is not None:
+            texts.append(" ".join(map(str, (v for col in table.columns for v in col.to_pylist()))).encode())
     found = set()
     for kind, values in secrets.items():
         if any(v.encode() in t for t in texts for v in values):
