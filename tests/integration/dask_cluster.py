@@ -22,12 +22,14 @@ from tests.ports import OFFSET
 
 ROOT = Path(__file__).resolve().parents[2]
 DASK = Path(sys.executable).parent / "dask"
-# Block 40000 (see tests/ports.py). The cluster is a session fixture, so under pytest-xdist each
+# Block 17000 (see tests/ports.py): below the kernel's ephemeral range (32768-60999), where an
+# outgoing connection can hold the port (CI 2026-12-02: "Address already in use" on 40086, 8 errors).
+# The cluster is a session fixture, so under pytest-xdist each
 # worker that needs it starts its own (test_compute_dask and the production loop run in different
 # groups): one scheduler port per xdist worker, or the second cluster's client meets the first's
 # scheduler and its certificates ("TLS certificate does not match").
 _XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-SCHEDULER_PORT = 40086 + OFFSET + 10 * _XDIST_WORKER
+SCHEDULER_PORT = 17086 + OFFSET + 10 * _XDIST_WORKER
 WORKERS = 2
 
 
