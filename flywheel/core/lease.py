@@ -271,19 +271,22 @@ def keep(key: str, *, holder: str, ttl_s: float = 60.0, wait_s: float = 30.0,
 @contextmanager
 def _kept(taken: Lease, *, ttl_s: float, settings: Settings) -> Iterator[Held]:
     held = Held(taken, ttl_s=ttl_s, settings=settings)
+    failed = False
     try:
         yield held
     except BaseException:
+        failed = True
+        raise
+    finally:
         held.stop()
-        if not held.lost:
+        if not held.lost:  # a taken-over lease is left to its new holder
             try:
                 release(held.lease, settings=settings)
-            except Exception as exc:  # noqa: BLE001 - the stage's own error is the one to raise
+            except Exception as exc:
+                if not failed:
+                    raise
+                # the stage's own error is the one to raise; the lease expires on its own
                 log.warning("could not release lease %s (%s); it expires within %.0f s", held.lease.key, exc, ttl_s)
-        raise
-    held.stop()
-    if not held.lost:  # a taken-over lease is left to its new holder
-        release(held.lease, settings=settings)
 
 
 def holder_name(run_id: str) -> str:

@@ -249,24 +249,23 @@ class RedisHashReader:
 
         pool = self.client.connection_pool
         for attempt in (1, 2):
+            conn = None
             try:
                 conn = pool.get_connection()  # connects (and says hello) when the pool has none idle
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                if attempt == 2:
-                    raise OnlineStoreUnavailable(f"the online store (Redis) is unavailable: {exc}") from exc
-                continue
-            try:
                 conn.send_packed_command([packed])
                 return [conn.read_response() for _ in range(n)]
             except (RedisConnectionError, RedisTimeoutError) as exc:
-                conn.disconnect()
+                if conn is not None:
+                    conn.disconnect()
                 if attempt == 2:
                     raise OnlineStoreUnavailable(f"the online store (Redis) is unavailable: {exc}") from exc
             except BaseException:
-                conn.disconnect()  # the connection's reply stream is out of step: never reuse it
+                if conn is not None:
+                    conn.disconnect()  # the connection's reply stream is out of step: never reuse it
                 raise
             finally:
-                pool.release(conn)
+                if conn is not None:
+                    pool.release(conn)
         raise AssertionError("unreachable")
 
     def read(self, keys: Mapping[str, Sequence[Any]]) -> tuple[Columns, dict[str, np.ndarray]]:
