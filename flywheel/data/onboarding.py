@@ -228,11 +228,16 @@ def pii_suspect(name: str, column: pa.ChunkedArray) -> str | None:
     return None
 
 
-def _tag_pii(columns: dict[str, Any], combined: pa.Table, timestamp: str, notes: list[str]) -> None:
+def _tag_pii(columns: dict[str, Any], combined: pa.Table, timestamp: str, key_columns: list[str],
+             notes: list[str]) -> None:
     """Draft ``pii: true`` on columns that look like personal data (the reviewer decides)."""
     for name, rule in columns.items():
         reason = None if name == timestamp else pii_suspect(name, combined[name])
         if reason is None:
+            continue
+        if name in key_columns and rule["type"] != "string":  # a key is kept everywhere: hash it or nothing
+            notes.append(f"{name}: looks like personal data ({reason}), but the key is not a string, so it "
+                         "cannot be hashed: left untagged: review")
             continue
         for bound in ("min", "max", "allowed"):
             rule.pop(bound, None)
@@ -345,11 +350,7 @@ def draft_dataset(samples: Sequence[Path], *, name: str, source: str, timestamp:
     if not key_columns:
         notes.append("key: none: rows are keyed by a hash of the row (exact duplicates are quarantined)")
     columns[timestamp]["nullable"] = False
-    _tag_pii(columns, combined, timestamp, notes)
-    for column in key_columns:
-        if columns[column].get("pii_policy") == "drop":  # a key is kept everywhere: hash it or nothing
-            del columns[column]["pii"], columns[column]["pii_policy"]
-            notes.append(f"{column}: the key is not a string, so it cannot be hashed: left untagged: review")
+    _tag_pii(columns, combined, timestamp, key_columns, notes)
     if label and label in columns:
         for bound in ("min", "max"):
             columns[label].pop(bound, None)

@@ -268,13 +268,11 @@ def validate(df: pd.DataFrame, dataset: DatasetSpec, ds: str, *, pii_key: bytes 
     Raises :class:`ContractViolation` for batch-level failures.
     """
     check_batch(df, dataset, ds)
-    frame = df.reset_index(drop=True).copy()
-    private = bool(pii.policies(dataset))
-    if private:
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        batch = table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist(
-            [], schema=table.schema)
-        frame = _to_pandas(pii.for_validation(batch, dataset, pii_key))
+    raw = df.reset_index(drop=True)
+    policies = pii.policies(dataset)
+    # What GX sees: every PII column hashed (a copy of the raw rows when there is none).
+    frame = _to_pandas(pii.for_validation(pa.RecordBatch.from_pandas(raw, preserve_index=False), dataset,
+                                          pii_key)) if policies else raw.copy()
     frame[ROW_ID] = range(len(frame))
     reasons = ContractSuite(dataset, ds).failures(frame)
     bad = frame[ROW_ID].isin(reasons)
@@ -283,20 +281,14 @@ def validate(df: pd.DataFrame, dataset: DatasetSpec, ds: str, *, pii_key: bytes 
     quarantined = frame[bad].copy()
     quarantined[REASONS] = quarantined[ROW_ID].map(lambda r: "; ".join(reasons[r]))
     quarantined[ROW_KEY] = row_keys(quarantined, dataset)
-    if private:  # rebuilt from the raw rows, then each zone's policy
-        raw = df.reset_index(drop=True)
-        quarantined = quarantined.drop(columns=[c for c in pii.policies(dataset)
-                                                if pii.policies(dataset)[c] == "drop"])
+    quarantined = quarantined.drop(columns=[ROW_ID, *(c for c, policy in policies.items() if policy == "drop")])
+    if policies:  # the curated rows from the raw ones, as the curated zone's policy says
         good = pa.RecordBatch.from_pandas(raw[~bad.to_numpy()].reset_index(drop=True), preserve_index=False)
         curated = _to_pandas(pii.for_curated(good, dataset, pii_key))
-        return ValidationResult(curated=curated, quarantined=quarantined.drop(columns=[ROW_ID]).reset_index(drop=True),
-                                rule_failures=_count(reasons))
-    curated = frame[~bad].drop(columns=[ROW_ID]).reset_index(drop=True)
-    return ValidationResult(
-        curated=curated,
-        quarantined=quarantined.drop(columns=[ROW_ID]).reset_index(drop=True),
-        rule_failures=_count(reasons),
-    )
+    else:
+        curated = frame[~bad].drop(columns=[ROW_ID]).reset_index(drop=True)
+    return ValidationResult(curated=curated, quarantined=quarantined.reset_index(drop=True),
+                            rule_failures=_count(reasons))
 
 
 def _count(reasons: dict[int, list[str]]) -> dict[str, int]:
