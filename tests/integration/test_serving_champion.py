@@ -115,7 +115,11 @@ def test_champion_moves_twice_under_load_without_a_failed_request(services, spec
         runs = [v for i, v in enumerate(seen) if i == 0 or v != seen[i - 1]]
         assert runs == [champion, other, champion], (n, runs)
     # Each switch is picked up within the refresh interval plus a model load, not at a restart.
-    first_other = min(t for t, _, v, _ in results if v == other)
-    back = min(t for t, _, v, _ in results if v == champion and t > first_other)
-    assert moved_at - 1 < first_other < moved_at + settings.champion_refresh_s + 10
-    assert back_at - 1 < back < back_at + settings.champion_refresh_s + 10
+    # Per client: the server's workers refresh on their own clocks, so another client may still
+    # be answered by the old version after one client saw the new one (CI 2026-12-02).
+    for n in range(CLIENTS):
+        mine = sorted((t, v) for t, _, v, client in results if client == n)
+        first_other = min(t for t, v in mine if v == other)
+        back = min(t for t, v in mine if v == champion and t > first_other)
+        assert moved_at - 1 < first_other < moved_at + settings.champion_refresh_s + 10, (n, first_other - moved_at)
+        assert back_at - 1 < back < back_at + settings.champion_refresh_s + 10, (n, back - back_at)
