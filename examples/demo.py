@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -340,6 +341,7 @@ def run(settings: Settings, console: Console, plan: DemoPlan | None = None, *,
     with Timer(report, console, f"fraud: simulate {len(rest)} more days of production"):
         result = simulate_with_progress(settings, spec, plan, rest, client, console)
     console.print(simulation.outcome_table(result))
+    console.print(simulation.LEGEND, highlight=False)
     outcome = result.to_dict()
     report.facts.update(detection_delay_days=outcome["detection_delay_days"], false_alarms=outcome["false_alarms"],
                         retrains=[f"{d.day}: v{d.retrained} {'promoted' if d.promoted else 'not promoted'}"
@@ -398,9 +400,9 @@ def serve_flights_day(settings: Settings, client: AirflowClient, spec: PipelineS
 
 
 def phase_table(scenario: Scenario) -> Table:
-    table = Table(title="The simulated scenario")
+    table = compact_table("The simulated scenario")
     for column in ("phase", "from", "days", "drift"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     table.add_row("history (training data)", scenario.start.isoformat(), str(scenario.history_days), "none")
     for phase, (_, days, _) in zip(scenario.schedule(), scenario.phases, strict=True):
         table.add_row(phase.name, phase.start.isoformat(), str(days), drift_label(phase.drift))
@@ -416,10 +418,7 @@ def simulate_with_progress(settings: Settings, spec: PipelineSpec, plan: DemoPla
         bar = progress.add_task("simulated days", total=len(days))
 
         def on_day(outcome: simulation.DayOutcome) -> None:
-            retrain = f" → v{outcome.retrained} {'promoted' if outcome.promoted else 'not promoted'}" \
-                if outcome.retrained else ""
-            alerts = ", ".join(outcome.alerts) or "no alerts"
-            progress.console.print(f"{outcome.day} {outcome.phase:<15} {alerts:<28} {outcome.action}{retrain}")
+            progress.console.print(simulation.day_line(outcome), highlight=False)
             progress.advance(bar)
 
         return simulation.simulate(settings, spec, plan.scenario, days=days,
@@ -435,17 +434,28 @@ def last_prediction(settings: Settings, spec: PipelineSpec, day: date) -> dict[s
     return dict(resp.json())
 
 
+def compact_table(title: str) -> Table:
+    """A table for an 80-column terminal: a rule under the header, one space between columns."""
+    from rich import box
+
+    return Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
+
+
 def family_table(settings: Settings, spec: PipelineSpec, run_id: str) -> Table:
     """Each candidate family's best model on the holdout (and the baseline), and its cost."""
-    metrics = registry.client(settings).get_run(run_id).data.metrics
+    return family_metrics_table(spec, registry.client(settings).get_run(run_id).data.metrics)
+
+
+def family_metrics_table(spec: PipelineSpec, metrics: dict[str, float]) -> Table:
     recall = f"recall_at_p{int(spec.training.precision_target * 100)}"
-    columns = {"PR-AUC": "pr_auc", "ROC-AUC": "roc_auc", recall.replace("_at_", "@"): recall,
-               "exp. cost": "expected_cost", "trials": "trials", "fit s": "train_seconds",
+    columns = {"PR-AUC": "pr_auc", "ROC-AUC": "roc_auc", recall.replace("recall_at_", "rec@"): recall,
+               "cost": "expected_cost", "trials": "trials", "fit s": "train_seconds",
                "search s": "search_seconds"}
-    table = Table(title="candidate families on the holdout (selected by validation score)")
-    table.add_column("family")
+    table = compact_table("candidates on the holdout (picked by validation score)")
+    table.caption = f"baseline: {spec.training.baseline}; cost: expected cost per row at the chosen threshold"
+    table.add_column("family", no_wrap=True)
     for title in columns:
-        table.add_column(title, justify="right")
+        table.add_column(title, justify="right", no_wrap=True)
 
     def cell(key: str) -> str:
         return f"{metrics[key]:.4g}" if key in metrics else "-"
@@ -454,7 +464,7 @@ def family_table(settings: Settings, spec: PipelineSpec, run_id: str) -> Table:
     for family in spec.training.candidates:
         keys = [f"{family}_holdout_{k}" if k in holdout else f"{family}_{k}" for k in columns.values()]
         table.add_row(family, *(cell(k) for k in keys))
-    table.add_row(f"baseline ({spec.training.baseline})", *(cell(f"baseline_{k}") for k in columns.values()))
+    table.add_row("baseline", *(cell(f"baseline_{k}") for k in columns.values()))
     return table
 
 
@@ -468,8 +478,8 @@ def save_report(settings: Settings, spec: PipelineSpec, day: date) -> str:
 
 
 def summary(settings: Settings, specs: list[PipelineSpec], report: DemoReport, console: Console) -> None:
-    table = Table(title="Flywheel demo: what to open", show_lines=False)
-    table.add_column("what")
+    table = compact_table("Flywheel demo: what to open")
+    table.add_column("what", no_wrap=True)
     table.add_column("where", overflow="fold")
     password = settings.airflow_password.get_secret_value() if settings.airflow_password else ""
     table.add_row("Airflow UI", f"{settings.airflow_url}  (user {settings.airflow_user}, password "
@@ -484,9 +494,9 @@ def summary(settings: Settings, specs: list[PipelineSpec], report: DemoReport, c
             table.add_row(f"{spec.name}: latest drift report", str(reports[spec.name]))
     table.add_row("Stop everything", "make down   (or: flywheel down)")
     console.print(table)
-    timing = Table(title="Timings (s)")
-    timing.add_column("step")
-    timing.add_column("seconds", justify="right")
+    timing = compact_table("Timings (s)")
+    timing.add_column("step", overflow="fold")
+    timing.add_column("seconds", justify="right", no_wrap=True)
     for step, seconds in report.timings.items():
         timing.add_row(step, f"{seconds:.1f}")
     if "first_prediction_s" in report.facts:
@@ -527,7 +537,9 @@ def main(argv: list[str] | None = None) -> int:
                           served_days=args.flights_served_days)
     plan = DemoPlan(scenario=Scenario(start=base.start, history_days=args.history_days, phases=phases),
                     flights=flights)
-    run(get_settings(), Console(), plan, started_at=args.started_at)
+    # Bound to the real stdout: Feast's chatter, redirected to the log while it materializes (in this
+    # thread), never swallows what the flights thread prints meanwhile.
+    run(get_settings(), Console(file=sys.stdout), plan, started_at=args.started_at)
     return 0
 
 

@@ -316,19 +316,50 @@ def probe(settings: Settings, spec: PipelineSpec, day: date) -> dict[str, Any]:
             "merchant_category": row["merchant_category"], "country": row["country"], "device": row["device"]}
 
 
+# Short forms that keep a day on one line of an 80-column terminal (the legend says what they mean).
+SHORT_ALERTS = {"performance": "perf", "quality": "qual", "freshness": "fresh"}
+SHORT_ACTIONS = {"triggered": "retrain", "no_signal": "-", "insufficient_labels": "few labels",
+                 "daily_cap": "daily cap", "duplicate": "duplicate", "cooldown": "cooldown", "backfill": "backfill"}
+LEGEND = ("perf: delayed-label performance, qual: data quality, fresh: feature freshness; "
+          "v3 ✓: retrained, v3 promoted; v3 ✗: retrained, the champion kept; "
+          "few labels: a signal, too few labels to retrain")
+
+
+def short_phase(phase: str) -> str:
+    return phase.removesuffix("_shift")
+
+
+def short_alerts(alerts: Sequence[str]) -> str:
+    return ",".join(SHORT_ALERTS.get(a, a) for a in alerts) or "-"
+
+
+def short_decision(outcome: DayOutcome) -> str:
+    action = SHORT_ACTIONS.get(outcome.action, outcome.action)
+    if outcome.retrained is None:
+        return action
+    return f"v{outcome.retrained} {'✓' if outcome.promoted else '✗'}"  # a retrain's outcome says it retrained
+
+
+def day_line(outcome: DayOutcome) -> str:
+    """One simulated day as a progress line (under 60 characters)."""
+    return f"{outcome.day} {short_phase(outcome.phase):<9} {short_alerts(outcome.alerts):<15} {short_decision(outcome)}"
+
+
 def outcome_table(result: SimulationResult) -> Any:
-    """The day-by-day outcome as a rich table."""
+    """The day-by-day outcome as a rich table that fits an 80-column terminal, one line a day
+    (``LEGEND`` says what its short forms mean; a skew alert shows in ``alerts``)."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title="Simulated production, day by day")
-    for column in ("day", "phase", "served by", "drift share", "PR-AUC (drop)", "skew", "alerts", "decision",
-                   "retrain"):
-        table.add_column(column, justify="right" if column in ("drift share", "skew") else "left")
+    year = result.days[0].day[:4] if result.days else ""
+    table = Table(title=f"Simulated production {year}, day by day", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0),
+                  pad_edge=False)
+    for column in ("day", "phase", "model", "drift", "PR-AUC", "drop", "alerts", "decision"):
+        table.add_column(column, no_wrap=True, justify="right" if column in ("drift", "PR-AUC", "drop") else "left")
     for d in result.days:
-        perf = f"{d.pr_auc:.3f} ({d.pr_auc_drop:+.3f})" if d.pr_auc is not None and d.pr_auc_drop is not None \
-            else d.performance
-        retrain = "" if d.retrained is None else f"v{d.retrained} {'promoted' if d.promoted else 'not promoted'}"
-        table.add_row(d.day, d.phase, ",".join(f"v{v}" for v in d.served_by),
-                      "-" if d.drift_share is None else f"{d.drift_share:.2f}", perf,
-                      "-" if d.skew is None else f"{d.skew:.3f}", ",".join(d.alerts), d.action, retrain)
+        table.add_row(d.day[5:], short_phase(d.phase), ",".join(f"v{v}" for v in d.served_by),
+                      "-" if d.drift_share is None else f"{d.drift_share:.2f}",
+                      "-" if d.pr_auc is None else f"{d.pr_auc:.3f}",
+                      "-" if d.pr_auc_drop is None else f"{d.pr_auc_drop:+.2f}",
+                      short_alerts(d.alerts), short_decision(d))
     return table

@@ -7,8 +7,11 @@ Materialization is keyed on the data interval (not "now"), so backfills are safe
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +33,29 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 PROJECT = "flywheel"  # the default project; ``Settings.feast_project`` names the one in use
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+@contextmanager
+def feast_output_to_log(what: str) -> Iterator[None]:
+    """Feast's ``print`` and tqdm chatter of one call (``Materializing 2 feature views ...`` in
+    colour codes, a progress bar per view) go to this module's log at INFO, colours stripped,
+    instead of the caller's terminal. The log keeps it for Airflow's task log; a terminal shows it
+    only with INFO logging on. Output another thread prints meanwhile is kept the same way (logged,
+    never dropped); a rich Console bound to its file at creation is not redirected at all."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+            yield
+    finally:
+        text = _ANSI.sub("", buffer.getvalue())
+        # A progress bar redraws its line after each "\r": keep the last drawing of each line.
+        lines = [line.rsplit("\r", 1)[-1].strip() for line in text.split("\n")]
+        lines = [line for line in lines if line]
+        if lines:
+            log.info("feast %s: %s", what, " | ".join(lines[:20]) + (" | ..." if len(lines) > 20 else ""))
 
 
 class FeatureError(RuntimeError):
@@ -260,7 +286,8 @@ def materialize(spec: PipelineSpec, ds: date, *, settings: Settings | None = Non
     start, end = stamp - timedelta(hours=12), stamp + timedelta(hours=12)
     with registry_writer(settings):  # materialize records its interval in the registry
         store = feature_store(settings)  # a fresh store: no stale S3 listings
-        store.materialize(start_date=start, end_date=end, feature_views=repo.view_names(spec))
+        with feast_output_to_log(f"materialize {spec.name} {ds}"):
+            store.materialize(start_date=start, end_date=end, feature_views=repo.view_names(spec))
     client = storage.s3_client(settings)
     views = {}
     for entity in spec.features.entities:

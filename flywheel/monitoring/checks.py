@@ -543,12 +543,35 @@ def freshness_check(spec: PipelineSpec, ds: date, *, champion: Champion,
 # ---- the day's summary --------------------------------------------------------------------------
 
 
+def drift_reason(drift: dict[str, Any]) -> str:
+    """What the drift check saw, in one line: which columns drifted and the share against the threshold."""
+    if drift.get("status") == "insufficient_data":
+        return f"{drift.get('rows', 0)} rows logged, fewer than min_rows {drift.get('min_rows')}: not compared"
+    drifted = list(drift.get("drifted_columns") or [])
+    share, threshold = drift.get("drift_share"), drift.get("threshold")
+    columns = len(drift.get("column_scores") or {})
+    named = ", ".join(drifted[:4]) + (f" and {len(drifted) - 4} more" if len(drifted) > 4 else "")
+    measured = f"{len(drifted)} of {columns} columns drifted" + (f" ({named})" if drifted else "")
+    if share is not None and threshold is not None:
+        sign = ">=" if share >= threshold else "<"
+        measured += f", share {share:.2f} {sign} threshold {threshold:.2f}"
+    if drift.get("prediction_drifted"):
+        measured += f"; prediction {drift.get('prediction_column') or 'score'} drifted"
+    return measured
+
+
+def alert_reason(name: str, section: dict[str, Any]) -> str:
+    """The reason an alert line prints: the check's own, or its status when it gave none."""
+    return str(section.get("reason") or f"{name} status {section.get('status')!r} (no reason recorded)")
+
+
 def drift_section(drift: dict[str, Any]) -> dict[str, Any]:
     """The drift result (monitoring.DriftResult.to_dict()) in the summary's flat shape."""
     scores = drift.get("column_scores") or {}
     return {
         "status": "alert" if drift.get("drift_detected") else drift.get("status"),
         "alert": bool(drift.get("drift_detected")),
+        "reason": drift_reason(drift),
         "rows": drift.get("rows"), "drift_share": drift.get("drift_share"),
         "drift_detected": bool(drift.get("drift_detected")),
         "prediction_drift_score": drift.get("prediction_drift_score"),
@@ -647,5 +670,5 @@ def conclude(spec: PipelineSpec, observed: dict[str, Any], *, run_id: str,
     for name, section in sections.items():
         if isinstance(section, dict) and section.get("alert"):
             log.warning("monitoring %s ds=%s: %s alert: %s", spec.model_name, observed["ds"], name,
-                        section.get("reason", ""))
+                        alert_reason(name, section))
     return decision
