@@ -47,7 +47,11 @@ def run(tmp_path_factory, spec) -> tuple[Settings, SimulationResult]:
     fast = spec.model_copy(update={"training": spec.training.model_copy(update={
         "candidates": {"xgboost": spec.training.candidates["xgboost"]},
         "search": spec.training.search.model_copy(update={"trials": 0})})})
-    scenario = Scenario()
+    # Four stable days (the demo runs seven): enough to show no false alarm; each served day costs
+    # ~45 s here, and the concept and covariate phases keep their lengths (their asserts need them).
+    base = Scenario()
+    scenario = Scenario(start=base.start, history_days=base.history_days,
+                        phases=tuple((name, 4 if name == STABLE else days, kinds) for name, days, kinds in base.phases))
     try:
         prepare_history(settings, fast, scenario)
         first = train(fast, end=scenario.history_end, reason="initial", settings=settings)
