@@ -318,8 +318,10 @@ class Predictor:
             self.challengers = challenger.ChallengerHolder(spec.name, spec.model_name, settings, metrics=self.metrics,
                                                            watch=watch, warm=_warm)
             self.shadow = challenger.ShadowScorer(spec, self._log, task_outputs)
-        # Canary rows are sticky per entity: the first join key (the request id without one).
-        self._canary_key = self.join_keys[0] if self.join_keys else None
+        # Canary rows are sticky per entity: the spec's first entity's first key (the request id
+        # without an entity).
+        first = next(iter(spec.features.entities.values()), None)
+        self._canary_key = first.keys[0] if first is not None else None
         self._fields = tuple(dict.fromkeys((*self.schemas.id_columns, *self.schemas.columns)))
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._numeric = frozenset(a for a, kind in self.featurizer.aggregates.items() if kind in ("int", "float"))
@@ -426,6 +428,16 @@ class Predictor:
         if child is None:
             child = self._children[key] = metric.labels(self.use_case, *labels)
         return child
+
+    def refresh_now(self) -> None:
+        """Follow the champion and rollout aliases now (a registry event), not at the next poll;
+        a failure is logged and left to the poll."""
+        for holder in (self.models, self.challengers):
+            try:
+                if holder is not None:
+                    holder.refresh()
+            except Exception:  # the poll retries within champion_refresh_s
+                log.warning("refresh of %s on a registry event failed", self.use_case, exc_info=True)
 
     def close(self) -> None:
         self.models.close()
