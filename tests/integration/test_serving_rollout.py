@@ -169,3 +169,54 @@ def test_a_challenger_goes_through_every_stage_and_a_bad_one_is_rolled_back(serv
     assert [m for m in moves if m[1] in (good.version, bad.version)] == [
         ("shadow", good.version, "done"), ("canary", good.version, "done"), ("promote", good.version, "done"),
         ("canary", bad.version, "done"), ("abort", bad.version, "done")]
+
+
+def test_the_server_swaps_on_a_registry_event_before_any_poll(services, spec, served_spec):
+    """Reload on push: with a refresh interval no test waits for, only MLflow's webhook can make
+    the server follow the alias; an unsigned event is refused."""
+    from pydantic import SecretStr
+
+    settings, rolled = served_spec
+    original = champion_version(spec, services)
+    other = train(_no_gate(only(spec, "xgboost", n_estimators=8, max_depth=3)), end=END,
+                  reason="push test: another version", settings=services)
+    pushed = settings.model_copy(update={"champion_refresh_s": 3600.0,
+                                         "serving_registry_webhook_secret": SecretStr("push-test-secret")})
+    served, http, _ = serve(rolled, pushed, original)
+    try:
+        assert http.post("/predict", json=txn()).json()["model_version"] == original
+        forged = http.post("/registry/events", content=b'{"data": {"name": "fraud-model"}}',
+                           headers={"x-mlflow-signature": "v1,AAAA", "x-mlflow-timestamp": str(int(time.time())),
+                                    "x-mlflow-delivery-id": "x"})
+        assert forged.status_code == 401
+        promotion.promote(spec.model_name, other.version, reason="push test", actor="test", settings=services)
+        deadline = time.monotonic() + 60
+        while http.post("/predict", json=txn()).json()["model_version"] != other.version:
+            assert time.monotonic() < deadline, "the webhook never made the server follow the alias"
+            time.sleep(0.2)
+    finally:
+        http.close()
+        stack.down(served, services=["model-server"])
+        _delete_webhooks(services)  # later servers on this port are not told of events
+        promotion.promote(spec.model_name, original, reason="push test: restore the champion", actor="test",
+                          settings=services)
+
+
+def _delete_webhooks(settings) -> None:
+    import os
+
+    from mlflow import MlflowClient
+
+    from flywheel.stack import security
+
+    admin = security.mlflow_identity_env(settings, "admin")
+    saved = {k: os.environ.get(k) for k in admin}
+    os.environ.update(admin)
+    try:
+        client = MlflowClient(tracking_uri=str(settings.mlflow_tracking_uri))
+        for hook in client.list_webhooks():
+            if hook.name.startswith("flywheel-model-server-"):
+                client.delete_webhook(hook.webhook_id)
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)

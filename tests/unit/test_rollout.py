@@ -171,3 +171,32 @@ def test_delayed_labels_hold_the_last_step_and_a_worse_challenger_is_rolled_back
     assert worse.action == "rollback" and worse.facts["metric_drop"] > 0.05
     same = labelled.assign(challenger_score=good)
     assert evaluate(spec, rows, stage="canary", labelled=same, thresholds=(0.5, 0.5)).action == "advance"
+
+
+def _signed(body: bytes, secret: str, *, at: float, delivery: str = "d-1") -> dict[str, str]:
+    """Headers as MLflow's webhook delivery signs them (mlflow.webhooks.delivery)."""
+    from mlflow.webhooks.delivery import _generate_hmac_signature
+
+    return {"x-mlflow-signature": _generate_hmac_signature(secret, delivery, str(int(at)), body.decode()),
+            "x-mlflow-timestamp": str(int(at)), "x-mlflow-delivery-id": delivery}
+
+
+def test_a_registry_event_is_answered_only_when_signed_fresh_and_readable():
+    import json
+    import time
+
+    from flywheel.serving.registry_events import RegistryEventRejected, verified_model
+
+    body = json.dumps({"entity": "model_version_alias", "action": "created",
+                       "data": {"name": "fraud-model", "alias": "champion", "version": "3"}}).encode()
+    now = time.time()
+    assert verified_model(body, _signed(body, "s3cret", at=now), "s3cret") == "fraud-model"
+    for headers, why in ((_signed(body, "other", at=now), "wrong signature"), ({}, "missing"),
+                         (_signed(body, "s3cret", at=now - 3600), "old")):
+        with pytest.raises(RegistryEventRejected, match=why):
+            verified_model(body, headers, "s3cret")
+    tampered = body.replace(b"fraud-model", b"other-model")
+    with pytest.raises(RegistryEventRejected, match="wrong signature"):
+        verified_model(tampered, _signed(body, "s3cret", at=now), "s3cret")
+    with pytest.raises(RegistryEventRejected, match="not an MLflow registry event"):
+        verified_model(b"[]", _signed(b"[]", "s3cret", at=now), "s3cret")
