@@ -26,33 +26,72 @@ import json
 import os
 import platform
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
-from benchmarks.serving import END, bodies, prepare, xgboost_only
-from flywheel.core.config import PROJECT_ROOT, Settings
+from benchmarks.serving import DAYS, END, FIRST_DAY, HOST, bodies, xgboost_only
+from flywheel.core.config import PROJECT_ROOT, Ports, Settings
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "rollout.json"
 
 
+def quick(spec: Any, *, n_estimators: int, min_improvement: float) -> Any:
+    """XGBoost alone, fixed params, no search: what both measurements need, trained fast."""
+    t = spec.training
+    xgb = t.candidates["xgboost"].model_copy(update={"search": {}, "params": {**t.candidates["xgboost"].params,
+                                                                               "n_estimators": n_estimators}})
+    return spec.model_copy(update={"training": t.model_copy(update={
+        "candidates": {"xgboost": xgb}, "search": t.search.model_copy(update={"trials": 0}),
+        "min_improvement": min_improvement})})
+
+
+def prepare(home: Path, offset: int, redis_db: int) -> Settings:
+    """SeaweedFS + MLflow, DAYS of data through ingest/validate/features into Redis, a champion
+    (benchmarks.serving's preparation, with a quick training)."""
+    from examples.fraud.generator import write_landing
+    from flywheel.core.spec import load_spec
+    from flywheel.data.ingest import ingest
+    from flywheel.data.validation import validate_partition
+    from flywheel.features import store as features
+    from flywheel.stack import launcher as stack
+    from flywheel.training import registry
+    from flywheel.training.trainer import train
+
+    settings = Settings(home=home, ports=Ports().shifted(offset),
+                        online_store={"type": "redis", "connection_string": f"{HOST}:6379,db={redis_db}"})
+    settings = stack.up(settings, services=["seaweedfs", "mlflow"])
+    spec = xgboost_only(load_spec(settings=settings))
+    if registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings) is None:
+        import redis
+
+        redis.Redis(host=HOST, db=redis_db).flushdb()
+        write_landing(settings.home / "landing", FIRST_DAY, DAYS, spec.generator)
+        features.apply(spec, settings)
+        for i in range(DAYS):
+            day = FIRST_DAY + timedelta(days=i)
+            ingest(spec, day.isoformat(), run_id="bench", settings=settings)
+            validate_partition(spec, day.isoformat(), settings=settings)
+            features.compute_aggregates(spec, day, settings=settings)
+        features.materialize(spec, END, settings=settings)
+        train(quick(spec, n_estimators=200, min_improvement=0.0), end=END, reason="benchmark", settings=settings)
+    return settings
+
+
 def second_version(settings: Settings, spec: Any) -> str:
-    """A second signed version to roll out and swap to (trained once, fixed small params)."""
+    """A second signed version to roll out and swap to (trained once; never promoted: the gate
+    asks too much, so it is registered as the challenger)."""
     from flywheel.training import registry
     from flywheel.training.trainer import train
 
     mv = registry.alias_version(spec.model_name, registry.CHALLENGER, settings=settings)
     if mv is not None:
         return str(mv.version)
-    t = spec.training
-    xgb = t.candidates["xgboost"].model_copy(update={"search": {}, "params": {**t.candidates["xgboost"].params,
-                                                                               "n_estimators": 120}})
-    quick = spec.model_copy(update={"training": t.model_copy(update={
-        "candidates": {"xgboost": xgb}, "search": t.search.model_copy(update={"trials": 0}),
-        "min_improvement": 1.0})})  # never promoted: registered as the challenger
-    return train(quick, end=END, reason="rollout benchmark: a second version", settings=settings).version
+    return train(quick(spec, n_estimators=120, min_improvement=1.0), end=END,
+                 reason="rollout benchmark: a second version", settings=settings).version
 
 
 def _percentiles(seconds: list[float]) -> dict[str, float]:
