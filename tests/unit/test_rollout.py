@@ -200,3 +200,10 @@ def test_a_registry_event_is_answered_only_when_signed_fresh_and_readable():
         verified_model(tampered, _signed(body, "s3cret", at=now), "s3cret")
     with pytest.raises(RegistryEventRejected, match="not an MLflow registry event"):
         verified_model(b"[]", _signed(b"[]", "s3cret", at=now), "s3cret")
+
+
+def test_the_monitoring_dag_has_a_rollout_step_only_when_the_spec_rolls_out(fraud):
+    from flywheel.airflow.factory import monitoring_dag
+
+    assert "rollout_step" not in monitoring_dag(fraud).task_dict
+    assert "rollout_step" in monitoring_dag(_with(fraud, mode="canary")).task_dict
