@@ -352,9 +352,11 @@ def _mlflow_env(settings: Settings) -> dict[str, str]:
     env["MLFLOW_AUTH_CONFIG_PATH"] = str(settings.home / "mlflow" / "basic_auth.ini")
     # The GenAI job runner (extra huey processes) is not used by Flywheel.
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    # Registry webhooks (reload on push) go to the model server on loopback, which MLflow's SSRF
-    # guard refuses unless told; a short cache so a webhook registered at start fires at once.
+    # Registry webhooks (reload on push) go to the model server on loopback over plain HTTP, which
+    # MLflow refuses unless told (https only, public addresses only); a short cache so a webhook
+    # registered at start fires at once.
     env["MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS"] = "true"
+    env["MLFLOW_WEBHOOK_ALLOWED_SCHEMES"] = "http,https"
     env["MLFLOW_WEBHOOK_CACHE_TTL"] = "2"
     return env
 
