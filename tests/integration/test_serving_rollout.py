@@ -73,12 +73,15 @@ def _load(url: str, key: str, stop: threading.Event, out: list, lock: threading.
                 out.append((time.monotonic(), status, version, user))
 
 
-def _step_until_moved(spec, settings, *, timeout: float = 120) -> rollout.StepResult:
+def _step_until_moved(spec, settings, *, timeout: float = 120) -> tuple[rollout.StepResult, float]:
+    """The step that moved (or the last one), and when it began: every response completed before
+    then was served before the move."""
     deadline = time.monotonic() + timeout
     while True:
+        began = time.monotonic()
         result = rollout.step(spec, ds=END, actor="test", settings=settings)
         if result.record is not None or time.monotonic() > deadline:
-            return result
+            return result, began
         time.sleep(2)
 
 
@@ -119,18 +122,16 @@ def test_a_challenger_goes_through_every_stage_and_a_bad_one_is_rolled_back(serv
         shadow_at = time.monotonic()
         stages.begin(spec.model_name, good.version, "shadow", reason="rollout test", actor="test",
                      expected_champion=original, settings=services)
-        to_canary = _step_until_moved(rolled, services)
+        to_canary, canary_at = _step_until_moved(rolled, services)
         assert to_canary.record is not None and to_canary.record.action == "canary", to_canary.verdict
         assert to_canary.verdict.facts["requests"] >= ROLLOUT["min_requests"]
         assert to_canary.verdict.facts["agreement"] >= ROLLOUT["min_agreement"]
-        canary_at = time.monotonic()
         assert {v for t, s, v, _ in _since(results, lock, shadow_at) if t < canary_at} == {original}
         # canary: each entity is answered by the version its hash picks
         steady = _wait_for(results, lock, canary_at, good.version) + 3 * settings.champion_refresh_s + 2
         time.sleep(max(0.0, steady + 4 - time.monotonic()))  # every worker serves the canary for a while
-        to_champion = _step_until_moved(rolled, services)
+        to_champion, promoted_at = _step_until_moved(rolled, services)
         assert to_champion.record is not None and to_champion.record.action == "promote", to_champion.verdict
-        promoted_at = time.monotonic()
         canary = [(u, v) for t, _, v, u in _since(results, lock, steady) if t < promoted_at and u is not None]
         assert len(canary) > 50
         picked = dict(zip(range(USERS), canary_rows(list(range(USERS)), version=good.version,
@@ -141,12 +142,12 @@ def test_a_challenger_goes_through_every_stage_and_a_bad_one_is_rolled_back(serv
         alone = promoted_at + 3 * settings.champion_refresh_s + 2
         time.sleep(max(0.0, alone + 3 - time.monotonic()))
         # a bad challenger at canary: served to its share, then rolled back on its agreement
+        bad_at = time.monotonic()
         stages.begin(spec.model_name, bad.version, "canary", reason="rollout test: bad", actor="test",
                      expected_champion=good.version, settings=services)
-        bad_at = time.monotonic()
         assert {v for t, _, v, _ in _since(results, lock, alone) if t < bad_at} == {good.version}
         _wait_for(results, lock, bad_at, bad.version)
-        aborted = _step_until_moved(rolled, services)
+        aborted, _ = _step_until_moved(rolled, services)
         assert aborted.record is not None and aborted.record.action == "abort", aborted.verdict
         assert "agreement" in aborted.verdict.reason
         assert stages.current(spec.model_name, settings=services) is None
