@@ -132,6 +132,7 @@ def test_a_challenger_goes_through_every_stage_and_a_bad_one_is_rolled_back(serv
         time.sleep(max(0.0, steady + 4 - time.monotonic()))  # every worker serves the canary for a while
         to_champion, promoted_at = _step_until_moved(rolled, services)
         assert to_champion.record is not None and to_champion.record.action == "promote", to_champion.verdict
+        moved_at = time.monotonic()  # the move is the step's last act
         canary = [(u, v) for t, _, v, u in _since(results, lock, steady) if t < promoted_at and u is not None]
         assert len(canary) > 50
         picked = dict(zip(range(USERS), canary_rows(list(range(USERS)), version=good.version,
@@ -139,7 +140,7 @@ def test_a_challenger_goes_through_every_stage_and_a_bad_one_is_rolled_back(serv
         assert all(v == (good.version if picked[u] else original) for u, v in canary), "sticky per entity"
         assert {v for _, v in canary} == {original, good.version}
         # champion: the challenger answers everything
-        alone = promoted_at + 3 * settings.champion_refresh_s + 2
+        alone = moved_at + 3 * settings.champion_refresh_s + 2
         time.sleep(max(0.0, alone + 3 - time.monotonic()))
         # a bad challenger at canary: served to its share, then rolled back on its agreement
         bad_at = time.monotonic()
