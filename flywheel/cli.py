@@ -257,6 +257,40 @@ def rollback(reason: Annotated[str, typer.Option(help="Why (kept in the audit lo
     console.print(f"champion {record.from_version} → {record.to_version} by {record.actor}: {record.reason}")
 
 
+@app.command("rollout")
+def rollout_step(
+    use_case: UseCase = None,
+    day: Annotated[str | None, typer.Option(help="Last event day of the window read (YYYY-MM-DD); today")] = None,
+    start: Annotated[str | None, typer.Option(help="Put this version into the spec's first rollout stage")] = None,
+    reason: Annotated[str, typer.Option(help="Why (with --start; kept in the audit log)")] = "",
+) -> None:
+    """Move the version under rollout one stage (shadow → canary → champion) when its live metrics
+    pass the spec's `rollout` thresholds, or take it out of traffic when they fail (audited)."""
+    import getpass
+
+    from flywheel.core.lease import LeaseBusy
+    from flywheel.monitoring import rollout
+    from flywheel.training import promotion, stages
+
+    spec = use_case_spec(use_case)
+    try:
+        ds = date.fromisoformat(day) if day else None
+    except ValueError as exc:
+        fail(f"--day {day!r}: {exc}")
+    try:
+        if start is not None:
+            if spec.rollout.mode == "champion_only":
+                fail(f"use case {spec.name} has rollout.mode champion_only: use `flywheel promote`")
+            record = stages.begin(spec.model_name, start, spec.rollout.mode, reason=reason, actor=getpass.getuser())
+            console.print(f"v{record.to_version} entered {record.action} (champion {record.from_version})")
+            return
+        result = rollout.step(spec, ds=ds)
+    except (promotion.PromotionError, LeaseBusy) as exc:
+        fail(str(exc))
+    moved = f" → {result.record.action} v{result.record.to_version}" if result.record else ""
+    console.print(f"{result.verdict.action}{moved}: {result.verdict.reason}")
+
+
 @app.command()
 def approve(
     reject: Annotated[bool, typer.Option("--reject", help="Reject instead of approving")] = False,

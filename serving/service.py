@@ -34,7 +34,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from flywheel.core.config import get_settings
-from flywheel.serving import edge
+from flywheel.serving import edge, registry_events
 from flywheel.serving.online import OnlineStoreUnavailable
 from flywheel.serving.prediction_log import PredictionLogUnavailable
 from flywheel.serving.predictor import tune_gc
@@ -103,6 +103,8 @@ class FlywheelHttpMiddleware:
                 return _log(scope, 401, started)
         if guarded and scope["method"] == "POST":
             return _log(scope, await _answer(handler, scope, receive, send, self.reader), started)
+        if path == registry_events.PATH and scope["method"] == "POST":  # HMAC-signed, not API-keyed
+            return _log(scope, await _registry_event(server, scope, receive, send, self.reader), started)
         if path in QUIET:
             return await self.app(scope, receive, send)
         status = [0]
@@ -139,6 +141,23 @@ async def _answer(handler: Any, scope: Any, receive: Any, send: Any, reader: edg
         _warn_every(60.0, "answering 503: %s", exc)
         status, payload, runtime = 503, FEATURES_DOWN, ""
     await _send(send, status, payload, runtime)
+    return status
+
+
+async def _registry_event(server: ModelServer | None, scope: Any, receive: Any, send: Any,
+                          reader: edge.BodyReader) -> int:
+    """An MLflow registry webhook: the server verifies its signature and refreshes the model."""
+    try:
+        edge.check_declared_length(edge.content_length(scope.get("headers") or ()), reader.limit)
+        body = await reader.read(receive)
+    except edge.EdgeError as exc:
+        await _send(send, exc.status, exc.payload(), close=True)
+        return exc.status
+    except edge.ClientDisconnected:
+        return 499
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or ()}
+    status, payload = (503, NOT_LOADED) if server is None else server.registry_event(body, headers)
+    await _send(send, status, payload)
     return status
 
 

@@ -380,8 +380,26 @@ def monitoring_dag(spec: PipelineSpec) -> DAG:
         result = drift_check()
         decided = retrain_policy(result, performance_check(), skew_check(), serving_quality_check())
         decided >> request_retrain()
+        if spec.rollout.mode != "champion_only":
+            _rollout_step(spec)
 
     return pipeline()
+
+
+def _rollout_step(spec: PipelineSpec) -> Any:
+    """The monitoring DAG's rollout step (spec ``rollout``): the version under rollout one stage
+    on, or out of traffic, on the day's live metrics (flywheel.monitoring.rollout)."""
+
+    @task
+    def rollout_step() -> dict[str, Any]:
+        from flywheel.monitoring import rollout
+
+        result = rollout.step(spec, ds=date.fromisoformat(_interval_ds()), actor="monitoring-dag")
+        print(f"rollout: {result.verdict.action}: {result.verdict.reason}")
+        return {"action": result.verdict.action, "reason": result.verdict.reason,
+                "moved": result.record.to_dict() if result.record else None}
+
+    return rollout_step()
 
 
 def build_all(spec: DataSpec) -> dict[str, DAG]:

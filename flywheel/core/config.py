@@ -193,6 +193,9 @@ class Settings(BaseSettings):
     serving_online_timeout_s: float = Field(1.0, gt=0)
     # The model server loads only signed versions whose artifacts are unchanged (default on).
     serving_verify_versions: bool = True
+    # Reload on push (flywheel.serving.registry_events): the HMAC secret of the MLflow webhook the
+    # stack registers for the model server's POST /registry/events; None: polling only.
+    serving_registry_webhook_secret: SecretStr | None = None
     # Whether to fill missing secrets from <home>/secrets.json. The stack's components get their
     # own secrets in their environment instead (FLYWHEEL_READ_SECRETS_FILE=false).
     read_secrets_file: bool = True
@@ -410,6 +413,7 @@ class Settings(BaseSettings):
             "FLYWHEEL_AIRFLOW_URL": str(self.airflow_url),
             "FLYWHEEL_MODEL_SERVER_URL": str(self.model_server_url),
             "FLYWHEEL_USE_CASE": self.use_case,
+            "FLYWHEEL_SPECS_DIR": str(self.specs_dir),
             "FLYWHEEL_CHAMPION_REFRESH_S": str(self.champion_refresh_s),
             "FLYWHEEL_PREDICTION_FLUSH_ROWS": str(self.prediction_flush_rows),
             "FLYWHEEL_PREDICTION_FLUSH_S": str(self.prediction_flush_s),

@@ -559,6 +559,34 @@ class ServingSpec(_Strict):
     out_of_contract: OutOfContract = "flag"
 
 
+RolloutMode = Literal["champion_only", "shadow", "canary"]
+
+
+class RolloutSpec(_Strict):
+    """How a gate-passing version reaches the champion alias (docs/serving.md, "Rollout").
+
+    ``champion_only`` (the default): the gate moves the champion alias at once, as before.
+    ``shadow``: the version first scores every request off the response path (logged, never
+    returned), then serves ``canary_share`` of the entities (sticky by hash), then becomes
+    champion. ``canary``: it starts at the canary stage. ``flywheel rollout`` moves it one stage
+    when its live metrics since the stage began pass (at least ``min_requests`` scored rows,
+    agreement with the champion >= ``min_agreement``, challenger p99 <= ``max_p99_ms``, error
+    rate <= ``max_error_rate`` and, once ``min_labelled_rows`` labels arrived, the monitored
+    metric no more than ``max_metric_drop`` worse than the champion's on the same rows), and
+    takes it out of traffic when one fails.
+    """
+
+    mode: RolloutMode = "champion_only"
+    canary_share: float = Field(default=0.1, gt=0.0, lt=1.0)
+    min_requests: int = Field(default=500, ge=1)
+    min_agreement: float = Field(default=0.95, ge=0.0, le=1.0)
+    agreement_tolerance: float = Field(default=0.05, ge=0.0)  # regression: relative difference that agrees
+    max_p99_ms: float = Field(default=50.0, gt=0.0)
+    max_error_rate: float = Field(default=0.001, ge=0.0, le=1.0)
+    min_labelled_rows: int = Field(default=200, ge=0)  # 0: no label check
+    max_metric_drop: float = Field(default=0.02, ge=0.0)
+
+
 class DataSpec(_Strict):
     """A dataset on its own (``kind: dataset`` in its YAML): a daily data DAG that ingests
     and validates it (contract, quarantine, replay), with no features or model. Onboarding a
@@ -592,6 +620,7 @@ class PipelineSpec(DataSpec):
     training: TrainingSpec
     monitoring: MonitoringSpec
     serving: ServingSpec = Field(default_factory=ServingSpec)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
 
     @model_validator(mode="before")
     @classmethod

@@ -6,7 +6,7 @@ the task's outputs (binary: ``probability`` + ``decision``; multiclass: ``predic
 ``probability`` of it; regression: ``value``); the flags ``feature_miss`` (an entity had no
 online features), ``unknown_value`` (an out-of-contract categorical value was scored with the
 reserved code) and ``out_of_range`` (a number outside its contract's min/max was scored as given);
-and every model input, as served.
+the rollout's columns (:data:`ROLLOUT_COLUMNS`); and every model input, as served.
 """
 
 from __future__ import annotations
@@ -20,6 +20,16 @@ OUTPUTS = {
     "multiclass": {"predicted_class": "object", "probability": "float64"},
     "regression": {"value": "float64"},
 }
+# The rollout's columns (flywheel.serving.challenger): the stage and version of the challenger
+# that scored the row beside the champion ("" and NaN when none did), both scores, whether they
+# agree, whether the challenger raised, and how long it took (ms, for the whole request).
+# ``model_version`` is the version that answered: the challenger's on a canary row it served.
+ROLLOUT_COLUMNS = {"rollout_stage": "object", "challenger_version": "object", "champion_score": "float64",
+                   "challenger_score": "float64", "challenger_agrees": "bool", "challenger_error": "bool",
+                   "challenger_ms": "float64"}
+ROLLOUT_DEFAULTS = {"rollout_stage": "", "challenger_version": "", "champion_score": float("nan"),
+                    "challenger_score": float("nan"), "challenger_agrees": False, "challenger_error": False,
+                    "challenger_ms": float("nan")}
 
 
 def prediction_column(spec: PipelineSpec) -> str:
@@ -42,5 +52,6 @@ def log_dtypes(spec: PipelineSpec) -> dict[str, str]:
     out["feature_miss"] = "bool"
     out["unknown_value"] = "bool"
     out["out_of_range"] = "bool"
+    out |= ROLLOUT_COLUMNS
     out |= {name: "float64" for name in featurizer_for(spec).names if name not in out}
     return out

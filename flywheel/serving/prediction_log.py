@@ -42,7 +42,7 @@ from flywheel.core import storage
 from flywheel.core.config import Settings
 from flywheel.core.layout import prediction_part_key
 from flywheel.core.spec import PipelineSpec
-from flywheel.serving.logschema import log_dtypes
+from flywheel.serving.logschema import ROLLOUT_COLUMNS, ROLLOUT_DEFAULTS, log_dtypes
 from flywheel.serving.metrics import ServingMetrics
 from flywheel.serving.spool import Segment, Spool, read_records
 
@@ -98,7 +98,8 @@ def _times(values: list[Any]) -> pd.DatetimeIndex:
     return pd.to_datetime(micros, unit="us", utc=True)
 
 
-_OWN = ("request_id", "logged_at", "model_version", "feature_miss", "unknown_value", "out_of_range")
+_OWN = ("request_id", "logged_at", "model_version", "feature_miss", "unknown_value", "out_of_range",
+        *ROLLOUT_COLUMNS)
 
 
 def _logged_at(scored: list[Scores]) -> Any:
@@ -127,7 +128,11 @@ def log_frame(scored: list[Scores], schema: LogSchema) -> pd.DataFrame:
             columns[name] = np.concatenate([s.outputs[name] for s in scored])
     frame = pd.DataFrame(columns)
     frame["logged_at"] = _logged_at(scored)
-    frame["model_version"] = np.repeat([s.model.version for s in scored], [len(s) for s in scored]).astype(object)
+    frame["model_version"] = np.concatenate([_rollout(s).get("model_version", np.full(len(s), s.model.version,
+                                                                                    dtype=object)) for s in scored])
+    for name, dtype in ROLLOUT_COLUMNS.items():
+        frame[name] = np.concatenate([_rollout(s).get(name, np.full(len(s), ROLLOUT_DEFAULTS[name], dtype=dtype))
+                                      for s in scored])
     frame["feature_miss"] = np.concatenate([s.any_miss for s in scored])
     frame["unknown_value"] = np.concatenate([s.any_unknown for s in scored])
     frame["out_of_range"] = np.concatenate([s.any_out_of_range for s in scored])
@@ -135,6 +140,11 @@ def log_frame(scored: list[Scores], schema: LogSchema) -> pd.DataFrame:
     features = pd.DataFrame(np.vstack([s.matrix for s in scored]), columns=names)
     wanted = [n for n in dtypes if n in features.columns and n not in frame.columns]
     return pd.concat([frame, features[wanted]], axis=1)[list(dtypes)].astype(dtypes)
+
+
+def _rollout(scores: Scores) -> dict[str, np.ndarray]:
+    """The request's rollout columns (flywheel.serving.challenger), {} when no challenger scored it."""
+    return getattr(scores, "rollout", None) or {}
 
 
 # ---- the spool record of one request's scores ------------------------------------------------------
@@ -162,6 +172,7 @@ class Spooled:
     any_unknown: np.ndarray
     any_out_of_range: np.ndarray
     logged_at: datetime
+    rollout: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.request_ids)
@@ -186,6 +197,7 @@ def encode(scores: Scores, *, logged_at: datetime) -> bytes:
         "version": str(scores.model.version), "miss": scores.any_miss.tolist(),
         "unknown": scores.any_unknown.tolist(), "range": scores.any_out_of_range.tolist(),
         "at": (logged_at - _EPOCH) // _MICROSECOND,
+        "rollout": {k: [v.dtype.str, v.tolist()] for k, v in _rollout(scores).items()},
     }, inf_nan_mode="constants")
 
 
@@ -203,7 +215,8 @@ def decode(record: bytes) -> Spooled:
         outputs={k: np.asarray(v, dtype=np.dtype(kind)) for k, (kind, v) in data["outputs"].items()},
         request_ids=list(data["ids"]), model=_Model(data["version"]),
         any_miss=flag["miss"], any_unknown=flag["unknown"], any_out_of_range=flag["range"],
-        logged_at=_EPOCH + data["at"] * _MICROSECOND)
+        logged_at=_EPOCH + data["at"] * _MICROSECOND,
+        rollout={k: np.asarray(v, dtype=np.dtype(kind)) for k, (kind, v) in data.get("rollout", {}).items()})
 
 
 # ---- the logger ---------------------------------------------------------------------------------------

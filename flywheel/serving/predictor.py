@@ -24,6 +24,7 @@ import numpy as np
 from flywheel.core import pii
 from flywheel.core.config import Settings
 from flywheel.core.spec import PipelineSpec
+from flywheel.serving import challenger
 from flywheel.serving.metrics import ServingMetrics
 from flywheel.serving.online import OnlineFeatures
 from flywheel.serving.prediction_log import LogSchema, PredictionLogger, log_schema
@@ -172,6 +173,11 @@ class Scores:
     out_of_range: dict[str, np.ndarray] = field(default_factory=dict)
     # The caller's ids as sent, where ``columns`` holds their PII hashes (None: ``columns``).
     echo: dict[str, list[Any]] | None = None
+    # The rollout (flywheel.serving.challenger): the prediction log's rollout columns, and on a
+    # canary, which rows the challenger answered (``outputs``/``raw`` hold its answers there).
+    rollout: dict[str, np.ndarray] | None = None
+    answered: np.ndarray | None = None
+    challenger: registry.LoadedModel | None = None
 
     def __len__(self) -> int:
         return len(self.raw)
@@ -208,17 +214,24 @@ class Scores:
         outputs = self._task_records()
         unknown, entities = self.unknown_columns(), self.unknown_entities()
         outside = _flagged(self.out_of_range, len(self))
-        return [{**key, "request_id": rid, **out, "model_name": m.name, "model_version": m.version,
+        versions = self._answered_by(m.version, self.challenger.version if self.challenger else "")
+        return [{**key, "request_id": rid, **out, "model_name": m.name, "model_version": v,
                  "unknown": u, "out_of_range": r, "unknown_entities": e, "defaults_used": bool(e)}
-                for key, rid, out, u, r, e in zip(ids, self.request_ids, outputs, unknown, outside, entities,
-                                                  strict=True)]
+                for key, rid, out, v, u, r, e in zip(ids, self.request_ids, outputs, versions, unknown, outside,
+                                                     entities, strict=True)]
+
+    def _answered_by(self, champion: Any, challenger: Any) -> list[Any]:
+        """Per row, the champion's or (canary rows it answered) the challenger's ``champion``/``challenger``."""
+        if self.answered is None:
+            return [champion] * len(self)
+        return [challenger if a else champion for a in self.answered.tolist()]
 
     def _task_records(self) -> list[dict[str, Any]]:
         o = self.outputs
         if self.task == "binary":
-            t = self.model.threshold
+            ts = self._answered_by(self.model.threshold, self.challenger.threshold if self.challenger else 0.0)
             return [{"probability": p, "decision": d, "threshold": t}
-                    for p, d in zip(o["probability"].tolist(), o["decision"].tolist(), strict=True)]
+                    for p, d, t in zip(o["probability"].tolist(), o["decision"].tolist(), ts, strict=True)]
         if self.task == "multiclass":
             names = [str(c) for c in self.model.classes]
             return [{"probabilities": dict(zip(names, row, strict=True)), "class": c}
@@ -299,6 +312,16 @@ class Predictor:
         self.models = ModelHolder(spec.name, spec.model_name, settings, metrics=self.metrics, watch=watch)
         self.log_schema: LogSchema = log_schema(spec)
         self.logger = PredictionLogger(self.log_schema, settings, metrics=self.metrics) if log_predictions else None
+        self.challengers: challenger.ChallengerHolder | None = None
+        self.shadow: challenger.ShadowScorer | None = None
+        if spec.rollout.mode != "champion_only":
+            self.challengers = challenger.ChallengerHolder(spec.name, spec.model_name, settings, metrics=self.metrics,
+                                                           watch=watch, warm=_warm)
+            self.shadow = challenger.ShadowScorer(spec, self._log, task_outputs)
+        # Canary rows are sticky per entity: the spec's first entity's first key (the request id
+        # without an entity).
+        first = next(iter(spec.features.entities.values()), None)
+        self._canary_key = first.keys[0] if first is not None else None
         self._fields = tuple(dict.fromkeys((*self.schemas.id_columns, *self.schemas.columns)))
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._numeric = frozenset(a for a, kind in self.featurizer.aggregates.items() if kind in ("int", "float"))
@@ -336,10 +359,35 @@ class Predictor:
                         task_outputs(self.spec.task, model, raw), misses, dict(features.unknown),
                         request_ids(len(rows)), model, model.runtime_for(len(rows)),
                         outside_ranges(columns, self.schemas.ranges), echo)
-        if self.logger is not None:
-            self.logger.log(scores)
+        live = self.challengers.current if self.challengers is not None else None
+        if live is None or live.stage == "canary" or self.shadow is None or not self.shadow.submit(scores, live):
+            if live is not None and live.stage == "canary":
+                self._canary(scores, live)
+            self._log(scores)
         self._observe(endpoint, scores, time.perf_counter() - started if timed else None)
         return scores
+
+    def _log(self, scores: Scores) -> None:
+        if self.logger is not None:
+            self.logger.log(scores)
+
+    def _canary(self, scores: Scores, live: challenger.Live) -> None:
+        """Answer the canary's share of entities with the challenger (the champion answers a row
+        the challenger failed to score)."""
+        compared = challenger.compare(self.spec, live, scores.matrix, self.names, champion_raw=scores.raw,
+                                      champion_outputs=scores.outputs, outputs_of=task_outputs)
+        scores.rollout = compared.columns
+        if compared.raw is None or compared.outputs is None:
+            return
+        keys = scores.columns[self._canary_key] if self._canary_key else scores.request_ids
+        mask = challenger.canary_rows(keys, version=live.model.version, share=self.spec.rollout.canary_share)
+        if not mask.any():
+            return
+        scores.answered, scores.challenger = mask, live.model
+        scores.raw = challenger.merged(mask, scores.raw, compared.raw)
+        scores.outputs = {k: challenger.merged(mask, v, compared.outputs[k]) for k, v in scores.outputs.items()}
+        scores.rollout["model_version"] = np.array(scores._answered_by(scores.model.version, live.model.version),
+                                                   dtype=object)
 
     def _arrays(self, online: dict[str, Any]) -> dict[str, Any]:
         """Numeric aggregates as float64 arrays (NaN = missing), what the featurizer computes on
@@ -381,8 +429,22 @@ class Predictor:
             child = self._children[key] = metric.labels(self.use_case, *labels)
         return child
 
+    def refresh_now(self) -> None:
+        """Follow the champion and rollout aliases now (a registry event), not at the next poll;
+        a failure is logged and left to the poll."""
+        for holder in (self.models, self.challengers):
+            try:
+                if holder is not None:
+                    holder.refresh()
+            except Exception:  # the poll retries within champion_refresh_s
+                log.warning("refresh of %s on a registry event failed", self.use_case, exc_info=True)
+
     def close(self) -> None:
         self.models.close()
+        if self.challengers is not None:
+            self.challengers.close()
+        if self.shadow is not None:
+            self.shadow.close()  # drains the queued shadow rows into the log before it closes
         if self.logger is not None:
             self.logger.close()
 

@@ -120,6 +120,29 @@ class ModelServer:
         web server calls (``/predict`` micro-batched), or None."""
         return self._async.get(path)
 
+    def registry_event(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        """Answer an MLflow registry webhook (:mod:`flywheel.serving.registry_events`): 404 without
+        ``serving_registry_webhook_secret``, 401 when it does not verify, else 202 and the champion
+        and rollout of the event's model are refreshed at once (on a thread: the answer does not
+        wait for a model download)."""
+        import threading
+
+        from flywheel.serving import registry_events
+
+        secret = self.settings.serving_registry_webhook_secret
+        if secret is None:
+            return 404, b'{"error": "registry events are not enabled (serving_registry_webhook_secret)"}'
+        try:
+            model = registry_events.verified_model(body, headers, secret.get_secret_value())
+        except registry_events.RegistryEventRejected as exc:
+            log.warning("registry event refused: %s", exc)
+            return 401, b'{"error": "registry event refused"}'
+        for predictor in self.predictors.values():
+            if predictor.spec.model_name == model:
+                threading.Thread(target=predictor.refresh_now, name=f"registry-event-{predictor.use_case}",
+                                 daemon=True).start()
+        return 202, b'{"status": "accepted"}'
+
     def close(self) -> None:
         for predictor in self.predictors.values():
             predictor.close()

@@ -352,6 +352,12 @@ def _mlflow_env(settings: Settings) -> dict[str, str]:
     env["MLFLOW_AUTH_CONFIG_PATH"] = str(settings.home / "mlflow" / "basic_auth.ini")
     # The GenAI job runner (extra huey processes) is not used by Flywheel.
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    # Registry webhooks (reload on push) go to the model server on loopback over plain HTTP, which
+    # MLflow refuses unless told (https only, public addresses only); a short cache so a webhook
+    # registered at start fires at once.
+    env["MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS"] = "true"
+    env["MLFLOW_WEBHOOK_ALLOWED_SCHEMES"] = "http,https"
+    env["MLFLOW_WEBHOOK_CACHE_TTL"] = "2"
     return env
 
 
@@ -531,7 +537,35 @@ def _model_server_command(settings: Settings) -> list[str]:
 def _model_server_env(settings: Settings) -> dict[str, str]:
     env = _tasks_env(settings, "model-server")
     env["BENTOML_HOME"] = str(bentoml_home(settings))
+    if settings.serving_registry_webhook_secret is not None:
+        env["FLYWHEEL_SERVING_REGISTRY_WEBHOOK_SECRET"] = settings.serving_registry_webhook_secret.get_secret_value()
     return env
+
+
+def _register_webhook(settings: Settings) -> None:
+    """Reload on push: register the model server's registry webhook, as MLflow's admin (webhooks
+    are admin-only in its auth app); nothing without ``serving_registry_webhook_secret``."""
+    if settings.serving_registry_webhook_secret is None:
+        return
+    import os
+
+    from flywheel.serving import registry_events
+    from flywheel.training import registry
+
+    admin = security.mlflow_identity_env(settings, "admin")
+    saved = {k: os.environ.get(k) for k in admin}
+    try:
+        os.environ.update(admin)
+        from mlflow import MlflowClient
+
+        registry_events.register(settings, client=MlflowClient(tracking_uri=str(settings.mlflow_tracking_uri)))
+    finally:  # this process's own identity again (registry.client sets it per call too)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        registry.use_identity(settings)
 
 
 def _exporter_command(settings: Settings) -> list[str]:
@@ -613,6 +647,7 @@ SERVICES: tuple[Service, ...] = (
         url=_url("model_server_url"),
         requires=("mlflow",),
         optional=True,
+        on_healthy=_register_webhook,
     ),
     # Prometheus /metrics of the monitoring summaries (`flywheel up --exporter`).
     Service(

@@ -353,7 +353,13 @@ def gate_promote(spec: PipelineSpec, version: str, decision: registry.GateDecisi
                  expected: str | None, actor: str, settings: Settings) -> tuple[bool, str]:
     """Promote a gate-passing version if the champion is still ``expected`` (the one the gate
     evaluated against); otherwise the refusal is in the audit log and the version stays a
-    challenger. Returns (promoted, reason)."""
+    challenger. Returns (promoted, reason).
+
+    Under ``rollout.mode: shadow | canary`` a version that has a champion to be compared with
+    enters that stage of the rollout instead (:mod:`flywheel.training.stages`): ``flywheel
+    rollout`` takes it on from there."""
+    if spec.rollout.mode != "champion_only" and expected is not None:
+        return _gate_rollout(spec, version, decision, expected=expected, actor=actor, settings=settings)
     try:
         promotion.promote(spec.model_name, version, reason=decision.reason, actor=actor,
                           expected=expected, settings=settings)
@@ -361,6 +367,21 @@ def gate_promote(spec: PipelineSpec, version: str, decision: registry.GateDecisi
         log.warning("%s v%s not promoted: %s", spec.model_name, version, exc)
         return False, exc.record.reason
     return True, decision.reason
+
+
+def _gate_rollout(spec: PipelineSpec, version: str, decision: registry.GateDecision, *, expected: str,
+                  actor: str, settings: Settings) -> tuple[bool, str]:
+    from flywheel.training import stages
+
+    stage = spec.rollout.mode
+    assert stage != "champion_only"
+    try:
+        stages.begin(spec.model_name, version, stage, reason=decision.reason, actor=actor,
+                     expected_champion=expected, settings=settings)
+    except stages.RolloutMoved as exc:
+        log.warning("%s v%s not put into rollout: %s", spec.model_name, version, exc)
+        return False, exc.record.reason
+    return False, f"{decision.reason}; entered the {stage} stage of its rollout"
 
 
 def log_run(spec: PipelineSpec, *, end: date, reason: str, frame: pd.DataFrame, identity: dict[str, Any],
