@@ -14,6 +14,11 @@ from flywheel.training import hyperparameters
 from flywheel.training.families.base import CLASSIFICATION, FitData, SklearnApiFamily
 
 
+def _linear_rows(n_features: int) -> int:
+    # A linear model interpolates at most about as many rows as it has features.
+    return max(4, min(32, n_features))
+
+
 def _linear_pipeline(estimator: Any) -> Any:
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import make_pipeline
@@ -28,6 +33,10 @@ class LogisticRegressionFamily(SklearnApiFamily):
     flavor: ClassVar[str] = "sklearn"
     requirements = ("scikit-learn",)
     parameters: ClassVar[frozenset[str]] = hyperparameters.LOGISTIC_REGRESSION
+    overfit_params: ClassVar[dict[str, Any]] = {"C": 1e4}
+
+    def overfit_rows(self, n_features: int) -> int:
+        return _linear_rows(n_features)
 
     def fit(self, data: FitData, params: dict[str, Any], *, seed: int, settings: Settings) -> Any:
         from sklearn.linear_model import LogisticRegression
@@ -41,6 +50,7 @@ class MajorityFamily(SklearnApiFamily):
     tasks: ClassVar[frozenset[str]] = CLASSIFICATION
     flavor: ClassVar[str] = "sklearn"
     requirements = ("scikit-learn",)
+    constant: ClassVar[bool] = True
 
     def fit(self, data: FitData, params: dict[str, Any], *, seed: int, settings: Settings) -> Any:
         from sklearn.dummy import DummyClassifier
@@ -54,6 +64,7 @@ class MeanFamily(SklearnApiFamily):
     tasks: ClassVar[frozenset[str]] = frozenset({"regression"})
     flavor: ClassVar[str] = "sklearn"
     requirements = ("scikit-learn",)
+    constant: ClassVar[bool] = True
 
     def fit(self, data: FitData, params: dict[str, Any], *, seed: int, settings: Settings) -> Any:
         from sklearn.dummy import DummyRegressor
@@ -67,6 +78,10 @@ class LinearFamily(SklearnApiFamily):
     flavor: ClassVar[str] = "sklearn"
     requirements = ("scikit-learn",)
     parameters: ClassVar[frozenset[str]] = hyperparameters.LINEAR
+    overfit_params: ClassVar[dict[str, Any]] = {"alpha": 1e-6}
+
+    def overfit_rows(self, n_features: int) -> int:
+        return _linear_rows(n_features)
 
     def fit(self, data: FitData, params: dict[str, Any], *, seed: int, settings: Settings) -> Any:
         from sklearn.linear_model import Ridge
