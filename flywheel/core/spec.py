@@ -16,7 +16,6 @@ from flywheel.core.compile import TASK_METRICS as TASK_METRICS  # re-exported
 from flywheel.core.compile import check_references
 from flywheel.core.config import Settings, get_settings
 
-
 NOT_STATED = "not stated"
 
 

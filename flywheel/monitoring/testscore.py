@@ -111,6 +111,54 @@ def rubric(spec: PipelineSpec, version: str | None = None, *,
     return testscore.evaluate(ev, testscore.CHECKS | CHECKS)
 
 
+def resolve_version(spec: PipelineSpec, version: str | None, *, settings: Settings | None = None) -> str:
+    """``version``, or the champion's, or the latest registered one."""
+    return version or _default_version(spec, settings or get_settings())
+
+
+def errors() -> tuple[type[BaseException], ...]:
+    """What a report or reproduction raises for a user's mistake (no such version, no window)."""
+    from mlflow.exceptions import MlflowException
+
+    from flywheel.training import drills, registry
+
+    return MlflowException, registry.RegistryError, drills.ReproductionError, FileNotFoundError
+
+
+def report(spec: PipelineSpec, version: str | None = None, *, update_card: bool = False,
+           settings: Settings | None = None) -> tuple[testscore.Rubric, str]:
+    """The version's whole rubric and its card's URL (empty: none); ``update_card``: rewrite the
+    rubric part of the card with this one."""
+    from flywheel.training import card, registry
+
+    settings = settings or get_settings()
+    scored = rubric(spec, resolve_version(spec, version, settings=settings), settings=settings)
+    mv = registry.client(settings).get_model_version(spec.model_name, scored.version)
+    url = mv.tags.get(card.TAG, "")
+    if update_card and url:
+        text = card.with_rubric(card.read(spec.model_name, scored.version, settings=settings), scored.markdown())
+        run_id = mv.tags.get("run_id") or mv.run_id
+        url = card.attach(spec.model_name, scored.version, run_id, text, facts=None, settings=settings)
+    return scored, url
+
+
+def table(scored: testscore.Rubric) -> Any:
+    """The rubric as a rich table (fits 80 columns: evidence wraps)."""
+    from rich.table import Table
+
+    sections = scored.sections()
+    caption = " · ".join(f"{s} {v:g}" for s, v in sections.items())
+    out = Table(title=f"ML Test Score of {scored.model} v{scored.version}: {scored.final:g}", caption=caption,
+                show_lines=True)
+    out.add_column("test", ratio=3)
+    out.add_column("pts", justify="right", width=3)
+    out.add_column("evidence / to meet", ratio=5)
+    for r in scored.results:
+        detail = r.evidence if not r.to_meet else f"{r.evidence}\n[dim]to meet: {r.to_meet}[/dim]"
+        out.add_row(f"{r.test.id} {r.test.title}", f"{r.points:g}", detail)
+    return out
+
+
 def _default_version(spec: PipelineSpec, settings: Settings) -> str:
     from flywheel.training import registry
 

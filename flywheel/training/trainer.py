@@ -386,7 +386,7 @@ def overfit_all(spec: PipelineSpec, data: FitData, settings: Settings) -> list[o
         try:
             results.append(overfit.check(families.get(name), data, seed=spec.training.seed, settings=settings))
         finally:
-            mlflow.log_dict([r.to_dict() for r in results], "evidence/overfit_batch.json")
+            mlflow.log_dict({"families": [r.to_dict() for r in results]}, "evidence/overfit_batch.json")
     return results
 
 
