@@ -356,7 +356,7 @@ def report(version: Version = None, update_card: Annotated[bool, typer.Option(
     try:
         rubric, url = evidence_report.report(spec, version, update_card=update_card)
     except evidence_report.errors() as exc:
-        fail(str(exc))
+        fail((str(exc).strip().splitlines() or [type(exc).__name__])[0])
     wide = Console(width=80)
     wide.print(evidence_report.table(rubric))
     wide.print(f"card: {url or 'none (trained before model cards)'}", soft_wrap=True)
@@ -372,7 +372,7 @@ def reproduce(version: Version = None, use_case: UseCase = None) -> None:
     try:
         result = drills.reproduce(spec, evidence_report.resolve_version(spec, version))
     except evidence_report.errors() as exc:
-        fail(str(exc))
+        fail((str(exc).strip().splitlines() or [type(exc).__name__])[0])
     console.print(f"{'reproduced' if result.passed else 'NOT reproduced'}: max |Δscore| {result.max_abs_diff:.3g}, "
                   f"{result.metric} {result.reproduced:.6g} vs {result.logged:.6g} logged ({result.window})")
     raise typer.Exit(0 if result.passed else 1)

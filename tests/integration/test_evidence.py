@@ -20,12 +20,13 @@ END = FIRST_DAY + timedelta(days=DAYS - 1)
 MODEL = "fraud-evidence"
 
 
-def _own(spec, **budget):
+def _own(spec, *, min_improvement: float = 0.0, **budget):
     """The demo spec under its own model name: baseline + XGBoost, fixed parameters, no search."""
     t = spec.training
     xgb = t.candidates["xgboost"].model_copy(update={"search": {}, "params": {**t.candidates["xgboost"].params,
                                                                               "n_estimators": 60}})
-    update = {"candidates": {"xgboost": xgb}, "search": t.search.model_copy(update={"trials": 0})}
+    update = {"candidates": {"xgboost": xgb}, "search": t.search.model_copy(update={"trials": 0}),
+              "min_improvement": min_improvement}
     if budget:
         update["latency_budget"] = LatencyBudgetSpec(**budget)
     return spec.model_copy(update={"model_name": MODEL, "training": t.model_copy(update=update)})
@@ -38,8 +39,9 @@ def first(services, loaded, spec):
 
 @pytest.fixture(scope="module")
 def too_slow(services, first, spec):
-    """A better-or-equal candidate whose latency budget cannot be met."""
-    return train(_own(spec, p99_ms_batch_1=1e-6, p99_ms_batch_100=1e-6, repeats=5), end=END, reason="test",
+    """A candidate the gate would take (the same training ties the champion: a negative margin lets a
+    tie pass) but for a latency budget that cannot be met."""
+    return train(_own(spec, min_improvement=-1.0, p99_ms_batch_1=1e-6, p99_ms_batch_100=1e-6, repeats=5), end=END, reason="test",
                  settings=services)
 
 
