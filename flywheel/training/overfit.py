@@ -102,7 +102,7 @@ def check(family: Family, data: FitData, *, seed: int, settings: Settings) -> Ov
     if family.constant:
         return OverfitResult(family.name, 0, float("nan"), float("nan"), True, 0.0,
                              "a constant model: nothing to overfit")
-    batch = single_batch(data, family.overfit_rows(data.x_train.shape[1]), seed=seed)
+    batch = single_batch(data, family.overfit_rows(data.x_train), seed=seed)
     y = batch.y_train.to_numpy()
     started = time.perf_counter()
     local = settings.model_copy(update={"compute": ComputeSettings()})

@@ -103,8 +103,8 @@ class Family(ABC):
     constant: ClassVar[bool] = False
     overfit_params: ClassVar[dict[str, Any]] = {}
 
-    def overfit_rows(self, n_features: int) -> int:
-        """Rows of the overfit batch for a matrix of ``n_features`` columns."""
+    def overfit_rows(self, x: pd.DataFrame) -> int:
+        """Rows of the overfit batch for the training matrix ``x``."""
         return 32
 
     @abstractmethod
