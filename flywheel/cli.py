@@ -376,6 +376,57 @@ def audit(use_case: UseCase = None) -> None:
     console.print(table)
 
 
+Version = Annotated[str | None, typer.Option("--version", help="Model version (default: the champion, else the latest)")]
+
+
+@app.command()
+def report(version: Version = None, update_card: Annotated[bool, typer.Option(
+        "--update-card", help="Also rewrite the rubric in the version's model card")] = False,
+           use_case: UseCase = None) -> None:
+    """The ML Test Score rubric of a version (Breck et al. 2017), each test with its evidence."""
+    from flywheel.monitoring import testscore as evidence_report
+
+    spec = use_case_spec(use_case)
+    try:
+        rubric, url = evidence_report.report(spec, version, update_card=update_card)
+    except evidence_report.errors() as exc:
+        fail((str(exc).strip().splitlines() or [type(exc).__name__])[0])
+    wide = Console(width=80)
+    wide.print(evidence_report.table(rubric))
+    wide.print(f"card: {url or 'none (trained before model cards)'}", soft_wrap=True)
+
+
+@app.command()
+def reproduce(version: Version = None, use_case: UseCase = None) -> None:
+    """Retrain a version (same window, family, parameters, seed) and compare it with the registered one."""
+    from flywheel.monitoring import testscore as evidence_report
+    from flywheel.training import drills
+
+    spec = use_case_spec(use_case)
+    try:
+        result = drills.reproduce(spec, evidence_report.resolve_version(spec, version))
+    except evidence_report.errors() as exc:
+        fail((str(exc).strip().splitlines() or [type(exc).__name__])[0])
+    console.print(f"{'reproduced' if result.passed else 'NOT reproduced'}: max |Δscore| {result.max_abs_diff:.3g}, "
+                  f"{result.metric} {result.reproduced:.6g} vs {result.logged:.6g} logged ({result.window})")
+    raise typer.Exit(0 if result.passed else 1)
+
+
+@app.command()
+def drill(use_case: UseCase = None) -> None:
+    """Rollback drill: roll the champion back to the previous one and restore it (both audited)."""
+    from flywheel.core.lease import LeaseBusy
+    from flywheel.training import drills, promotion
+
+    try:
+        result = drills.rollback_drill(use_case_spec(use_case))
+    except (promotion.PromotionError, LeaseBusy) as exc:
+        fail(str(exc))
+    console.print(f"drill {'passed' if result.passed else 'FAILED'}: v{result.champion} → v{result.rolled_back_to} "
+                  f"→ v{result.restored}")
+    raise typer.Exit(0 if result.passed else 1)
+
+
 @app.command("features-apply")
 def features_apply(use_case: UseCase = None) -> None:
     """`feast apply` a use case's entities, views and service (and render feature_store.yaml).

@@ -16,6 +16,8 @@ from flywheel.core.compile import TASK_METRICS as TASK_METRICS  # re-exported
 from flywheel.core.compile import check_references
 from flywheel.core.config import Settings, get_settings
 
+NOT_STATED = "not stated"
+
 
 class SpecError(ValueError):
     """A pipeline spec is missing or invalid; the message names the file and field."""
@@ -396,6 +398,24 @@ def _check_hyperparameters(family: str, candidate: CandidateSpec) -> None:
                                  f"({hint}declared: {', '.join(sorted(declared)) or 'none'})")
 
 
+class LatencyBudgetSpec(_Strict):
+    """The gate's in-process p99 budget (ms) of a candidate scoring holdout rows, by batch size.
+    Defaults are generous: a model that misses them on a loaded 2-core machine is broken."""
+
+    p99_ms_batch_1: float = Field(250.0, gt=0)
+    p99_ms_batch_100: float = Field(1000.0, gt=0)
+    repeats: int = Field(60, ge=5, le=1000)  # timed calls per batch size
+
+
+class CardSpec(_Strict):
+    """What the model card says about use, from the people who own the model."""
+
+    intended_use: str = NOT_STATED
+    misuses: list[str] = Field(default_factory=list)  # empty: the card says "not stated"
+    # Who reviewed the model for inclusion (fairness) and on which slices; None: not reviewed.
+    inclusion_review: str | None = None
+
+
 class TrainingSpec(_Strict):
     lookback_days: int = Field(30, ge=1)
     split: SplitSpec
@@ -412,6 +432,7 @@ class TrainingSpec(_Strict):
         default_factory=lambda: {"xgboost": CandidateSpec()}, min_length=1)
     search: SearchSpec = Field(default_factory=SearchSpec)
     approval: ApprovalSpec = Field(default_factory=ApprovalSpec)
+    latency_budget: LatencyBudgetSpec = Field(default_factory=LatencyBudgetSpec)
     # Columns or features the gate compares per value (numeric ones in quantile buckets);
     # None: the columns of the category request features.
     slices: list[str] | None = None
@@ -621,6 +642,7 @@ class PipelineSpec(DataSpec):
     monitoring: MonitoringSpec
     serving: ServingSpec = Field(default_factory=ServingSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    card: CardSpec = Field(default_factory=CardSpec)
 
     @model_validator(mode="before")
     @classmethod

@@ -37,11 +37,12 @@ class GateDecision:
 
 def decide(
     *, challenger: float, baseline: float, champion: float | None, min_improvement: float = 0.0,
-    regressions: list[str] | None = None, metric: str = "pr_auc",
+    regressions: list[str] | None = None, metric: str = "pr_auc", over_budget: list[str] | None = None,
 ) -> GateDecision:
     """The promotion gate on ``metric`` (lower is better for those in ``LOWER_IS_BETTER``):
-    strictly beat the baseline, beat the champion by more than ``min_improvement``, and regress
-    no slice beyond its tolerance (``regressions``). A NaN score never promotes."""
+    strictly beat the baseline, beat the champion by more than ``min_improvement``, regress
+    no slice beyond its tolerance (``regressions``) and fit the latency budget (``over_budget``:
+    :meth:`flywheel.training.latency.Latency.over_budget`). A NaN score never promotes."""
     lower = metric in LOWER_IS_BETTER
     sign = -1.0 if lower else 1.0
 
@@ -57,6 +58,9 @@ def decide(
         return GateDecision(False, reason, challenger, baseline, champion)
     if regressions:
         reason = f"challenger {metric} {challenger:.4f} regresses slices: {'; '.join(regressions[:5])}"
+        return GateDecision(False, reason, challenger, baseline, champion)
+    if over_budget:
+        reason = f"challenger is over its latency budget: {'; '.join(over_budget)}"
         return GateDecision(False, reason, challenger, baseline, champion)
     against = "no champion yet" if champion is None else f"champion {champion:.4f}"
     reason = f"challenger {metric} {challenger:.4f} beats baseline {baseline:.4f} and {against}"

@@ -23,7 +23,21 @@ from flywheel.core import storage
 from flywheel.core.config import Settings, get_settings
 from flywheel.core.spec import PipelineSpec
 from flywheel.features.featurizer import featurizer_for
-from flywheel.training import compiled, evaluation, families, lineage, promotion, registry, signing, tuning
+from flywheel.training import (
+    card,
+    compiled,
+    evaluation,
+    evidence,
+    families,
+    latency,
+    lineage,
+    overfit,
+    promotion,
+    registry,
+    signing,
+    testscore,
+    tuning,
+)
 from flywheel.training.families.base import FitData, Trained, permutation_importance
 from flywheel.training.labels import LabelEncoding, drop_null
 
@@ -56,6 +70,8 @@ class TrainResult:
     task: str = "binary"
     metric: str = "pr_auc"
     champion_version: str | None = None  # the champion the gate compared with (None: none)
+    card_url: str = ""  # the version's model card in MLflow's UI
+    latency_ms: dict[str, float] = field(default_factory=dict)  # p99 by batch size ("1", "100")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (the training task's XCom): a NaN (the threshold of a non-binary task, a
@@ -310,17 +326,24 @@ def train(spec: PipelineSpec, *, end: date, reason: str = "scheduled",
     mlflow.set_experiment(spec.model_name)
     with mlflow.start_run(run_name=f"train-{end.isoformat()}") as run:
         mlflow.log_metrics(prepared.counts)
+        overfits = overfit_all(spec, data, settings)
         baseline = families.get(spec.training.baseline).train(data, {}, seed=seed, settings=settings)
         candidates, scores, per_family = train_candidates(spec, data, prepared, settings)
         best = select(candidates, metric=metric)
+        measured = latency.measure(best, prepared.x["holdout"], spec.training.latency_budget, seed=seed)
+        mlflow.log_metrics(measured.metrics())
         ev = evaluate(spec, prepared, scores[best.name], baseline, settings)
         decision = registry.decide(
             challenger=ev.candidate[metric], baseline=ev.baseline[metric],
             champion=ev.champion[metric] if ev.champion else None,
             min_improvement=spec.training.min_improvement, regressions=ev.regressions, metric=metric,
+            over_budget=measured.over_budget(),
         )
         version = log_run(spec, end=end, reason=reason, frame=frame, identity=identity, model=best,
                           ev=ev, prepared=prepared, per_family=per_family, decision=decision, settings=settings)
+        groups = card.feature_groups(spec, list(fz.names))
+        ablation = card.group_ablation(best, prepared.x["holdout"], prepared.y["holdout"].to_numpy(), groups,
+                                       metric=metric, seed=seed)
         runtime = compiled.package(best, prepared.x["holdout"], list(fz.names), threshold=ev.threshold,
                                    model_uri=f"models:/{spec.model_name}/{version}", settings=settings)
         signing.sign_version(spec.model_name, version, settings, registry.client(settings), runtime)
@@ -329,7 +352,9 @@ def train(spec: PipelineSpec, *, end: date, reason: str = "scheduled",
     tag_version(spec, version, settings, threshold=ev.threshold, run_id=run_id, family=best.name,
                 decision=decision, identity=identity, awaiting_approval=awaiting, features=fz.names,
                 classes=list(prepared.encoding.classes), champion_version=ev.champion_version,
-                extra=runtime)
+                extra=runtime | evidence_tags(best, ev, measured, overfits, ablation))
+    card_url = write_card(spec, version, run_id, best, ev, prepared, measured=measured, overfits=overfits,
+                          ablation=ablation, groups=groups, settings=settings)
     labelled = pd.concat(list(asdict_split(prepared.split).values()), ignore_index=True)
     reference_uri = write_reference(spec, version, recent_days(labelled, spec), best, settings,
                                     featurize=fz.frame, classes=list(prepared.encoding.classes))
@@ -346,7 +371,47 @@ def train(spec: PipelineSpec, *, end: date, reason: str = "scheduled",
                        metrics=ev.logged_metrics(), threshold=ev.threshold,
                        promoted=promoted, awaiting_approval=awaiting,
                        reason=reason, reference_uri=reference_uri, families=per_family,
-                       task=spec.task, metric=metric, champion_version=ev.champion_version)
+                       task=spec.task, metric=metric, champion_version=ev.champion_version,
+                       card_url=card_url, latency_ms={str(b): v for b, v in measured.p99_ms.items()})
+
+
+def overfit_all(spec: PipelineSpec, data: FitData, settings: Settings) -> list[overfit.OverfitResult]:
+    """Overfit one small batch with the baseline and every candidate family before real training
+    (logged to the active run as ``evidence/overfit_batch.json``); raises
+    :class:`flywheel.training.overfit.OverfitError` for a family that cannot."""
+    import mlflow
+
+    results = []
+    for name in dict.fromkeys([spec.training.baseline, *spec.training.candidates]):
+        try:
+            results.append(overfit.check(families.get(name), data, seed=spec.training.seed, settings=settings))
+        finally:
+            mlflow.log_dict({"families": [r.to_dict() for r in results]}, "evidence/overfit_batch.json")
+    return results
+
+
+def evidence_tags(best: Trained, ev: Evaluation, measured: latency.Latency, overfits: list[overfit.OverfitResult],
+                  ablation: dict[str, float]) -> dict[str, str]:
+    """The version's evidence for the ML Test Score (:mod:`flywheel.training.evidence`)."""
+    return measured.tags() | {
+        evidence.OVERFIT: evidence.dumps([r.to_dict() for r in overfits]),
+        evidence.ABLATION: evidence.dumps(ablation),
+        evidence.FINITE: str(bool(np.isfinite(ev.holdout_scores).all())).lower(),
+        evidence.PARAMS: evidence.dumps(best.params),
+    }
+
+
+def write_card(spec: PipelineSpec, version: str, run_id: str, best: Trained, ev: Evaluation, prepared: Prepared, *,
+               measured: latency.Latency, overfits: list[overfit.OverfitResult], ablation: dict[str, float],
+               groups: dict[str, list[str]], settings: Settings) -> str:
+    """Render the version's model card with the rubric as training knows it, attach it; its URL."""
+    proof = testscore.gather(spec, version, settings=settings)
+    facts = card.facts(spec, version=version, trained=best, metric=evaluation.metric_of(spec),
+                       y=prepared.y["holdout"].to_numpy(), scores=ev.holdout_scores, candidate=ev.candidate,
+                       baseline=ev.baseline, slices=ev.slices, tags=proof.tags, ablation=ablation, groups=groups,
+                       latency=measured, overfit=[r.to_dict() for r in overfits])
+    text = card.with_rubric(card.render(facts), testscore.evaluate(proof, testscore.CHECKS).markdown())
+    return card.attach(spec.model_name, version, run_id, text, facts=facts, settings=settings)
 
 
 def gate_promote(spec: PipelineSpec, version: str, decision: registry.GateDecision, *,

@@ -98,6 +98,14 @@ class Family(ABC):
     # The hyperparameters a spec may set or search (``training.candidates.<family>.params/search``):
     # any other name is a spec error, so a misspelling never trains silently on a default.
     parameters: ClassVar[frozenset[str]] = frozenset()
+    # The overfit-one-batch check (flywheel.training.overfit): a constant family has nothing to
+    # overfit; the others are fitted on one small batch with ``overfit_params``.
+    constant: ClassVar[bool] = False
+    overfit_params: ClassVar[dict[str, Any]] = {}
+
+    def overfit_rows(self, x: pd.DataFrame) -> int:
+        """Rows of the overfit batch for the training matrix ``x``."""
+        return 32
 
     @abstractmethod
     def fit(self, data: FitData, params: dict[str, Any], *, seed: int, settings: Settings) -> Any:

@@ -9,9 +9,23 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import pandas as pd
+
 from flywheel.core.config import Settings
 from flywheel.training import hyperparameters
 from flywheel.training.families.base import CLASSIFICATION, FitData, SklearnApiFamily
+
+
+def _linear_rows(x: pd.DataFrame) -> int:
+    # A linear model interpolates about as many rows as its matrix has independent columns (constant
+    # and collinear ones, common early in a window, do not count): the rank of a sample, imputed.
+    import numpy as np
+
+    sample = x.head(1000).to_numpy(dtype="float64")
+    sample = np.where(np.isnan(sample), np.nanmedian(np.where(np.isnan(sample).all(axis=0), 0.0, sample), axis=0),
+                      sample) if sample.size else sample
+    rank = int(np.linalg.matrix_rank(sample - sample.mean(axis=0))) if sample.size else 0
+    return max(4, min(32, rank))
 
 
 def _linear_pipeline(estimator: Any) -> Any:
@@ -28,6 +42,10 @@ class LogisticRegressionFamily(SklearnApiFamily):
     flavor: ClassVar[str] = "sklearn"
     requirements = ("scikit-learn",)
     parameters: ClassVar[frozenset[str]] = hyperparameters.LOGISTIC_REGRESSION
+    overfit_params: ClassVar[dict[str, Any]] = {"C": 1e4}
+
+    def overfit_rows(self, x: pd.DataFrame) -> int:
+        return _linear_rows(x)
 
     def fit(self, data: FitData, params: dict[str, Any], *, seed: int, settings: Settings) -> Any:
         from sklearn.linear_model import LogisticRegression
@@ -41,6 +59,7 @@ class MajorityFamily(SklearnApiFamily):
     tasks: ClassVar[frozenset[str]] = CLASSIFICATION
     flavor: ClassVar[str] = "sklearn"
     requirements = ("scikit-learn",)
+    constant: ClassVar[bool] = True
 
     def fit(self, data: FitData, params: dict[str, Any], *, seed: int, settings: Settings) -> Any:
         from sklearn.dummy import DummyClassifier
@@ -54,6 +73,7 @@ class MeanFamily(SklearnApiFamily):
     tasks: ClassVar[frozenset[str]] = frozenset({"regression"})
     flavor: ClassVar[str] = "sklearn"
     requirements = ("scikit-learn",)
+    constant: ClassVar[bool] = True
 
     def fit(self, data: FitData, params: dict[str, Any], *, seed: int, settings: Settings) -> Any:
         from sklearn.dummy import DummyRegressor
@@ -67,6 +87,10 @@ class LinearFamily(SklearnApiFamily):
     flavor: ClassVar[str] = "sklearn"
     requirements = ("scikit-learn",)
     parameters: ClassVar[frozenset[str]] = hyperparameters.LINEAR
+    overfit_params: ClassVar[dict[str, Any]] = {"alpha": 1e-6}
+
+    def overfit_rows(self, x: pd.DataFrame) -> int:
+        return _linear_rows(x)
 
     def fit(self, data: FitData, params: dict[str, Any], *, seed: int, settings: Settings) -> Any:
         from sklearn.linear_model import Ridge

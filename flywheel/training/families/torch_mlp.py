@@ -184,6 +184,8 @@ class TorchMLPFamily(Family):
     tasks: ClassVar[frozenset[str]] = ALL_TASKS
     requirements = ("torch",)
     parameters: ClassVar[frozenset[str]] = hyperparameters.TORCH_MLP
+    overfit_params: ClassVar[dict[str, Any]] = {"epochs": 40, "batch_size": 64, "patience": 40, "dropout": 0.0,
+                                                "weight_decay": 0.0, "lr": 3e-2, "pos_weight": 1.0}
 
     def fit(self, data: FitData, params: dict[str, Any], *, seed: int, settings: Settings) -> Any:
         plan = _plan(data, params, seed)

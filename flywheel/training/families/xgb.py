@@ -35,6 +35,8 @@ class XGBoostFamily(SklearnApiFamily):
     flavor: ClassVar[str] = "xgboost"
     requirements = ("xgboost",)
     parameters: ClassVar[frozenset[str]] = hyperparameters.XGBOOST
+    overfit_params: ClassVar[dict[str, Any]] = {"n_estimators": 60, "max_depth": 6, "learning_rate": 0.3,
+                                                "min_child_weight": 0.0, "reg_lambda": 0.0}
 
     def fit(self, data: FitData, params: dict[str, Any], *, seed: int, settings: Settings) -> Any:
         from xgboost import XGBClassifier, XGBRegressor
