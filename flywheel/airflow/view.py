@@ -74,12 +74,11 @@ def report_href(uri: str | None, settings: Settings) -> str | None:
 
 
 def published(key: str) -> bool:
-    """Whether the view serves the reports-zone object ``key`` (a plain key under a published prefix)."""
-    try:
-        layout._part(key, "report key")
-    except layout.LayoutError:
-        return False
-    return key.startswith(PUBLISHED_PREFIXES)
+    """Whether the view serves the reports-zone object ``key``: a key under a published prefix with
+    no empty, ``.`` or ``..`` part (Data Docs pages have names of GX's own: no stricter charset)."""
+    parts = key.split("/")
+    return key.startswith(PUBLISHED_PREFIXES) and "\\" not in key and not any(
+        part.strip() in ("", ".", "..") for part in parts)
 
 
 def mlflow_run_url(settings: Settings, experiment_id: str, run_id: str) -> str:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from flywheel.airflow import view
+from flywheel.airflow import ui, view
 from flywheel.core.config import MLFLOW_USERS, PROJECT_ROOT, Settings
 from flywheel.monitoring import checks
 from flywheel.stack import launcher as stack
@@ -134,6 +134,29 @@ def test_view_lists_use_cases_behind_airflow_login_and_every_link_answers(airflo
     assert {"MLflow run", f"MLflow version {version}", "Model card", "GX Data Docs", "Evidently report",
             "Swagger"} <= set(links)
     _follow(browser, settings, links)
+    _embedded_in_airflow_ui(browser, settings)
+
+    # a task link of a run whose drift_check has not returned: the view answers 404 saying so
+    url = ui.task_link_url(ui.TASK_LINKS[2], dag_id=f"{spec.name}_monitoring", task_id="drift_check",
+                           run_id="manual__never", map_index=-1, names={spec.name}, settings=settings)
+    token = browser.get_cookie("_token")["value"]
+    answer = httpx.get(url, cookies={"_token": token}, timeout=30)
+    assert answer.status_code == 404 and "produced nothing" in answer.text, answer.text
+    assert httpx.get(url, timeout=30).status_code == 303  # anonymous: to the login
+
+
+def _embedded_in_airflow_ui(driver, settings: Settings) -> None:
+    """The nav entry's page: the Airflow UI with the view in its frame."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, 60)
+    driver.get(f"{settings.airflow_url}/plugin/flywheel")
+    wait.until(ec.frame_to_be_available_and_switch_to_it((By.TAG_NAME, "iframe")))
+    wait.until(ec.presence_of_element_located((By.ID, "use-cases")))
+    driver.switch_to.default_content()
+    _shot(driver, "4-in-the-airflow-ui")
 
 
 def _follow(driver, settings: Settings, links: dict[str, str]) -> None:
