@@ -14,8 +14,11 @@ Routes (under :data:`URL_PREFIX`):
   the task instance returned (its XCom), for a user allowed to read that DAG's task instances.
 """
 
+import functools
 import mimetypes
+from collections.abc import Set
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -45,17 +48,23 @@ class TaskLinkError(LookupError):
     """A task link cannot be followed: unknown link, or the task has not produced its output."""
 
 
-def spec_names(settings: Settings) -> set[str]:
-    """The names of the specs that load (their DAGs are ``<name>_<kind>``)."""
-    from pathlib import Path
+def spec_names(settings: Settings) -> frozenset[str]:
+    """The names of the specs that load (their DAGs are ``<name>_<kind>``); read again only when a
+    spec file changes (the UI asks for every link of a task instance it shows)."""
+    folder = Path(settings.specs_dir)
+    stamp = tuple((p.name, p.stat().st_mtime_ns) for p in sorted(folder.glob("*.yaml")))
+    return _spec_names(folder, stamp)
 
+
+@functools.lru_cache(maxsize=4)
+def _spec_names(folder: Path, stamp: tuple[tuple[str, int], ...]) -> frozenset[str]:
     from flywheel.core.catalog import load_folder
 
-    return {spec.name for spec in load_folder(Path(settings.specs_dir)).specs.values()}
+    return frozenset(spec.name for spec in load_folder(folder).specs.values())
 
 
 def task_link_url(link: TaskLink, *, dag_id: str, task_id: str, run_id: str, map_index: int,
-                  names: set[str], settings: Settings) -> str:
+                  names: Set[str], settings: Settings) -> str:
     """The URL of ``link`` for one task instance; "" (no link) for a task it does not belong to."""
     use_case = dag_id.removesuffix(f"_{link.kind}")
     if task_id != link.task_id or use_case == dag_id or use_case not in names:

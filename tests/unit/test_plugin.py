@@ -76,3 +76,14 @@ def test_page_escapes_values_and_shows_a_broken_use_case():
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert '<td class="alias-champion">3</td><td class="alias-challenger"></td>' in page
     assert "canary: v4" in page and "cooldown: within 3 days" in page
+
+
+def test_registered_links_answer_for_the_task_instance_they_are_asked_about(monkeypatch):
+    from airflow.models.taskinstancekey import TaskInstanceKey
+
+    plugin = _plugin(monkeypatch, FLYWHEEL_AIRFLOW_URL="http://127.0.0.1:8080")["FlywheelLinks"]
+    links = {link.name: link for link in plugin.global_operator_extra_links}
+    train = TaskInstanceKey(dag_id="fraud_training", task_id="train", run_id="manual__1", try_number=1)
+    run = links["Flywheel: MLflow run"].get_link(None, ti_key=train)
+    assert run.startswith("http://127.0.0.1:8080/flywheel/task/mlflow-run?dag_id=fraud_training&task_id=train")
+    assert links["Flywheel: GX Data Docs"].get_link(None, ti_key=train) == ""
