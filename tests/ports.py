@@ -10,7 +10,7 @@ from flywheel.core.config import Ports
 OFFSET = int(os.environ.get("FLYWHEEL_TEST_PORT_OFFSET", "0"))
 
 
-# Blocks in use: 16000 (serving faults), 17000 (Dask test cluster), 19500 (monitoring backfill), 31000 (faults), 20000 (data backfill), 21000-23xxx (stack), 24000 (session stack), 25000 (e2e),
+# Blocks in use: 14000 (the Flywheel view's api-server), 16000 (serving faults), 17000 (Dask test cluster), 19500 (monitoring backfill), 31000 (faults), 20000 (data backfill), 21000-23xxx (stack), 24000 (session stack), 25000 (e2e),
 # 26000/27000 (production loop), 30000 (RabbitMQ), 38000 (simulation), 39000 (flights e2e). SeaweedFS's
 # gRPC ports are explicit and inside each block (base + 433..436), so no port of a block lies in the
 # kernel's ephemeral range (32768-60999), where an outgoing connection could hold it. The demo's

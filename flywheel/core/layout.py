@@ -10,6 +10,7 @@ One bucket per zone (``<prefix>-<zone>``, see ``Settings.bucket``). Inside them:
 | features | ``reference/<model>/v<version>.parquet`` | training: the drift reference |
 | predictions | ``<use case>/dt=<date>/part-<writer>-<segment>.parquet`` | the model server's prediction log |
 | reports | ``feature-freshness/<use case>/ds=<date>.json`` | materialization |
+| reports | ``data-docs/<dataset>/ds=<date>/index.html`` (+ its pages) | validation: the GX Data Docs |
 | reports | ``drift/<model>/ds=<date>/``, ``performance/<model>/ds=<date>/`` | monitoring checks |
 | reports | ``monitoring/<model>/ds=<date>/summary.json``, ``monitoring/<model>/latest.json`` | the day's summary |
 | reports | ``policy/<model>/ds=<date>/…json`` | retraining decisions |
@@ -97,6 +98,11 @@ def freshness_key(use_case: str, ds: date | str) -> str:
 def report_prefix(kind: str, model: str, ds: date | str) -> str:
     """A monitoring report of one day (``drift``, ``performance``) in the reports zone."""
     return f"{_part(kind, 'report kind')}/{_part(model, 'model')}/ds={_day(ds)}/"
+
+
+def data_docs_prefix(dataset: str, ds: date | str) -> str:
+    """A validated day's GX Data Docs site in the reports zone (its ``index.html`` and pages)."""
+    return f"data-docs/{partition_prefix(dataset, ds)}"
 
 
 def summary_prefix(model: str) -> str:

@@ -603,12 +603,12 @@ def _quarantine_batch(
 
 def publish_data_docs(docs_dir: Path, dataset: str, ds: str, *, settings: Any, client: Any) -> dict[str, str]:
     """Upload a GX Data Docs site to ``<reports>/data-docs/<dataset>/ds=<ds>/`` (replacing it)."""
-    from flywheel.core import storage
+    from flywheel.core import layout, storage
 
     if not (docs_dir / "index.html").is_file():
         return {}
     bucket = settings.bucket("reports")
-    prefix = f"data-docs/{dataset}/ds={ds}/"
+    prefix = layout.data_docs_prefix(dataset, ds)
     keep = set()
     for file in sorted(p for p in docs_dir.rglob("*") if p.is_file()):
         key = prefix + file.relative_to(docs_dir).as_posix()
