@@ -384,12 +384,42 @@ def monitoring_dag(spec: PipelineSpec) -> DAG:
     return pipeline()
 
 
+def batch_dag(spec: PipelineSpec) -> DAG:
+    """Daily: wait for the day's features → score the day's curated rows with the champion →
+    ``predictions/batch/<use case>/ds=<ds>/`` with a manifest (flywheel.serving.batch)."""
+    from flywheel.airflow.tasks import BatchPredictOperator
+
+    with DAG(**_dag_args(
+        spec, "batch",
+        description=f"Score each day of {spec.dataset.name} offline with the {spec.model_name} champion",
+        schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
+        max_active_runs=2,
+    )) as built:
+        @task.sensor(poke_interval=300, timeout=24 * 3600, mode="reschedule")
+        def features_ready() -> bool:
+            """The data DAG's features task of the day has committed every entity's aggregates."""
+            from flywheel.core import storage
+            from flywheel.features import repo
+
+            ds = _interval_ds()
+            try:
+                for entity in spec.features.entities:
+                    storage.read_manifest(zone="features", dataset=repo.feature_dataset(spec, entity), ds=ds)
+            except storage.PartitionNotFound:
+                return False
+            return True
+
+        features_ready() >> BatchPredictOperator(task_id="batch_predict", spec=spec,
+                                                 ds="{{ data_interval_start.strftime('%Y-%m-%d') }}")
+    return built
+
+
 def build_all(spec: DataSpec) -> dict[str, DAG]:
-    """The DAGs of a spec: a dataset spec gets its data DAG, a use case all four."""
+    """The DAGs of a spec: a dataset spec gets its data DAG, a use case all five."""
     if not isinstance(spec, PipelineSpec):
         data = data_dag(spec)
         return {data.dag_id: data}
-    dags = [data_dag(spec), training_dag(spec), monitoring_dag(spec), registry_dag(spec)]
+    dags = [data_dag(spec), training_dag(spec), monitoring_dag(spec), registry_dag(spec), batch_dag(spec)]
     return {d.dag_id: d for d in dags}
 
 
