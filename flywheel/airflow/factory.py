@@ -409,8 +409,7 @@ def batch_dag(spec: PipelineSpec) -> DAG:
                 return False
             return True
 
-        features_ready() >> BatchPredictOperator(task_id="batch_predict", spec=spec,
-                                                 ds="{{ data_interval_start.strftime('%Y-%m-%d') }}")
+        features_ready() >> BatchPredictOperator(task_id="batch_predict", spec=spec)
     return built
 
 

@@ -7,8 +7,9 @@ one takes keyword-only arguments and returns a small JSON record (URIs, counts, 
 a DataFrame, so the next task reads its input from the object store, not from XCom.
 
 ``spec`` is a loaded spec object or the path of a spec file (``models/<name>.yaml``); a path and
-every argument listed in an operator's ``template_fields`` are Jinja-templated, so ``ds="{{ ds }}"``
-(the default), ``version="{{ ti.xcom_pull(task_ids='train')['version'] }}"`` or
+every argument listed in an operator's ``template_fields`` are Jinja-templated, so
+``ds="{{ data_interval_start | ds }}"`` (the default: the day the run's data interval covers, as
+the built-in DAGs key their tasks), ``version="{{ ti.xcom_pull(task_ids='train')['version'] }}"`` or
 ``spec="{{ var.value.spec_dir }}/fraud.yaml"`` render per run::
 
     from flywheel.airflow.tasks import IngestOperator, ValidateOperator, FeaturesOperator
@@ -34,6 +35,8 @@ from airflow.sdk import BaseOperator
 
 from flywheel.core.spec import DataSpec, PipelineSpec, SpecError
 
+DS = "{{ data_interval_start | ds }}"  # the day a run covers (a manual run: the interval ending at its date)
+
 
 class KitError(SpecError):
     """An operator was given a spec it cannot run (a dataset spec where a use case is needed)."""
@@ -58,14 +61,15 @@ def contract_failures_do_not_retry() -> Iterator[None]:
 class FlywheelOperator(BaseOperator):
     """What every kit operator shares: the spec (object or templated path) and the day ``ds``.
 
-    ``ds`` (``YYYY-MM-DD``, default ``{{ ds }}``: the run's logical date) is the partition the
-    stage reads or writes; reruns of the same ``ds`` replace their output, never append.
+    ``ds`` (``YYYY-MM-DD``, default ``{{ data_interval_start | ds }}``: the first day of the run's
+    data interval, the day a daily run covers) is the partition the stage reads or writes; reruns of
+    the same ``ds`` replace their output, never append.
     """
 
     template_fields: ClassVar[Sequence[str]] = ("spec_file", "ds")
     needs_use_case: ClassVar[bool] = True
 
-    def __init__(self, *, spec: DataSpec | str | Path, ds: str = "{{ ds }}", **kwargs: Any) -> None:
+    def __init__(self, *, spec: DataSpec | str | Path, ds: str = DS, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.spec_object = spec if isinstance(spec, DataSpec) else None
         self.spec_file = "" if isinstance(spec, DataSpec) else str(spec)
