@@ -21,7 +21,8 @@ from .conftest import FIRST_DAY
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 KIT = ROOT / "examples" / "kit"
-DAYS = 3  # two days of history through the engine, the third through the DAG
+DAYS = 2  # a day of history through the engine (the training split's first part), one through the DAG
+ROWS_PER_DAY = 1000  # the generator's fraud days, smaller: the test is about the wiring
 RUN = """
 import json, sys
 from datetime import datetime, UTC
@@ -40,8 +41,9 @@ def test_the_example_dag_joins_two_datasets_then_trains_on_the_join(services, sp
     left, right, joined = (load_any_spec_file(KIT / f"{n}.yaml") for n in ("payments", "payment_context",
                                                                              "fraud_joined"))
     days = [FIRST_DAY + timedelta(days=i) for i in range(DAYS)]
+    generator = {**spec.generator, "rows_per_day": ROWS_PER_DAY}
     for day in days:
-        split_landing(services.home / "landing", generate_day(day, spec.generator), day.isoformat(), left, right)
+        split_landing(services.home / "landing", generate_day(day, generator), day.isoformat(), left, right)
     for day in days[:-1]:  # the history the features' window and the training split read
         for dataset in (left, right):
             runs.data_day(dataset, day.isoformat(), run_id="kit-history", settings=services)
