@@ -66,7 +66,7 @@ class FlywheelOperator(BaseOperator):
     the same ``ds`` replace their output, never append.
     """
 
-    template_fields: ClassVar[Sequence[str]] = ("spec_file", "ds")
+    template_fields: Sequence[str] = ("spec_file", "ds")
     needs_use_case: ClassVar[bool] = True
 
     def __init__(self, *, spec: DataSpec | str | Path, ds: str = DS, **kwargs: Any) -> None:
@@ -144,7 +144,7 @@ class TrainOperator(FlywheelOperator):
     no approval). ``reason`` is recorded on the version. Returns
     :class:`flywheel.training.trainer.TrainResult` as a dict (``version``, ``promoted``...)."""
 
-    template_fields: ClassVar[Sequence[str]] = ("spec_file", "ds", "reason")
+    template_fields: Sequence[str] = ("spec_file", "ds", "reason")
 
     def __init__(self, *, reason: str = "kit", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -160,7 +160,7 @@ class PromoteOperator(FlywheelOperator):
     """Make ``version`` (templated) the champion, audited with ``reason`` and the run as actor
     (:func:`flywheel.training.promotion.promote`). Not retried by default: a move is not blind."""
 
-    template_fields: ClassVar[Sequence[str]] = ("spec_file", "version", "reason")
+    template_fields: Sequence[str] = ("spec_file", "version", "reason")
 
     def __init__(self, *, version: str, reason: str, **kwargs: Any) -> None:
         kwargs.setdefault("retries", 0)
@@ -180,7 +180,7 @@ class PromoteOperator(FlywheelOperator):
 class PackageOperator(FlywheelOperator):
     """Build the BentoML bento of ``version`` (templated, e.g. the train task's XCom); returns its tag."""
 
-    template_fields: ClassVar[Sequence[str]] = ("spec_file", "version")
+    template_fields: Sequence[str] = ("spec_file", "version")
 
     def __init__(self, *, version: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -199,7 +199,7 @@ class MonitorOperator(FlywheelOperator):
     while nothing is served (no champion). Returns ``{check: outcome}``; deciding on them is the
     retraining policy's job (the built-in ``<use_case>_monitoring`` DAG)."""
 
-    template_fields: ClassVar[Sequence[str]] = ("spec_file", "ds")
+    template_fields: Sequence[str] = ("spec_file", "ds")
     CHECKS: ClassVar[tuple[str, ...]] = ("drift", "performance")
 
     def __init__(self, *, checks: Sequence[str] = CHECKS, **kwargs: Any) -> None:
