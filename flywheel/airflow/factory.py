@@ -7,8 +7,6 @@ data interval (never "now"), so reruns and backfills are idempotent.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,13 @@ from airflow.sdk import (
     task,
 )
 
+from flywheel.airflow.tasks import (  # the stages as operators: the authoring kit
+    BatchPredictOperator,
+    FeaturesOperator,
+    IngestOperator,
+    ValidateOperator,
+)
+from flywheel.airflow.tasks import contract_failures_do_not_retry as _contract_failures_do_not_retry  # noqa: F401
 from flywheel.core.catalog import load_folder
 from flywheel.core.spec import DataSpec, PipelineSpec, SpecError
 
@@ -89,52 +94,15 @@ def data_dag(spec: DataSpec) -> DAG:
             files = source_files(spec, _interval_ds(), get_settings())
             return PokeReturnValue(is_done=bool(files), xcom_value=[str(f) for f in files])
 
-        @task
-        def ingest(_: list[str]) -> dict[str, Any]:
-            from flywheel.data.ingest import ingest as run_ingest
-
-            ctx = get_current_context()
-            with _contract_failures_do_not_retry():
-                return run_ingest(spec, _interval_ds(), run_id=str(ctx["run_id"])).to_dict()
-
-        @task(outlets=[a["curated"]])
-        def validate(_: dict[str, Any]) -> dict[str, Any]:
-            from flywheel.data.validation import validate_partition
-
-            ctx = get_current_context()
-            with _contract_failures_do_not_retry():
-                summary = validate_partition(spec, _interval_ds(), run_id=str(ctx["run_id"]))
-            print(f"GX Data Docs: {summary.get('data_docs', {}).get('url')}")  # shown in the task log
-            return summary
-
-        # Aggregates read the trailing window: wait for the previous day's run.
-        @task(depends_on_past=True)
-        def features(_: dict[str, Any]) -> dict[str, Any]:
-            from flywheel.runs import feature_day
-
-            return feature_day(spec, date.fromisoformat(_interval_ds()))
-
-        validated = validate(ingest(source_arrived()))
+        # The stages are the authoring kit's operators (flywheel.airflow.tasks), as in a DAG of
+        # your own; each is keyed on the run's data interval.
+        validated = source_arrived() >> IngestOperator(task_id="ingest", spec=spec) \
+            >> ValidateOperator(task_id="validate", spec=spec, outlets=[a["curated"]])
         if isinstance(spec, PipelineSpec):
-            features(validated)
+            # Aggregates read the trailing window: wait for the previous day's run.
+            validated >> FeaturesOperator(task_id="features", spec=spec, depends_on_past=True)
 
     return pipeline()
-
-
-@contextmanager
-def _contract_failures_do_not_retry() -> Iterator[None]:
-    """A broken contract fails the task at once (a retry reads the same batch); the typed
-    error, naming dataset, partition and rule, is the cause shown in the log."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from flywheel.data.validation import ContractViolation, QuarantineShareExceeded
-
-    try:
-        yield
-    except QuarantineShareExceeded as exc:  # the split is committed; too many rows failed
-        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
-    except ContractViolation as exc:
-        raise AirflowFailException(f"{type(exc).__name__}: {exc} (batch quarantined)") from exc
 
 
 def _training_end(ctx: Any) -> date:
@@ -402,12 +370,39 @@ def _rollout_step(spec: PipelineSpec) -> Any:
     return rollout_step()
 
 
+def batch_dag(spec: PipelineSpec) -> DAG:
+    """Daily: wait for the day's features → score the day's curated rows with the champion →
+    ``predictions/batch/<use case>/ds=<ds>/`` with a manifest (flywheel.serving.batch)."""
+    with DAG(**_dag_args(
+        spec, "batch",
+        description=f"Score each day of {spec.dataset.name} offline with the {spec.model_name} champion",
+        schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
+        max_active_runs=2,
+    )) as built:
+        @task.sensor(poke_interval=300, timeout=24 * 3600, mode="reschedule")
+        def features_ready() -> bool:
+            """The data DAG's features task of the day has committed every entity's aggregates."""
+            from flywheel.core import storage
+            from flywheel.features import repo
+
+            ds = _interval_ds()
+            try:
+                for entity in spec.features.entities:
+                    storage.read_manifest(zone="features", dataset=repo.feature_dataset(spec, entity), ds=ds)
+            except storage.PartitionNotFound:
+                return False
+            return True
+
+        features_ready() >> BatchPredictOperator(task_id="batch_predict", spec=spec)
+    return built
+
+
 def build_all(spec: DataSpec) -> dict[str, DAG]:
-    """The DAGs of a spec: a dataset spec gets its data DAG, a use case all four."""
+    """The DAGs of a spec: a dataset spec gets its data DAG, a use case all five."""
     if not isinstance(spec, PipelineSpec):
         data = data_dag(spec)
         return {data.dag_id: data}
-    dags = [data_dag(spec), training_dag(spec), monitoring_dag(spec), registry_dag(spec)]
+    dags = [data_dag(spec), training_dag(spec), monitoring_dag(spec), registry_dag(spec), batch_dag(spec)]
     return {d.dag_id: d for d in dags}
 
 

@@ -21,7 +21,7 @@ import time
 
 log = logging.getLogger("flywheel.airflow.warm")
 
-# What the DAGs' tasks import (flywheel/airflow/factory.py); each pulls its libraries with it.
+# What the DAGs' tasks import (flywheel/airflow/factory.py, flywheel/airflow/tasks.py); each pulls its libraries with it.
 TASK_MODULES = (
     "flywheel.airflow.factory",
     "flywheel.data.ingest",
@@ -33,6 +33,7 @@ TASK_MODULES = (
     "flywheel.monitoring.checks",
     "flywheel.monitoring.drift",
     "flywheel.monitoring.policy",
+    "flywheel.serving.batch",
 )
 
 

@@ -413,7 +413,10 @@ class Settings(BaseSettings):
             "FLYWHEEL_AIRFLOW_URL": str(self.airflow_url),
             "FLYWHEEL_MODEL_SERVER_URL": str(self.model_server_url),
             "FLYWHEEL_USE_CASE": self.use_case,
-            "FLYWHEEL_SPECS_DIR": str(self.specs_dir),
+            # A built bento reads the specs packaged with its own code (its models/); a folder
+            # configured elsewhere (an operator's, a test's) travels.
+            **({"FLYWHEEL_SPECS_DIR": str(self.specs_dir)}
+               if Path(self.specs_dir).resolve() != (PROJECT_ROOT / "models").resolve() else {}),
             "FLYWHEEL_CHAMPION_REFRESH_S": str(self.champion_refresh_s),
             "FLYWHEEL_PREDICTION_FLUSH_ROWS": str(self.prediction_flush_rows),
             "FLYWHEEL_PREDICTION_FLUSH_S": str(self.prediction_flush_s),

@@ -9,6 +9,7 @@ One bucket per zone (``<prefix>-<zone>``, see ``Settings.bucket``). Inside them:
 | features | ``<use case>/<entity>/ds=<date>/`` | the day's aggregates (Feast's offline source) |
 | features | ``reference/<model>/v<version>.parquet`` | training: the drift reference |
 | predictions | ``<use case>/dt=<date>/part-<writer>-<segment>.parquet`` | the model server's prediction log |
+| predictions | ``batch/<use case>/ds=<date>/`` (+ ``_manifest.json``) | batch prediction (``<use case>_batch``) |
 | reports | ``feature-freshness/<use case>/ds=<date>.json`` | materialization |
 | reports | ``data-docs/<dataset>/ds=<date>/index.html`` (+ its pages) | validation: the GX Data Docs |
 | reports | ``drift/<model>/ds=<date>/``, ``performance/<model>/ds=<date>/`` | monitoring checks |
@@ -84,6 +85,11 @@ def prediction_part_key(use_case: str, day: date | str, writer: str, segment: in
     """The prediction-log object of one spool segment's rows of one day: the same segment always
     gets the same key, so an upload retried after a crash overwrites itself instead of adding a copy."""
     return f"{prediction_prefix(use_case, day)}part-{_part(writer, 'writer')}-{segment:08d}.parquet"
+
+
+def batch_dataset(use_case: str) -> str:
+    """The predictions-zone dataset (object prefix) of a use case's batch predictions."""
+    return f"batch/{_part(use_case, 'use case')}"
 
 
 def freshness_prefix(use_case: str) -> str:

@@ -58,8 +58,10 @@ def test_component_env_carries_settings_but_no_secrets(tmp_path, monkeypatch):
     env = settings.component_env()
     assert env["FLYWHEEL_HOME"] == str(tmp_path) and env["FLYWHEEL_PORTS__S3"] == str(settings.ports.s3)
     assert not any("s3cr3t" in v or "k3y-value" in v for v in env.values())
-    # a built bento reads the spec packaged with its own code
+    # a built bento reads the spec packaged with its own code, unless another folder is configured
     assert "FLYWHEEL_SPECS_DIR" not in env
+    elsewhere = Settings(home=tmp_path, specs_dir=tmp_path / "specs").component_env()
+    assert elsewhere["FLYWHEEL_SPECS_DIR"] == str(tmp_path / "specs")
 
 
 @pytest.mark.parametrize("name", ["../fraud", "fraud/../../etc", "", ".", "fraud detection", "a/", "x\n"])

@@ -26,7 +26,8 @@ def dagbag(tmp_path_factory):
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
     for use_case in ("fraud", "flights"):  # every shipped spec gets its DAGs
-        assert {f"{use_case}_{kind}" for kind in ("data", "training", "monitoring", "registry")} <= set(dagbag.dag_ids)
+        assert {f"{use_case}_{kind}" for kind in ("data", "training", "monitoring", "registry", "batch")} \
+            <= set(dagbag.dag_ids)
 
 
 def test_approval_is_a_configuration_switch(spec):
@@ -40,6 +41,15 @@ def test_approval_is_a_configuration_switch(spec):
     assert set(gated.task_dict) == {"train", "package", "gate_passed", "approve", "promote_approved"}
     assert gated.task_dict["approve"].upstream_task_ids == {"gate_passed"}
     assert gated.task_dict["promote_approved"].upstream_task_ids == {"approve", "train"}
+
+
+def test_batch_dag_waits_for_the_days_features_then_scores_it(dagbag):
+    batch = dagbag.dags["fraud_batch"]
+    assert set(batch.task_dict) == {"features_ready", "batch_predict"}
+    assert batch.task_dict["batch_predict"].upstream_task_ids == {"features_ready"}
+    assert batch.task_dict["features_ready"].mode == "reschedule"  # frees the worker slot between pokes
+    assert "ds" in batch.task_dict["batch_predict"].template_fields
+    assert type(batch.timetable).__name__ == "CronDataIntervalTimetable"
 
 
 def test_registry_dag_asks_for_action_version_and_reason(dagbag):

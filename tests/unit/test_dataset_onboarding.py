@@ -146,7 +146,8 @@ def test_init_use_case_drafts_a_spec_that_loads(tmp_path, monkeypatch):
     assert "arr_delay" not in used and "carrier" not in used  # the label's column; an entity
     assert {"event_hour", "event_day_of_week"} <= set(request) and request["event_hour"].fn == "hour"
     assert spec.monitoring.features and spec.dataset == load_any_spec_file(dataset_file).dataset
-    assert set(build_all(spec)) == {"flights_data", "flights_training", "flights_monitoring", "flights_registry"}
+    assert set(build_all(spec)) == {"flights_data", "flights_training", "flights_monitoring", "flights_registry",
+                                      "flights_batch"}
 
 
 @pytest.mark.parametrize(("args", "says"), [
