@@ -2,7 +2,8 @@
 and the object store, and the links to what each stage produced.
 
 Per use case (every ``kind: pipeline`` spec of ``specs_dir``): the versions behind the registered
-model's aliases (``champion``, ``challenger``, ``shadow``; any other alias too), the latest
+model's aliases (``champion``; ``challenger``: registered, not promoted; the version behind the
+``rollout`` alias under its stage, ``shadow`` or ``canary``; any other alias too), the latest
 monitoring summary's drift, performance and skew status, the retraining decision of that day and
 its reason, and links: the champion's MLflow run and version, its model card (version tag
 ``flywheel.model_card``), the GX Data Docs of the latest curated partition, the latest Evidently
@@ -32,7 +33,7 @@ from flywheel.core.spec import PipelineSpec
 
 log = logging.getLogger(__name__)
 
-ALIASES = ("champion", "challenger", "shadow")
+ALIASES = ("champion", "challenger", "shadow", "canary")
 MODEL_CARD_TAG = "flywheel.model_card"
 # The view's route that serves reports-zone objects, relative to the view's own URL.
 REPORTS_ROUTE = "reports/"
@@ -140,7 +141,7 @@ def _registry(spec: PipelineSpec, settings: Settings) -> tuple[dict[str, str], l
     """The model's aliases (alias -> version) and the champion's MLflow links."""
     from mlflow.exceptions import MlflowException
 
-    from flywheel.training import registry
+    from flywheel.training import registry, stages
 
     client = registry.client(settings)
     try:
@@ -151,6 +152,10 @@ def _registry(spec: PipelineSpec, settings: Settings) -> tuple[dict[str, str], l
             return {}, []
         raise
     aliases = {alias: str(version) for alias, version in sorted((model.aliases or {}).items())}
+    under_rollout = aliases.pop(stages.ROLLOUT, None)
+    if under_rollout is not None:  # shown under its stage (shadow, canary), not as an alias
+        stage = (client.get_model_version(spec.model_name, under_rollout).tags or {}).get(stages.STAGE_TAG)
+        aliases[stage if stage in ALIASES else f"{stages.ROLLOUT} ({stage or 'no stage'})"] = under_rollout
     champion = aliases.get("champion")
     if champion is None:
         return aliases, []

@@ -297,9 +297,16 @@ def _debuggable(ev: Evidence) -> tuple[float, str, str]:
 
 
 def _canary(ev: Evidence) -> tuple[float, str, str]:
+    from flywheel.training import stages
+
+    stage = ev.tags.get(stages.STAGE_TAG)
+    if stage:  # the rollout step (flywheel rollout) judged it live as shadow and/or canary
+        return AUTOMATED, (f"rollout stage {stage!r} on live traffic (tag {stages.STAGE_TAG}; each move in "
+                           "`flywheel audit`)"), ""
     found = sorted(k for k in ev.tags if k.startswith(("canary.", "shadow.")))
     if not found:
-        return NOT_MET, "no canary or shadow result on the version", "serve the challenger as a canary/shadow first"
+        return NOT_MET, "no shadow or canary stage on the version", \
+            "set `rollout: {mode: shadow}` (or canary) in the spec: the gate then rolls versions out gradually"
     return AUTOMATED, f"canary/shadow tags: {', '.join(found)}", ""
 
 

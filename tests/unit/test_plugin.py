@@ -69,13 +69,14 @@ def test_only_published_reports_are_served(key):
 
 def test_page_escapes_values_and_shows_a_broken_use_case():
     rows = [view.UseCaseRow(name="broken", error="invalid pipeline spec: <script>"),
-            view.UseCaseRow(name="fraud", model="fraud_model", aliases={"champion": "3", "canary": "4"},
+            view.UseCaseRow(name="fraud", model="fraud_model", aliases={"champion": "3", "canary": "4", "legacy": "1"},
                             drift="alert", decision="cooldown", decision_reason="within 3 days",
                             links=[view.Link("Swagger", "http://127.0.0.1:13000/")])]
     page = view.render(rows, user="admin")
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert '<td class="alias-champion">3</td><td class="alias-challenger"></td>' in page
-    assert "canary: v4" in page and "cooldown: within 3 days" in page
+    assert '<td class="alias-shadow"></td><td class="alias-canary">4</td>' in page
+    assert "legacy: v1" in page and "cooldown: within 3 days" in page
 
 
 def test_registered_links_answer_for_the_task_instance_they_are_asked_about(monkeypatch):
