@@ -26,15 +26,15 @@ import json
 import os
 import platform
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
-from benchmarks.serving import DAYS, END, FIRST_DAY, HOST, bodies, xgboost_only
-from flywheel.core.config import PROJECT_ROOT, Ports, Settings
+from benchmarks.serving import END, bodies, xgboost_only
+from benchmarks.serving import prepare as serving_prepare
+from flywheel.core.config import PROJECT_ROOT, Settings
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "rollout.json"
 
@@ -50,35 +50,9 @@ def quick(spec: Any, *, n_estimators: int, min_improvement: float) -> Any:
 
 
 def prepare(home: Path, offset: int, redis_db: int) -> Settings:
-    """SeaweedFS + MLflow, DAYS of data through ingest/validate/features into Redis, a champion
-    (benchmarks.serving's preparation, with a quick training)."""
-    from examples.fraud.generator import write_landing
-    from flywheel.core.spec import load_spec
-    from flywheel.data.ingest import ingest
-    from flywheel.data.validation import validate_partition
-    from flywheel.features import store as features
-    from flywheel.stack import launcher as stack
-    from flywheel.training import registry
-    from flywheel.training.trainer import train
-
-    settings = Settings(home=home, ports=Ports().shifted(offset),
-                        online_store={"type": "redis", "connection_string": f"{HOST}:6379,db={redis_db}"})
-    settings = stack.up(settings, services=["seaweedfs", "mlflow"])
-    spec = xgboost_only(load_spec(settings=settings))
-    if registry.alias_version(spec.model_name, registry.CHAMPION, settings=settings) is None:
-        import redis
-
-        redis.Redis(host=HOST, db=redis_db).flushdb()
-        write_landing(settings.home / "landing", FIRST_DAY, DAYS, spec.generator)
-        features.apply(spec, settings)
-        for i in range(DAYS):
-            day = FIRST_DAY + timedelta(days=i)
-            ingest(spec, day.isoformat(), run_id="bench", settings=settings)
-            validate_partition(spec, day.isoformat(), settings=settings)
-            features.compute_aggregates(spec, day, settings=settings)
-        features.materialize(spec, END, settings=settings)
-        train(quick(spec, n_estimators=200, min_improvement=0.0), end=END, reason="benchmark", settings=settings)
-    return settings
+    """benchmarks.serving's preparation (stack, data, features, a champion), with a quick training."""
+    return serving_prepare(home, offset, redis_db,
+                           training=lambda spec: quick(spec, n_estimators=200, min_improvement=0.0))
 
 
 def second_version(settings: Settings, spec: Any) -> str:

@@ -50,8 +50,9 @@ def xgboost_only(spec: Any) -> Any:
         "candidates": {"xgboost": t.candidates["xgboost"]}})})
 
 
-def prepare(home: Path, offset: int, redis_db: int) -> Settings:
-    """SeaweedFS + MLflow, DAYS of data through ingest/validate/features into Redis, a champion."""
+def prepare(home: Path, offset: int, redis_db: int, *, training: Any = None) -> Settings:
+    """SeaweedFS + MLflow, DAYS of data through ingest/validate/features into Redis, a champion
+    (trained from ``training(spec)`` when given: another benchmark's quicker spec)."""
     from examples.fraud.generator import write_landing
     from flywheel.core.spec import load_spec
     from flywheel.data.ingest import ingest
@@ -77,7 +78,7 @@ def prepare(home: Path, offset: int, redis_db: int) -> Settings:
             validate_partition(spec, day.isoformat(), settings=settings)
             features.compute_aggregates(spec, day, settings=settings)
         features.materialize(spec, END, settings=settings)
-        train(spec, end=END, reason="benchmark", settings=settings)
+        train(training(spec) if training else spec, end=END, reason="benchmark", settings=settings)
     return settings
 
 

@@ -120,19 +120,27 @@ class FlywheelHttpMiddleware:
             _log(scope, status[0], started)
 
 
-async def _answer(handler: Any, scope: Any, receive: Any, send: Any, reader: edge.BodyReader) -> int:
-    """Read the body within the edge's limits, await the route's ``bytes -> (status, bytes,
-    runtime)`` handler, send its answer (with the runtime that scored in the
-    ``x-flywheel-runtime`` header). A refused body closes the connection: the rest of it is
-    never read."""
+async def _read_body(scope: Any, receive: Any, send: Any, reader: edge.BodyReader) -> bytes | int:
+    """The request body within the edge's limits, or the status already answered (a refused body
+    closes the connection: the rest of it is never read) or 499 (the client went away)."""
     try:
         edge.check_declared_length(edge.content_length(scope.get("headers") or ()), reader.limit)
-        body = await reader.read(receive)
+        return await reader.read(receive)
     except edge.EdgeError as exc:
         await _send(send, exc.status, exc.payload(), close=True)
         return exc.status
     except edge.ClientDisconnected:
         return 499  # nobody to answer (nginx's code for it, in the access log only)
+
+
+async def _answer(handler: Any, scope: Any, receive: Any, send: Any, reader: edge.BodyReader) -> int:
+    """Read the body within the edge's limits, await the route's ``bytes -> (status, bytes,
+    runtime)`` handler, send its answer (with the runtime that scored in the
+    ``x-flywheel-runtime`` header). A refused body closes the connection: the rest of it is
+    never read."""
+    body = await _read_body(scope, receive, send, reader)
+    if isinstance(body, int):
+        return body
     try:
         status, payload, runtime = (503, NOT_LOADED, "") if handler is None else await handler(body)
     except PredictionLogUnavailable:  # not answered: its prediction could not be logged
@@ -147,14 +155,9 @@ async def _answer(handler: Any, scope: Any, receive: Any, send: Any, reader: edg
 async def _registry_event(server: ModelServer | None, scope: Any, receive: Any, send: Any,
                           reader: edge.BodyReader) -> int:
     """An MLflow registry webhook: the server verifies its signature and refreshes the model."""
-    try:
-        edge.check_declared_length(edge.content_length(scope.get("headers") or ()), reader.limit)
-        body = await reader.read(receive)
-    except edge.EdgeError as exc:
-        await _send(send, exc.status, exc.payload(), close=True)
-        return exc.status
-    except edge.ClientDisconnected:
-        return 499
+    body = await _read_body(scope, receive, send, reader)
+    if isinstance(body, int):
+        return body
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or ()}
     status, payload = (503, NOT_LOADED) if server is None else server.registry_event(body, headers)
     await _send(send, status, payload)

@@ -12,6 +12,7 @@ audit record (actions ``shadow``, ``canary``, ``abort``; the last step is a ``pr
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Final, Literal
 
@@ -89,17 +90,13 @@ def abort(model_name: str, expected: Rollout, *, reason: str, actor: str,
     settings = settings or get_settings()
     with lease.hold(layout.champion_lease_key(model_name), holder=actor, settings=settings):
         record = _check(model_name, expected, action="abort", reason=reason, actor=actor, settings=settings)
-        key = _pending(record, settings)
         client = registry.client(settings)
-        try:
+
+        def take_out() -> None:
             client.delete_registered_model_alias(model_name, ROLLOUT)
             client.set_model_version_tag(model_name, expected.version, STAGE_TAG, "aborted")
-        except Exception:
-            promotion._write(replace(record, outcome="failed"), key, settings)
-            raise
-        done = replace(record, outcome="done")
-        promotion._write(done, key, settings)
-        return done
+
+        return _audited(record, take_out, settings)
 
 
 def _stage_locked(model_name: str, version: str, stage: Stage, *, reason: str, actor: str,
@@ -112,11 +109,20 @@ def _stage_locked(model_name: str, version: str, stage: Stage, *, reason: str, a
         record = _record(model_name, stage, champion, version, reason=reason, actor=actor)
         if not isinstance(expected_champion, promotion._Any) and champion != expected_champion:
             _refuse(record, f"the champion is {_shown(champion)}, not {_shown(expected_champion)}", settings)
-    key = _pending(record, settings)
-    client = registry.client(settings)
-    try:
-        client.set_model_version_tag(model_name, version, STAGE_TAG, stage)
+
+    def put_in() -> None:
+        registry.client(settings).set_model_version_tag(model_name, version, STAGE_TAG, stage)
         registry.set_alias(model_name, ROLLOUT, version, settings=settings)
+
+    return _audited(record, put_in, settings)
+
+
+def _audited(record: promotion.AuditRecord, move: Callable[[], None], settings: Settings) -> promotion.AuditRecord:
+    """``move`` the registry between the ``pending`` audit record and the ``done`` one (``failed``
+    when the move raises, and the error goes on)."""
+    key = _pending(record, settings)
+    try:
+        move()
     except Exception:
         promotion._write(replace(record, outcome="failed"), key, settings)
         raise
