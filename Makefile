@@ -34,8 +34,10 @@ status: venv
 # even on 2 cores: TEST_WORKERS pytest-xdist workers, each xdist group (a module, or all tests on
 # the session stack) whole on one worker (tests/conftest.py). TEST_WORKERS=0 runs it serially.
 TEST_WORKERS ?= 3
+# --no-loadscope-reorder: xdist would otherwise start the groups with the most tests first (its
+# default), not the longest (tests/conftest.py's order): the 1-test e2e loop then started last.
 test: venv
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 # Two workers split the unit modules' heavy imports (torch, Feast, MLflow, Airflow) between them.
 test-unit: venv

@@ -24,6 +24,12 @@ LONGEST = ("tests/e2e/test_loop.py", SESSION_STACK, "tests/e2e/test_simulation.p
            "tests/integration/test_data_backfill.py", "tests/e2e/test_flights.py",
            "tests/integration/test_production_rabbitmq.py")  # 1199 ~1000 960 777 686 441 267 222 s (CI, 12-01)
 LEVEL_ORDER = ("e2e", "integration", "unit")
+# Session-stack modules that take the session's fraud champion as they find it (serving_support's
+# champion_version trains one when there is none): they run after the rest of the group, so
+# test_model_path's first training is still the session's first champion.
+SESSION_STACK_LAST = ("tests/integration/test_airflow_view.py", "tests/integration/test_authoring_kit.py",
+                      "tests/integration/test_batch_predict.py", "tests/integration/test_evidence.py",
+                      "tests/integration/test_serving_rollout.py")
 
 
 def _module(item: pytest.Item) -> str:
@@ -58,7 +64,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group(groups[_module(item)]))
         if config.getoption("loadgroup", False):  # set in xdist workers under --dist loadgroup
             _suffix_group(item)
-    items.sort(key=lambda item: _rank(item, groups))  # stable: each module's tests stay together
+    # stable: each module's tests stay together
+    items.sort(key=lambda item: (_rank(item, groups), _module(item) in SESSION_STACK_LAST))
 
 
 def _suffix_group(item: pytest.Item) -> None:

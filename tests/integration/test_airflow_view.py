@@ -25,7 +25,7 @@ from flywheel.stack import launcher as stack
 from flywheel.training import registry
 from tests.ports import ports
 
-from .serving_support import END, champion_version
+from .serving_support import END, champion_version, source_server
 
 pytestmark = pytest.mark.integration
 
@@ -50,15 +50,19 @@ def airflow(services: Settings, loaded: dict, spec, tmp_path_factory) -> Iterato
     (specs / "zz_broken.yaml").write_text("kind: pipeline\nname: zz_broken\n")
     ported = services.ports.model_copy(update={"airflow": VIEW_PORTS.airflow,
                                                "airflow_worker_logs": VIEW_PORTS.airflow_worker_logs,
-                                               "airflow_trigger_logs": VIEW_PORTS.airflow_trigger_logs})
-    settings = services.model_copy(update={"ports": ported, "airflow_url": f"http://127.0.0.1:{ported.airflow}"})
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("FLYWHEEL_SPECS_DIR", str(specs))  # the api-server inherits it (spec folders are not passed)
-        ready = stack.up(settings, services=["airflow-api-server"])
-    try:
-        yield ready, version
-    finally:
-        stack.down(ready, services=["airflow-api-server"])
+                                               "airflow_trigger_logs": VIEW_PORTS.airflow_trigger_logs,
+                                               "model_server": VIEW_PORTS.model_server})
+    settings = services.model_copy(update={"ports": ported, "airflow_url": f"http://127.0.0.1:{ported.airflow}",
+                                           "model_server_url": f"http://127.0.0.1:{ported.model_server}"})
+    # The model server the Swagger link points at (from source: the champion, no bento build).
+    with source_server(services, tmp_path_factory.mktemp("view-model-server"), port=ported.model_server):
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("FLYWHEEL_SPECS_DIR", str(specs))  # the api-server inherits it (spec folders are not passed)
+            ready = stack.up(settings, services=["airflow-api-server"])
+        try:
+            yield ready, version
+        finally:
+            stack.down(ready, services=["airflow-api-server"])
         mlflow.delete_registered_model_alias(spec.model_name, "challenger")
         mlflow.delete_model_version_tag(spec.model_name, version, view.MODEL_CARD_TAG)
 
@@ -161,7 +165,8 @@ def _embedded_in_airflow_ui(driver, settings: Settings) -> None:
 
 def _follow(driver, settings: Settings, links: dict[str, str]) -> None:
     """Every link answers: the view's own in the logged-in browser (HTTP 200, the report's page),
-    MLflow's with its login challenge for an anonymous caller and 200 for the read-only identity."""
+    MLflow's with its login challenge for an anonymous caller and 200 for the read-only identity,
+    the model API's Swagger UI (200)."""
     token = driver.get_cookie("_token")["value"]
     stored = json.loads((settings.home / "secrets.json").read_text())
     reader = (MLFLOW_USERS["reader"], stored["mlflow_reader_password"])
@@ -179,5 +184,9 @@ def _follow(driver, settings: Settings, links: dict[str, str]) -> None:
             challenge = httpx.get(base, timeout=30)
             assert challenge.status_code == 401 and "basic" in challenge.headers.get("www-authenticate", "").lower()
             assert httpx.get(base, auth=reader, timeout=30).status_code == 200, (label, href)
-        else:
+        else:  # the model API's Swagger UI, open to read (its routes take the API key)
             assert label == "Swagger" and href == f"{settings.model_server_url}/", (label, href)
+            answer = httpx.get(href, timeout=30)
+            assert answer.status_code == 200 and "swagger" in answer.text.lower(), (href, answer.status_code)
+            driver.get(href)
+            _shot(driver, "3-swagger")
