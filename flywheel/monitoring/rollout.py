@@ -125,8 +125,7 @@ def labelled_rows(spec: PipelineSpec, rows: pd.DataFrame, *, ds: date, settings:
         return None
     start = ds - timedelta(days=spec.monitoring.performance.window_days - 1)
     labels = checks.arrived_labels(spec, start=start, end=ds, settings=settings)
-    own = rows.dropna(subset=keys).drop_duplicates(keys, keep="last")
-    own = own.assign(**{k: own[k].astype("string").astype("object") for k in keys})
+    own = checks._key_strings(rows.dropna(subset=keys).drop_duplicates(keys, keep="last"), keys)
     joined = own.merge(labels, on=keys, how="inner")
     return joined[joined[checks._LABEL].notna()].reset_index(drop=True)
 

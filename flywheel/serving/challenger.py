@@ -32,6 +32,7 @@ import numpy as np
 from flywheel.core.config import Settings
 from flywheel.core.spec import PipelineSpec
 from flywheel.serving.metrics import ServingMetrics
+from flywheel.serving.watch import AliasWatch
 from flywheel.training import registry, signing, stages
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class Live:
     stage: stages.Stage
 
 
-class ChallengerHolder:
+class ChallengerHolder(AliasWatch):
     """Follows the ``rollout`` alias of one model; ``current`` is a :class:`Live` or None."""
 
     def __init__(self, use_case: str, model_name: str, settings: Settings, *,
@@ -56,15 +57,11 @@ class ChallengerHolder:
         self._lock = threading.Lock()
         self._refused: str | None = None
         self.current: Live | None = None
-        self._stop = threading.Event()
         try:
             self.refresh()
         except Exception:  # a registry hiccup at start: the champion serves, the watch retries
             log.warning("rollout check for %s failed at start", model_name, exc_info=True)
-        self._thread: threading.Thread | None = None
-        if watch:
-            self._thread = threading.Thread(target=self._watch, name=f"rollout-watch-{use_case}", daemon=True)
-            self._thread.start()
+        self._start_watch("rollout-watch", watch=watch)
 
     def refresh(self) -> bool:
         """Follow the alias and stage; returns True when what is served changed."""
@@ -100,19 +97,8 @@ class ChallengerHolder:
             log.info("challenger v%s of %s serves at the %s stage", version, self._name, stage)
             return True
 
-    def _watch(self) -> None:
-        while not self._stop.wait(self._settings.champion_refresh_s):
-            try:
-                self.refresh()
-            except Exception:  # registry down: keep what is served, count it
-                if self._metrics:
-                    self._metrics.refresh_errors.labels(self.use_case).inc()
-                log.warning("rollout check for %s failed", self._name, exc_info=True)
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+    def _refresh_failed(self) -> None:
+        log.warning("rollout check for %s failed", self._name, exc_info=True)
 
 
 # ---- comparing the challenger with the champion ---------------------------------------------------

@@ -29,6 +29,7 @@ from flywheel.serving.metrics import ServingMetrics
 from flywheel.serving.online import OnlineFeatures
 from flywheel.serving.prediction_log import LogSchema, PredictionLogger, log_schema
 from flywheel.serving.schemas import RouteSchemas, route_schemas
+from flywheel.serving.watch import AliasWatch
 from flywheel.training import registry, signing
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 # ---- model holder -------------------------------------------------------------------------------
 
-class ModelHolder:
+class ModelHolder(AliasWatch):
     """Holds a use case's champion; a background thread swaps it when the alias moves.
 
     Requests only read ``current`` (one reference): a swap never blocks or fails a request
@@ -55,11 +56,7 @@ class ModelHolder:
                                            verify=settings.serving_verify_versions)
         _warm(self.current)  # as every later swap is: the first request pays no lazy start-up
         self._publish(None, self.current)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        if watch:
-            self._thread = threading.Thread(target=self._watch, name=f"champion-watch-{use_case}", daemon=True)
-            self._thread.start()
+        self._start_watch("champion-watch", watch=watch)
 
     def get(self) -> registry.LoadedModel:
         return self.current
@@ -89,15 +86,8 @@ class ModelHolder:
             log.info("champion of %s moved from v%s to v%s", self._name, old.version, loaded.version)
             return True
 
-    def _watch(self) -> None:
-        while not self._stop.wait(self._settings.champion_refresh_s):
-            try:
-                self.refresh()
-            except Exception:  # registry down: keep serving the current model, count it
-                if self._metrics:
-                    self._metrics.refresh_errors.labels(self.use_case).inc()
-                log.warning("champion check for %s failed; serving v%s", self._name,
-                            self.current.version, exc_info=True)
+    def _refresh_failed(self) -> None:
+        log.warning("champion check for %s failed; serving v%s", self._name, self.current.version, exc_info=True)
 
     def _publish(self, old: registry.LoadedModel | None, new: registry.LoadedModel) -> None:
         if self._metrics is None:
@@ -107,11 +97,6 @@ class ModelHolder:
             info.labels(self.use_case, old.name, old.version, model_device(old)).set(0)
             self._metrics.swaps.labels(self.use_case).inc()
         info.labels(self.use_case, new.name, new.version, model_device(new)).set(1)
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
 
 
 def model_device(model: registry.LoadedModel) -> str:
