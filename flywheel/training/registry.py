@@ -77,6 +77,27 @@ def client(settings: Settings | None = None) -> Any:
     return MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
 
 
+def experiment_id(name: str, settings: Settings | None = None) -> str:
+    """The id of MLflow experiment ``name``, created when missing.
+
+    Unlike ``mlflow.set_experiment`` this leaves no process-wide state behind (that call sets
+    ``MLFLOW_EXPERIMENT_ID`` in the environment, which then outlives a change of tracking store
+    and is inherited by every child process)."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client(settings)
+    found = mlflow_client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    try:
+        return str(mlflow_client.create_experiment(name))
+    except MlflowException:  # created meanwhile by a concurrent run
+        found = mlflow_client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return str(found.experiment_id)
+
+
 def use_identity(settings: Settings) -> None:
     """Make ``settings``' MLflow identity the one this process's MLflow client sends.
 

@@ -322,9 +322,8 @@ def train(spec: PipelineSpec, *, end: date, reason: str = "scheduled",
     prepared = prepare(spec, frame, fz.frame)
     metric, seed = evaluation.metric_of(spec), spec.training.seed
     data = prepared.fit_data(spec, fz.categorical)
-    registry.client(settings)
-    mlflow.set_experiment(spec.model_name)
-    with mlflow.start_run(run_name=f"train-{end.isoformat()}") as run:
+    experiment = registry.experiment_id(spec.model_name, settings)
+    with mlflow.start_run(experiment_id=experiment, run_name=f"train-{end.isoformat()}") as run:
         mlflow.log_metrics(prepared.counts)
         overfits = overfit_all(spec, data, settings)
         baseline = families.get(spec.training.baseline).train(data, {}, seed=seed, settings=settings)

@@ -23,7 +23,17 @@ pytestmark = pytest.mark.integration
 FIRST = date(2026, 3, 1)
 DAYS = 3
 ROWS = 400
-SPECS = {s.name: s for s in use_case_specs()}
+
+
+def _isolated(spec: PipelineSpec) -> PipelineSpec:
+    """The spec under a name and dataset of its own: the session stack is shared, and writing
+    the fraud example's curated days and online rows here would change what the serving, batch
+    and view tests of the same session read as the fraud use case's latest."""
+    return spec.model_copy(update={"name": f"ooo_{spec.name}", "dataset": spec.dataset.model_copy(
+        update={"name": f"ooo_{spec.dataset.name}"})})
+
+
+SPECS = {s.name: _isolated(s) for s in use_case_specs()}
 
 
 def synthesize(spec: PipelineSpec, day: date, n: int, rng: np.random.Generator) -> pd.DataFrame:
