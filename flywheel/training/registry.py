@@ -98,6 +98,19 @@ def experiment_id(name: str, settings: Settings | None = None) -> str:
         return str(found.experiment_id)
 
 
+def child_run(name: str) -> Any:
+    """``mlflow.start_run`` of a nested run in its parent's experiment.
+
+    MLflow's fluent API puts a nested run in the *active* experiment (``set_experiment``'s), not
+    its parent's; training never sets one (see :func:`experiment_id`), so without this the child
+    would land in the Default experiment, where the trainer's identity may not write."""
+    import mlflow
+
+    parent = mlflow.active_run()
+    return mlflow.start_run(run_name=name, nested=True,
+                            experiment_id=parent.info.experiment_id if parent is not None else None)
+
+
 def use_identity(settings: Settings) -> None:
     """Make ``settings``' MLflow identity the one this process's MLflow client sends.
 

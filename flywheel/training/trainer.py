@@ -279,7 +279,7 @@ def train_candidates(
     report: dict[str, dict[str, float]] = {}
     for name, candidate in spec.training.candidates.items():
         family = families.get(name)
-        with mlflow.start_run(run_name=name, nested=True):
+        with registry.child_run(name):
             started = time.perf_counter()
             best = tuning.tune(family, candidate, data, spec=spec, settings=settings)
             search_seconds = time.perf_counter() - started

@@ -14,7 +14,7 @@ import numpy as np
 
 from flywheel.core.config import Settings
 from flywheel.core.spec import CandidateSpec, PipelineSpec
-from flywheel.training import evaluation
+from flywheel.training import evaluation, registry
 from flywheel.training.families.base import Family, FitData, Trained, sample
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def tune(family: Family, candidate: CandidateSpec, data: FitData, *, spec: Pipel
 
     def objective(trial: Any) -> float:
         params = {**candidate.params, **sample(trial, candidate.search)}
-        with mlflow.start_run(run_name=f"{family.name}-trial-{trial.number}", nested=True):
+        with registry.child_run(f"{family.name}-trial-{trial.number}"):
             mlflow.set_tags({"family": family.name, "trial": str(trial.number)})
             mlflow.log_params({k: loggable(v) for k, v in params.items()})
             trained = _fit(family, data, params, metric=metric, seed=seed, settings=settings)
