@@ -26,11 +26,14 @@ ROWS = 400
 
 
 def _isolated(spec: PipelineSpec) -> PipelineSpec:
-    """The spec under a name and dataset of its own: the session stack is shared, and writing
-    the fraud example's curated days and online rows here would change what the serving, batch
-    and view tests of the same session read as the fraud use case's latest."""
-    return spec.model_copy(update={"name": f"ooo_{spec.name}", "dataset": spec.dataset.model_copy(
-        update={"name": f"ooo_{spec.dataset.name}"})})
+    """The spec under names of its own (use case, dataset, Feast feature service, model): the
+    session stack is shared, and writing the fraud example's curated days, online rows or
+    feature service here would change what the serving, batch, view and training tests of the
+    same session read as the fraud use case's."""
+    return spec.model_copy(update={
+        "name": f"ooo_{spec.name}", "model_name": f"ooo-{spec.model_name}",
+        "dataset": spec.dataset.model_copy(update={"name": f"ooo_{spec.dataset.name}"}),
+        "features": spec.features.model_copy(update={"service": f"ooo_{spec.feature_service}"})})
 
 
 SPECS = {s.name: _isolated(s) for s in use_case_specs()}
