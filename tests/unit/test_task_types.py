@@ -264,6 +264,24 @@ def test_training_curves_are_mlflow_step_metrics(tracking, task, name, curve):
         assert train[-1] < train[0]
 
 
+def test_a_training_run_and_its_children_share_the_use_cases_experiment_and_leave_no_global(
+        tracking, tmp_path, monkeypatch):
+    """``mlflow.set_experiment`` exported ``MLFLOW_EXPERIMENT_ID``: after a change of tracking
+    store every later run of the process aimed at an id that store lacks (CI, 2026-12-03)."""
+    import os
+
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    settings = Settings(home=tmp_path, mlflow_tracking_uri=mlflow.get_tracking_uri())
+    first = registry.experiment_id("curves-use-case", settings)
+    assert registry.experiment_id("curves-use-case", settings) == first != "0"  # found, not created twice
+    with mlflow.start_run(experiment_id=first) as parent, registry.child_run("family") as child:
+        pass
+    assert child.info.experiment_id == parent.info.experiment_id == first
+    assert "MLFLOW_EXPERIMENT_ID" not in os.environ
+
+
 def test_multiclass_classes_are_a_version_tag_format():
     encoding = LabelEncoding.fit(make_spec("multiclass"), pd.Series(np.array([3, 1, 2, 1])))
     assert json.loads(json.dumps(list(encoding.classes))) == [1, 2, 3]  # numpy ints become JSON ints
