@@ -64,10 +64,10 @@ def local_cluster(root: Path, *, port: int = SCHEDULER_PORT, workers: int = WORK
 
     try:
         start("scheduler", ["scheduler", "--protocol", "tls", "--host", "127.0.0.1", "--port", str(port),
-                            "--no-dashboard", "--no-show", *tls_flags])
+                            "--no-dashboard", "--dashboard-address", "127.0.0.1:0", "--no-show", *tls_flags])
         for i in range(workers):
             start(f"worker-{i}", ["worker", str(compute.scheduler_address), *tls_flags, "--host", "127.0.0.1", "--nthreads", "1", "--no-nanny",
-                                  "--no-dashboard", "--name", f"worker-{i}", "--memory-limit", "0",
+                                  "--no-dashboard", "--dashboard-address", "127.0.0.1:0", "--name", f"worker-{i}", "--memory-limit", "0",
                                   "--local-directory", str(root / f"worker-{i}")])
         _wait_for_workers(compute, workers, timeout_s=60)
         yield compute
