@@ -23,6 +23,7 @@ from examples.demo import valid_rows, wait_for_prediction_logs
 from examples.fraud.generator import DriftKind, write_landing
 from flywheel.core import storage
 from flywheel.core.config import Settings
+from flywheel.runs import data_day
 from flywheel.stack import launcher as stack
 from flywheel.training import registry
 from tests.ports import ports
@@ -110,8 +111,6 @@ def test_the_loop_closes(env, spec):
     #    test_data_backfill runs it over 7 days through the scheduler. Partitions written, bad
     #    rows quarantined with reasons.
     run_data_day(airflow_env, 0)
-    from flywheel.runs import data_day
-
     for offset in range(1, NORMAL_DAYS - 1):
         data_day(spec, day(offset).isoformat(), run_id=f"history__{day(offset)}", settings=settings)
     curated = storage.list_partitions(zone="curated", dataset="transactions", settings=settings)

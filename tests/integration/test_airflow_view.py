@@ -31,6 +31,9 @@ pytestmark = pytest.mark.integration
 
 VIEW_PORTS = ports(14000)
 ARTIFACTS = PROJECT_ROOT / ".flywheel" / "test-artifacts" / "airflow-view"
+# A page load or element wait: the view after login renders every use case, slow on a loaded 2-core CI box
+# (Chromium's renderer timed out at 60 s there).
+BROWSER_WAIT_S = 180
 CARD = "model_card/model_card.md"
 
 
@@ -78,7 +81,7 @@ def browser() -> Iterator[object]:
         options.add_argument(flag)
     options.binary_location = shutil.which("chromium") or "chromium"
     driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver") or "chromedriver"))
-    driver.set_page_load_timeout(180)  # the view after login renders every use case: slow on a loaded 2-core CI box
+    driver.set_page_load_timeout(BROWSER_WAIT_S)
     try:
         yield driver
     finally:
@@ -98,7 +101,7 @@ def _login(driver, settings: Settings) -> None:
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    wait = WebDriverWait(driver, 180)
+    wait = WebDriverWait(driver, BROWSER_WAIT_S)
     driver.get(f"{settings.airflow_url}/flywheel/")
     password = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[type=password]")))
     assert "/auth/login" in driver.current_url  # the view sent an anonymous browser to Airflow's login
@@ -155,7 +158,7 @@ def _embedded_in_airflow_ui(driver, settings: Settings) -> None:
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    wait = WebDriverWait(driver, 180)
+    wait = WebDriverWait(driver, BROWSER_WAIT_S)
     driver.get(f"{settings.airflow_url}/plugin/flywheel")
     wait.until(ec.frame_to_be_available_and_switch_to_it((By.TAG_NAME, "iframe")))
     wait.until(ec.presence_of_element_located((By.ID, "use-cases")))
